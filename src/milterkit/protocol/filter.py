@@ -1,0 +1,336 @@
+"""FilterConnection: the milter side of the protocol, sans I/O.
+
+Feed it what the MTA sent (:meth:`receive_data`), pull commands out
+(:meth:`next_event`), and turn replies into bytes (:meth:`send`). It knows
+what may be sent when and refuses the rest with :class:`LocalProtocolError`;
+it refuses what the MTA may not send with :class:`RemoteProtocolError`.
+
+MACRO packets never come out as events: they are folded into
+:attr:`macros`, which the next command's handler reads. ABORT outside a
+message is absorbed the same way (libmilter ignores it too). A MAIL or HELO
+that arrives while a message is open first yields a synthetic :class:`Abort`,
+so consumers reset message state in one place.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from milterkit.protocol.constants import (
+    MAX_DATA_SIZE,
+    REPLY_ACTION,
+    Command,
+    ProtocolFlag,
+    Reply,
+)
+from milterkit.protocol.errors import LocalProtocolError, RemoteProtocolError
+from milterkit.protocol.events import NEED_DATA, ConnectionClosed, NeedData
+from milterkit.protocol.framing import FrameDecoder
+from milterkit.protocol.macros import MacroStore
+from milterkit.protocol.messages import (
+    Abort,
+    Macro,
+    Message,
+    OptNeg,
+    decode_command,
+)
+from milterkit.protocol.negotiate import (
+    Negotiated,
+    build_filter_reply,
+    check_filter_reply_local,
+    describe_actions,
+    negotiated,
+)
+
+#: Position of each message-phase command within one message.
+_POSITION = {
+    Command.MAIL: 1,
+    Command.RCPT: 2,
+    Command.DATA: 3,
+    Command.HEADER: 4,
+    Command.EOH: 5,
+    Command.BODY: 6,
+    Command.BODYEOB: 7,
+}
+_REPEATABLE = frozenset({Command.RCPT, Command.HEADER, Command.BODY})
+_MESSAGE_OVER = 8
+_FINAL_ENDS_MESSAGE = frozenset(
+    {Reply.ACCEPT, Reply.REJECT, Reply.TEMPFAIL, Reply.DISCARD, Reply.REPLYCODE}
+)
+_RCPT_ENDS_MESSAGE = frozenset({Reply.ACCEPT, Reply.DISCARD})
+_REFUSED_REPLIES = {
+    Reply.SHUTDOWN: "SHUTDOWN ('4') is refused by Sendmail; send ReplyCode 421 instead",
+    Reply.CONN_FAIL: "CONN_FAIL ('f') is implemented by neither MTA",
+}
+
+Event = Message | NeedData | ConnectionClosed
+
+
+class FilterConnection:
+    """The filter's view of one MTA connection."""
+
+    def __init__(self, *, max_payload: int = MAX_DATA_SIZE) -> None:
+        self._decoder = FrameDecoder(max_payload)
+        self._pending: deque[Message] = deque()
+        self._eof = False
+        self._closed = False
+        self.offer: OptNeg | None = None
+        self.negotiated: Negotiated | None = None
+        self.macros = MacroStore()
+        self.awaiting: Command | None = None
+        self._connected = False
+        self._position = 0
+
+    # ------------------------------------------------------------------ receiving
+
+    @property
+    def in_message(self) -> bool:
+        """A message is open: MAIL (or a later step) came and no EOM reply or ABORT yet."""
+        return self._position != 0
+
+    @property
+    def buffered(self) -> int:
+        return self._decoder.buffered
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the MTA; ``b""`` means the MTA closed the connection."""
+        if self._eof:
+            raise RemoteProtocolError("data received after the connection was closed")
+        if not data:
+            self._eof = True
+            return
+        if self._closed:
+            raise RemoteProtocolError(f"{len(data)} bytes received after QUIT")
+        self._decoder.feed(data)
+
+    def next_event(self) -> Event:
+        """The next command, NEED_DATA, or ConnectionClosed."""
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            frame = self._decoder.next_frame()
+            if frame is None:
+                return self._end_of_input()
+            message = decode_command(*frame)
+            event = self._accept(message)
+            if event is not None:
+                return event
+
+    def _end_of_input(self) -> Event:
+        if not self._eof:
+            return NEED_DATA
+        left = self._decoder.buffered
+        if left:
+            raise RemoteProtocolError(f"MTA closed the connection inside a packet ({left} bytes)")
+        return ConnectionClosed()
+
+    def _accept(self, message: Message) -> Message | None:
+        code = Command(message.code)
+        if self._closed:
+            raise RemoteProtocolError(f"{code.name} received after QUIT")
+        if self.negotiated is None:
+            return self._accept_optneg(message)
+        if self.awaiting is not None and code not in (Command.ABORT, Command.QUIT):
+            raise RemoteProtocolError(
+                f"MTA sent {code.name} while the reply to {self.awaiting.name} is outstanding"
+            )
+        if code == Command.MACRO:
+            assert isinstance(message, Macro)
+            if message.stage is not None:
+                self.macros.set_stage(message.stage, message.pairs)
+            return None
+        handler = _HANDLERS.get(code)
+        if handler is None:
+            raise RemoteProtocolError(f"{code.name} after option negotiation")
+        return handler(self, message)
+
+    def _accept_optneg(self, message: Message) -> Message:
+        if not isinstance(message, OptNeg):
+            raise RemoteProtocolError(f"expected OPTNEG first, got {Command(message.code).name}")
+        if self.offer is not None:
+            raise RemoteProtocolError("MTA sent a second OPTNEG before our reply")
+        self.offer = message
+        self.awaiting = Command.OPTNEG
+        return message
+
+    def _on_abort(self, message: Message) -> Message | None:
+        self.awaiting = None
+        if not self.in_message:
+            return None
+        self._end_message()
+        return message
+
+    def _on_quit(self, message: Message) -> Message:
+        self.awaiting = None
+        self._closed = True
+        self._end_message()
+        return message
+
+    def _on_quit_nc(self, message: Message) -> Message:
+        self._end_message()
+        self.macros.clear()
+        self._connected = False
+        return message
+
+    def _on_connect(self, message: Message) -> Message:
+        if self._connected:
+            raise RemoteProtocolError("second CONNECT on one connection without QUIT_NC")
+        self._connected = True
+        return self._expect_reply(message)
+
+    def _on_helo(self, message: Message) -> Message:
+        self._require_connect(Command.HELO)
+        return self._restart_if_in_message(message)
+
+    def _on_unknown(self, message: Message) -> Message:
+        return self._expect_reply(message)
+
+    def _restart_if_in_message(self, message: Message) -> Message:
+        """A new HELO/MAIL inside a message implies an abort the MTA did not send."""
+        if self.in_message:
+            self._end_message()
+            self._pending.append(self._expect_reply(message))
+            return Abort()
+        return self._expect_reply(message)
+
+    def _on_message_step(self, message: Message) -> Message:
+        code = Command(message.code)
+        self._require_connect(code)
+        if code == Command.MAIL:
+            result = self._restart_if_in_message(message)
+            self._position = 1
+            return result
+        self._check_order(code)
+        self._position = _POSITION[code]
+        return self._expect_reply(message)
+
+    def _check_order(self, code: Command) -> None:
+        new, old = _POSITION[code], self._position
+        if old == _MESSAGE_OVER:
+            raise RemoteProtocolError(f"{code.name} after the filter's final reply to this message")
+        if new < old or (new == old and code not in _REPEATABLE):
+            raise RemoteProtocolError(f"{code.name} out of order in the message")
+        assert self.negotiated is not None
+        proto = self.negotiated.protocol
+        if old < 1 and not proto & ProtocolFlag.NOMAIL:
+            raise RemoteProtocolError(f"{code.name} before MAIL")
+        if old < 2 < new and not proto & ProtocolFlag.NORCPT:
+            raise RemoteProtocolError(f"{code.name} before any RCPT")
+
+    def _require_connect(self, code: Command) -> None:
+        assert self.negotiated is not None
+        if not self._connected and self.negotiated.sends(Command.CONNECT):
+            raise RemoteProtocolError(f"{code.name} before CONNECT")
+
+    def _expect_reply(self, message: Message) -> Message:
+        assert self.negotiated is not None
+        code = Command(message.code)
+        if self.negotiated.expects_reply(code):
+            self.awaiting = code
+        return message
+
+    def _end_message(self) -> None:
+        self._position = 0
+        self.macros.clear_message()
+
+    # -------------------------------------------------------------------- sending
+
+    def negotiate(self, **wanted: object) -> bytes:
+        """Build the OPTNEG reply with :func:`build_filter_reply` and send it."""
+        if self.offer is None or self.awaiting != Command.OPTNEG:
+            raise LocalProtocolError("no OPTNEG from the MTA to answer")
+        reply = build_filter_reply(self.offer, **wanted)  # type: ignore[arg-type]
+        return self.send(reply)
+
+    def send(self, message: Message) -> bytes:
+        """Bytes for one reply, after checking that it may be sent now."""
+        self._check_send(message)
+        data = message.encode()
+        self._after_send(message)
+        return data
+
+    def send_all(self, messages: list[Message]) -> bytes:
+        """Several replies as one buffer, for one write (modifications + final reply)."""
+        return b"".join(self.send(m) for m in messages)
+
+    def _check_send(self, message: Message) -> None:
+        code = message.code
+        if isinstance(message, OptNeg):
+            return self._check_optneg(message)
+        if code not in Reply._value2member_map_ or code == Reply.OPTNEG:
+            raise LocalProtocolError(f"{type(message).__name__} is not a filter reply")
+        reply = Reply(code)
+        if reply in _REFUSED_REPLIES:
+            raise LocalProtocolError(_REFUSED_REPLIES[reply])
+        if self.awaiting is None or self.awaiting == Command.OPTNEG:
+            raise LocalProtocolError(f"{reply.name}: no command is waiting for a reply")
+        assert self.negotiated is not None
+        size = len(message.payload())
+        if size > self.negotiated.max_data_size:
+            raise LocalProtocolError(
+                f"{reply.name}: payload of {size} bytes exceeds the negotiated maximum of "
+                f"{self.negotiated.max_data_size}"
+            )
+        self._check_reply_kind(reply)
+        return None
+
+    def _check_optneg(self, message: OptNeg) -> None:
+        if self.offer is None or self.awaiting != Command.OPTNEG:
+            raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
+        check_filter_reply_local(self.offer, message)
+
+    def _check_reply_kind(self, reply: Reply) -> None:
+        assert self.negotiated is not None and self.awaiting is not None
+        awaiting = self.awaiting
+        needed = REPLY_ACTION.get(reply)
+        if needed is not None:
+            if awaiting != Command.BODYEOB:
+                raise LocalProtocolError(
+                    f"{reply.name} is a modification and only allowed at end of message, "
+                    f"not in reply to {awaiting.name}"
+                )
+            if not self.negotiated.actions & needed:
+                raise LocalProtocolError(
+                    f"{reply.name} needs the action {describe_actions(needed)}, "
+                    "which was not negotiated"
+                )
+        elif reply == Reply.SKIP:
+            if not self.negotiated.protocol & ProtocolFlag.SKIP:
+                raise LocalProtocolError("SKIP was not negotiated (SMFIP_SKIP)")
+            if awaiting != Command.BODY:
+                raise LocalProtocolError(f"SKIP is only allowed for BODY, not {awaiting.name}")
+        elif reply == Reply.DISCARD and awaiting in (Command.CONNECT, Command.HELO):
+            raise LocalProtocolError(f"DISCARD is not a valid reply to {awaiting.name}")
+
+    def _after_send(self, message: Message) -> None:
+        if isinstance(message, OptNeg):
+            assert self.offer is not None
+            self.negotiated = negotiated(self.offer, message)
+            self._decoder.max_payload = self.negotiated.max_data_size
+            self.awaiting = None
+            return
+        reply = Reply(message.code)
+        if reply == Reply.PROGRESS or reply in REPLY_ACTION:
+            return
+        self._finish_reply(reply)
+
+    def _finish_reply(self, reply: Reply) -> None:
+        awaiting, self.awaiting = self.awaiting, None
+        if awaiting == Command.BODYEOB:
+            self._end_message()
+        elif awaiting == Command.RCPT:
+            if reply in _RCPT_ENDS_MESSAGE:
+                self._position = _MESSAGE_OVER
+        elif awaiting in _POSITION and reply in _FINAL_ENDS_MESSAGE:
+            self._position = _MESSAGE_OVER
+
+
+_HANDLERS = {
+    Command.ABORT: FilterConnection._on_abort,
+    Command.QUIT: FilterConnection._on_quit,
+    Command.QUIT_NC: FilterConnection._on_quit_nc,
+    Command.CONNECT: FilterConnection._on_connect,
+    Command.HELO: FilterConnection._on_helo,
+    Command.UNKNOWN: FilterConnection._on_unknown,
+    **dict.fromkeys(_POSITION, FilterConnection._on_message_step),
+}

@@ -1,0 +1,211 @@
+"""MTAConnection: the MTA side of the protocol, sans I/O.
+
+:meth:`send` turns a command into bytes, or into ``b""`` when the filter
+asked not to get it (NO* bits, or a command its version lacks), and records
+whether a reply is due (NR_* bits). :meth:`next_event` yields the filter's
+replies: any number of PROGRESS while waiting, modifications only at end of
+message, then exactly one final reply. Anything else is a
+:class:`RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+from milterkit.protocol.constants import (
+    ALL_ACTIONS,
+    ALL_PROTOCOL,
+    COMMAND_SINCE_VERSION,
+    POSTFIX_MAX_PACKET,
+    PROTOCOL_VERSION,
+    REPLY_ACTION,
+    Action,
+    Command,
+    ProtocolFlag,
+    Reply,
+)
+from milterkit.protocol.errors import LocalProtocolError, RemoteProtocolError
+from milterkit.protocol.events import NEED_DATA, ConnectionClosed, NeedData
+from milterkit.protocol.framing import FrameDecoder
+from milterkit.protocol.messages import Body, Macro, Message, OptNeg, decode_reply
+from milterkit.protocol.negotiate import (
+    Negotiated,
+    accept_filter_reply,
+    describe_actions,
+    semantic_version,
+)
+
+_ALWAYS_ALLOWED = frozenset({Command.ABORT, Command.QUIT, Command.QUIT_NC})
+_SKIPPABLE = frozenset({Command.BODY, Command.HEADER, Command.RCPT})
+_NO_DISCARD = frozenset({Command.CONNECT, Command.HELO})
+
+Event = Message | NeedData | ConnectionClosed
+
+
+class MTAConnection:
+    """The MTA's view of one filter connection."""
+
+    def __init__(self, *, max_reply_size: int = POSTFIX_MAX_PACKET) -> None:
+        self._decoder = FrameDecoder(max_reply_size)
+        self._eof = False
+        self.offer: OptNeg | None = None
+        self.negotiated: Negotiated | None = None
+        self.awaiting: Command | None = None
+
+    @staticmethod
+    def default_offer(
+        version: int = PROTOCOL_VERSION,
+        actions: Action = ALL_ACTIONS,
+        protocol: ProtocolFlag = ALL_PROTOCOL,
+    ) -> OptNeg:
+        """Postfix 3.7's offer: version 6, all actions, all protocol bits."""
+        return OptNeg(version, actions, protocol)
+
+    # -------------------------------------------------------------------- sending
+
+    def sends(self, command: Command) -> bool:
+        """Whether :meth:`send` would put this command on the wire."""
+        if self.negotiated is None:
+            return command == Command.OPTNEG
+        return self.negotiated.sends(command)
+
+    def send(self, message: Message) -> bytes:
+        """Bytes for one command, or ``b""`` if the filter does not want it."""
+        code = Command(message.code) if message.code in Command._value2member_map_ else None
+        if code is None:
+            raise LocalProtocolError(f"{type(message).__name__} is not an MTA command")
+        if isinstance(message, OptNeg):
+            return self._send_optneg(message)
+        negotiated = self._require_negotiated(code)
+        if self.awaiting is not None:
+            if code not in _ALWAYS_ALLOWED:
+                raise LocalProtocolError(
+                    f"cannot send {code.name} while waiting for the reply to {self.awaiting.name}"
+                )
+            self.awaiting = None
+        if isinstance(message, Macro):
+            return self._send_macro(message, negotiated)
+        if code not in _ALWAYS_ALLOWED and not negotiated.sends(code):
+            return b""
+        self._check_size(message, negotiated)
+        if negotiated.expects_reply(code):
+            self.awaiting = code
+        return message.encode()
+
+    def _send_optneg(self, message: OptNeg) -> bytes:
+        if self.offer is not None:
+            raise LocalProtocolError("OPTNEG was already sent on this connection")
+        self.offer = message
+        self.awaiting = Command.OPTNEG
+        return message.encode()
+
+    def _require_negotiated(self, code: Command) -> Negotiated:
+        if self.negotiated is None:
+            raise LocalProtocolError(f"cannot send {code.name} before option negotiation")
+        return self.negotiated
+
+    def _send_macro(self, message: Macro, negotiated: Negotiated) -> bytes:
+        """MACRO packets go out even for NO* commands, but not past the filter's version."""
+        stage = message.stage
+        since = 0
+        if stage is not None and stage in Command._value2member_map_:
+            since = COMMAND_SINCE_VERSION.get(Command(stage), 0)
+        if semantic_version(negotiated.version) < since:
+            return b""
+        self._check_size(message, negotiated)
+        return message.encode()
+
+    @staticmethod
+    def _check_size(message: Message, negotiated: Negotiated) -> None:
+        size = len(message.payload())
+        if isinstance(message, Body) and size > negotiated.max_data_size:
+            raise LocalProtocolError(
+                f"BODY chunk of {size} bytes exceeds the negotiated maximum of "
+                f"{negotiated.max_data_size}; split the body"
+            )
+
+    def body_chunks(self, body: bytes) -> list[Body]:
+        """Split a message body into BODY commands of the negotiated size."""
+        size = self.negotiated.max_data_size if self.negotiated else 65535
+        view = memoryview(body)
+        return [Body(bytes(view[i : i + size])) for i in range(0, len(body), size)]
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the filter; ``b""`` means the filter closed the connection."""
+        if self._eof:
+            raise RemoteProtocolError("data received after the filter closed the connection")
+        if not data:
+            self._eof = True
+            return
+        self._decoder.feed(data)
+
+    def next_event(self) -> Event:
+        """The next reply, NEED_DATA, or ConnectionClosed."""
+        frame = self._decoder.next_frame()
+        if frame is None:
+            return self._end_of_input()
+        message = decode_reply(*frame)
+        self._accept(message)
+        return message
+
+    def _end_of_input(self) -> Event:
+        if not self._eof:
+            return NEED_DATA
+        if self._decoder.buffered:
+            raise RemoteProtocolError(
+                f"filter closed the connection inside a packet ({self._decoder.buffered} bytes)"
+            )
+        if self.awaiting is not None:
+            raise RemoteProtocolError(
+                f"filter closed the connection without replying to {self.awaiting.name}"
+            )
+        return ConnectionClosed()
+
+    def _accept(self, message: Message) -> None:
+        reply = Reply(message.code)
+        awaiting = self.awaiting
+        if awaiting is None:
+            raise RemoteProtocolError(f"unexpected {reply.name}: no command is waiting for a reply")
+        if awaiting == Command.OPTNEG:
+            return self._accept_optneg(message)
+        if isinstance(message, OptNeg):
+            raise RemoteProtocolError(f"OPTNEG reply in answer to {awaiting.name}")
+        if reply == Reply.PROGRESS:
+            return None
+        if reply in REPLY_ACTION:
+            return self._accept_modification(reply, awaiting)
+        self._check_final(reply, awaiting)
+        self.awaiting = None
+        return None
+
+    def _accept_optneg(self, message: Message) -> None:
+        if not isinstance(message, OptNeg):
+            raise RemoteProtocolError(f"expected an OPTNEG reply, got {Reply(message.code).name}")
+        assert self.offer is not None
+        self.negotiated = accept_filter_reply(self.offer, message)
+        self.awaiting = None
+
+    def _accept_modification(self, reply: Reply, awaiting: Command) -> None:
+        if awaiting != Command.BODYEOB:
+            raise RemoteProtocolError(
+                f"modification {reply.name} in reply to {awaiting.name}; only allowed at "
+                "end of message"
+            )
+        assert self.negotiated is not None
+        needed = REPLY_ACTION[reply]
+        if not self.negotiated.actions & needed:
+            raise RemoteProtocolError(
+                f"{reply.name} needs the action {describe_actions(needed)}, "
+                "which the filter did not negotiate"
+            )
+
+    def _check_final(self, reply: Reply, awaiting: Command) -> None:
+        assert self.negotiated is not None
+        if reply == Reply.SKIP:
+            if not self.negotiated.protocol & ProtocolFlag.SKIP:
+                raise RemoteProtocolError("SKIP without SMFIP_SKIP negotiated")
+            if awaiting not in _SKIPPABLE:
+                raise RemoteProtocolError(f"SKIP in reply to {awaiting.name}")
+        if reply == Reply.DISCARD and awaiting in _NO_DISCARD:
+            raise RemoteProtocolError(f"DISCARD is not a valid reply to {awaiting.name}")
+
