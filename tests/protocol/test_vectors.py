@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from milterkit.protocol import (
-    Abort,
     NEED_DATA,
+    Abort,
     ConnectionClosed,
     FilterConnection,
     Message,
@@ -16,7 +16,7 @@ from milterkit.protocol import (
     decode_command,
     decode_reply,
 )
-from tests.protocol.vectors import Packet, all_vector_files, load
+from tests.protocol.vectors import all_vector_files, load
 
 VECTORS = all_vector_files()
 IDS = [p.stem for p in VECTORS]
