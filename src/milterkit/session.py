@@ -1,0 +1,379 @@
+"""MilterSession: one Milter instance driven over one FilterConnection.
+
+The session is the glue between bytes and callbacks, shared by the socket
+server and the in-memory harness. It runs synchronous callbacks inline, so a
+plain milter costs no task switch per packet; only when a callback returns an
+awaitable does :meth:`data_received` hand back a coroutine, and the caller
+(the server pauses reading meanwhile) awaits it and calls :meth:`resume`.
+
+Replies go out through the ``write`` function given at construction, all
+replies of one event in one call (modifications and the final reply at end
+of message together), so TCP sees one segment instead of several small ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode, text
+from milterkit.protocol import messages as msg
+from milterkit.protocol.constants import Command
+from milterkit.protocol.errors import LocalProtocolError
+from milterkit.protocol.events import NEED_DATA, ConnectionClosed
+from milterkit.protocol.filter import FilterConnection
+from milterkit.protocol.negotiate import build_filter_reply
+
+ERROR_DECISIONS: dict[str, msg.Message] = {
+    "tempfail": msg.TempFail(),
+    "accept": msg.Accept(),
+    "reject": msg.Reject(),
+    "continue": msg.Continue(),
+}
+
+Pending = Coroutine[Any, Any, None]
+_CONTINUE = msg.Continue()
+
+
+class SessionLogger(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the connection id, so one session's lines can be grepped."""
+
+    def process(self, message: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"[{extra.get('conn', '?')}] {message}", kwargs
+
+
+class MilterSession:
+    """Serves one MTA connection with instances made by ``factory``."""
+
+    def __init__(
+        self,
+        factory: Callable[[], Milter],
+        write: Callable[[bytes], None],
+        *,
+        connection_id: str = "-",
+        logger: logging.Logger | None = None,
+        error_decision: str = "tempfail",
+        callback_timeout: float | None = None,
+        progress_interval: float | None = None,
+    ) -> None:
+        if error_decision not in ERROR_DECISIONS:
+            raise ValueError(
+                f"error_decision must be one of {sorted(ERROR_DECISIONS)}, not {error_decision!r}"
+            )
+        self.conn = FilterConnection()
+        self.pending: list[msg.Message] = []
+        self.current_event: msg.Message | None = None
+        self.closed = False
+        self.connection_id = connection_id
+        self.log = SessionLogger(logger or logging.getLogger("milterkit"), {"conn": connection_id})
+        self._factory = factory
+        self._write = write
+        self._error_reply = ERROR_DECISIONS[error_decision]
+        self._callback_timeout = callback_timeout
+        self._progress_interval = progress_interval
+        self.milter = self._new_milter()
+
+    def _new_milter(self) -> Milter:
+        milter = self._factory()
+        milter._session = self
+        milter.connection_id = self.connection_id
+        milter.log = self.log
+        milter.macros = MacroView(self.conn.macros)
+        self._overridden = _overridden_callbacks(type(milter))
+        return milter
+
+    # ----------------------------------------------------------------- driving
+
+    def data_received(self, data: bytes) -> Pending | None:
+        """Feed bytes; returns a coroutine to await when a callback went async."""
+        self.conn.receive_data(data)
+        return self.resume()
+
+    def connection_lost(self) -> Pending | None:
+        """The MTA closed its end; runs abort/close callbacks."""
+        if self.closed:
+            return None
+        self.conn.receive_data(b"")
+        return self.resume()
+
+    def resume(self) -> Pending | None:
+        """Process buffered events until more data is needed or a callback suspends."""
+        while not self.closed:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                return None
+            if isinstance(event, ConnectionClosed):
+                return self._on_eof()
+            assert isinstance(event, msg.Message)
+            self.current_event = event
+            pending = _DISPATCH[type(event)](self, event)
+            if pending is not None:
+                return pending
+        return None
+
+    def send_now(self, message: msg.Message) -> None:
+        self._write(self.conn.send(message))
+
+    # --------------------------------------------------------------- callbacks
+
+    def _call(self, name: str, *args: Any) -> Pending | None:
+        """Run a decision callback and reply with what it returns."""
+        if not self._overridden[name]:
+            self._reply(_CONTINUE)
+            return None
+        try:
+            result = getattr(self.milter, name)(*args)
+        except Exception:
+            self.log.exception("callback %s raised; answering %s", name, self._error_name())
+            self._reply(self._error_reply, failed=True)
+            return None
+        if inspect.isawaitable(result):
+            return self._await_decision(name, result)
+        self._reply_decision(name, result)
+        return None
+
+    async def _await_decision(self, name: str, awaitable: Awaitable[Any]) -> None:
+        keepalive = self._start_keepalive()
+        try:
+            result = await self._with_timeout(awaitable)
+        except asyncio.TimeoutError:
+            self.log.error(
+                "callback %s took longer than %ss; answering %s",
+                name,
+                self._callback_timeout,
+                self._error_name(),
+            )
+            self._reply(self._error_reply, failed=True)
+            return
+        except Exception:
+            self.log.exception("callback %s raised; answering %s", name, self._error_name())
+            self._reply(self._error_reply, failed=True)
+            return
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
+        self._reply_decision(name, result)
+
+    async def _with_timeout(self, awaitable: Awaitable[Any]) -> Any:
+        if self._callback_timeout is None:
+            return await awaitable
+        return await asyncio.wait_for(awaitable, self._callback_timeout)
+
+    def _start_keepalive(self) -> asyncio.Task[None] | None:
+        """PROGRESS while a slow callback runs; only at EOM, where both MTAs accept it."""
+        if not self._progress_interval or self.conn.awaiting != Command.BODYEOB:
+            return None
+        return asyncio.get_running_loop().create_task(self._keepalive(self._progress_interval))
+
+    async def _keepalive(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.conn.awaiting != Command.BODYEOB:
+                return
+            self.send_now(msg.Progress())
+
+    def _notify(self, name: str) -> Pending | None:
+        """Run abort/close, which answer nothing."""
+        try:
+            result = getattr(self.milter, name)()
+        except Exception:
+            self.log.exception("callback %s raised", name)
+            return None
+        if inspect.isawaitable(result):
+            return self._await_notify(name, result)
+        return None
+
+    async def _await_notify(self, name: str, awaitable: Awaitable[Any]) -> None:
+        try:
+            await self._with_timeout(awaitable)
+        except Exception:
+            self.log.exception("callback %s failed", name)
+
+    # ----------------------------------------------------------------- replies
+
+    def _reply_decision(self, name: str, result: Any) -> None:
+        if self.conn.awaiting is None:
+            if result is not None and not isinstance(result, msg.Continue):
+                self.log.warning(
+                    "callback %s returned %r but the MTA expects no reply here (NR flag)",
+                    name,
+                    result,
+                )
+            return
+        try:
+            message = _decision_message(result)
+        except (TypeError, LocalProtocolError) as exc:
+            self.log.error("callback %s returned an unusable decision: %s", name, exc)
+            self._reply(self._error_reply, failed=True)
+            return
+        self._reply(message)
+
+    def _reply(self, message: msg.Message, *, failed: bool = False) -> None:
+        """Send the reply for the current event; at EOM, modifications go first."""
+        if self.conn.awaiting is None:
+            return
+        at_eom = self.conn.awaiting == Command.BODYEOB
+        batch = [*self.pending, message] if at_eom and not failed else [message]
+        if at_eom:
+            self.pending.clear()
+        try:
+            self._write(self.conn.send_all(batch))
+        except LocalProtocolError as exc:
+            if failed:
+                raise
+            self.log.error("cannot send %s: %s; answering %s", message, exc, self._error_name())
+            self._reply(self._error_reply, failed=True)
+
+    def _error_name(self) -> str:
+        return type(self._error_reply).__name__
+
+    # --------------------------------------------------------------- dispatch
+
+    def _on_optneg(self, event: msg.OptNeg) -> Pending | None:
+        cls = type(self.milter)
+        try:
+            reply = self.milter.negotiate(event) or build_filter_reply(
+                event,
+                version=cls.version,
+                actions=cls.actions,
+                protocol=cls.wanted_protocol(),
+                macros=cls.macro_request(),
+            )
+            self._write(self.conn.send(reply))
+        except LocalProtocolError as exc:
+            self.log.error("negotiation failed, closing the connection: %s", exc)
+            self.closed = True
+        return None
+
+    def _on_connect(self, event: msg.Connect) -> Pending | None:
+        address = event.bare_address
+        return self._call(
+            "connect",
+            text(event.hostname),
+            event.family,
+            None if address is None else text(address),
+            event.port,
+        )
+
+    def _on_helo(self, event: msg.Helo) -> Pending | None:
+        return self._call("helo", text(event.name))
+
+    def _on_mail(self, event: msg.Mail) -> Pending | None:
+        self.pending.clear()
+        return self._call("mail_from", text(event.sender), [text(a) for a in event.args])
+
+    def _on_rcpt(self, event: msg.Rcpt) -> Pending | None:
+        return self._call("rcpt_to", text(event.recipient), [text(a) for a in event.args])
+
+    def _on_data(self, event: msg.Data) -> Pending | None:
+        return self._call("data")
+
+    def _on_header(self, event: msg.Header) -> Pending | None:
+        return self._call("header", text(event.name), text(event.value))
+
+    def _on_eoh(self, event: msg.EndOfHeaders) -> Pending | None:
+        return self._call("end_of_headers")
+
+    def _on_body(self, event: msg.Body) -> Pending | None:
+        return self._call("body", event.chunk)
+
+    def _on_eom(self, event: msg.EndOfMessage) -> Pending | None:
+        return self._call("end_of_message")
+
+    def _on_unknown(self, event: msg.Unknown) -> Pending | None:
+        return self._call("unknown", text(event.command))
+
+    def _on_abort(self, event: msg.Abort) -> Pending | None:
+        self.pending.clear()
+        return self._notify("abort")
+
+    def _on_quit(self, event: msg.Quit) -> Pending | None:
+        self.pending.clear()
+        self.closed = True
+        return self._notify("close")
+
+    def _on_quit_nc(self, event: msg.QuitNoClose) -> Pending | None:
+        self.pending.clear()
+        pending = self._notify("close")
+        self.milter = self._new_milter()
+        return pending
+
+    def _on_eof(self) -> Pending | None:
+        self.closed = True
+        self.pending.clear()
+        if not self.conn.in_message:
+            return self._notify("close")
+        aborting = self._notify("abort")
+        if aborting is None:
+            return self._notify("close")
+        return self._then_close(aborting)
+
+    async def _then_close(self, first: Pending) -> None:
+        await first
+        closing = self._notify("close")
+        if closing is not None:
+            await closing
+
+
+_DECISION_TYPES = (
+    msg.Continue,
+    msg.Accept,
+    msg.Reject,
+    msg.TempFail,
+    msg.Discard,
+    msg.Skip,
+    msg.ReplyCode,
+)
+_OVERRIDDEN_CACHE: dict[type[Milter], dict[str, bool]] = {}
+
+
+def _overridden_callbacks(cls: type[Milter]) -> dict[str, bool]:
+    """Which decision callbacks a class overrides, computed once per class."""
+    known = _OVERRIDDEN_CACHE.get(cls)
+    if known is None:
+        names = [*CALLBACK_NO_FLAG, "end_of_message"]
+        known = _OVERRIDDEN_CACHE[cls] = {name: cls.overridden(name) for name in names}
+    return known
+
+
+def _decision_message(result: Any) -> msg.Message:
+    if result is None:
+        return _CONTINUE
+    if isinstance(result, ReplyCode):
+        return result.to_message()
+    if isinstance(result, type) and issubclass(result, msg.Message):
+        result = result()
+    if isinstance(
+        result,
+        msg.Continue
+        | msg.Accept
+        | msg.Reject
+        | msg.TempFail
+        | msg.Discard
+        | msg.Skip
+        | msg.ReplyCode,
+    ):
+        return result
+    raise TypeError(f"{result!r} is not a decision (Continue, Accept, Reject, ...)")
+
+
+_DISPATCH: dict[type, Callable[[MilterSession, Any], Pending | None]] = {
+    msg.OptNeg: MilterSession._on_optneg,
+    msg.Connect: MilterSession._on_connect,
+    msg.Helo: MilterSession._on_helo,
+    msg.Mail: MilterSession._on_mail,
+    msg.Rcpt: MilterSession._on_rcpt,
+    msg.Data: MilterSession._on_data,
+    msg.Header: MilterSession._on_header,
+    msg.EndOfHeaders: MilterSession._on_eoh,
+    msg.Body: MilterSession._on_body,
+    msg.EndOfMessage: MilterSession._on_eom,
+    msg.Unknown: MilterSession._on_unknown,
+    msg.Abort: MilterSession._on_abort,
+    msg.Quit: MilterSession._on_quit,
+    msg.QuitNoClose: MilterSession._on_quit_nc,
+}
