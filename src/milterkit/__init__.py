@@ -1,3 +1,57 @@
-"""milterkit: the milter protocol in pure Python."""
+"""milterkit: the Sendmail/Postfix milter protocol in pure Python.
+
+Write a filter by subclassing :class:`Milter`; serve it with :func:`run`;
+check any milter with :mod:`milterkit.client`; test yours in memory with
+:mod:`milterkit.testing`. The sans-I/O protocol core is :mod:`milterkit.protocol`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from milterkit.milter import (
+    Accept,
+    ActionNotNegotiatedError,
+    Continue,
+    Decision,
+    Discard,
+    Milter,
+    Reject,
+    ReplyCode,
+    Skip,
+    TempFail,
+)
+from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from milterkit.runtime.daemon import run as run
+
+__all__ = [
+    "Accept",
+    "Action",
+    "ActionNotNegotiatedError",
+    "Continue",
+    "Decision",
+    "Discard",
+    "Family",
+    "MacroStage",
+    "Milter",
+    "ProtocolFlag",
+    "Reject",
+    "ReplyCode",
+    "Skip",
+    "TempFail",
+    "__version__",
+    "run",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``milterkit.run`` is imported on first use: the daemon code is not needed to write a milter."""
+    if name == "run":
+        from milterkit.runtime.daemon import run
+
+        return run
+    raise AttributeError(f"module 'milterkit' has no attribute {name!r}")
