@@ -49,7 +49,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``milterkit.run`` is imported on first use: the daemon code is not needed to write a milter."""
+    """``milterkit.run`` loads on first use: writing a milter needs no daemon code."""
     if name == "run":
         from milterkit.runtime.daemon import run
 
