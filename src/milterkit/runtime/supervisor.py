@@ -1,0 +1,361 @@
+"""A small prefork process supervisor.
+
+The supervisor forks ``workers`` children that each run ``worker_main(index)``
+(typically an event loop accepting on a listening socket opened before the
+fork), replaces children that die, and coordinates shutdown:
+
+* SIGTERM / SIGINT: forward SIGTERM to every worker, wait up to
+  ``drain_timeout`` seconds for them to finish their sessions, then SIGKILL
+  the rest.
+* SIGHUP: run the ``on_reopen`` hook in the supervisor (e.g. reopen log files)
+  and forward SIGHUP to the workers.
+* SIGCHLD: reap and, unless shutting down, restart.
+
+The loop sleeps in a selector on a pipe registered with
+:func:`signal.set_wakeup_fd`, so it wakes exactly when a signal arrives or a
+timer (restart back-off, drain deadline) expires -- no polling.  Python signal
+handlers only queue the signal number; all work happens in the loop.
+
+A worker crashing right after start (within ``restart_window`` seconds) more
+than ``max_fast_restarts`` times in a row is restarted with exponential
+back-off, so a broken configuration cannot turn into a fork bomb.  Exit codes
+in ``fatal_exit_codes`` (default: 78, ``EX_CONFIG``) mean "restarting will not
+help": the supervisor then shuts everything down and returns that code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import FrameType
+from typing import NoReturn
+
+from milterkit.runtime.errors import RuntimeConfigError
+
+__all__ = ["EX_CONFIG", "Supervisor", "describe_wait_status"]
+
+EX_CONFIG = 78
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+_SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+
+
+@dataclass
+class _Slot:
+    """Book-keeping for one worker index."""
+
+    index: int
+    pid: int | None = None
+    started: float = 0.0
+    fast_failures: int = 0
+    restart_at: float = 0.0
+
+
+def describe_wait_status(status: int) -> str:
+    """Human-readable reason for a wait() status, e.g. "killed by SIGKILL"."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        core = " (core dumped)" if os.WCOREDUMP(status) else ""
+        return f"killed by {name}{core}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"changed state (wait status {status:#x})"
+
+
+def _exit_code(value: object) -> int:
+    """Map a worker_main result or SystemExit.code to a process exit code."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value & 0xFF
+    return 1
+
+
+class Supervisor:
+    """Run ``worker_main`` in ``workers`` forked processes (or inline)."""
+
+    def __init__(
+        self,
+        worker_main: Callable[[int], int],
+        workers: int | None = None,
+        *,
+        fork: bool = True,
+        drain_timeout: float = 10.0,
+        restart_window: float = 1.0,
+        max_fast_restarts: int = 3,
+        max_backoff: float = 30.0,
+        fatal_exit_codes: Iterable[int] = (EX_CONFIG,),
+        on_reopen: Callable[[], None] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        count = (os.cpu_count() or 1) if workers is None else workers
+        if count < 0:
+            raise RuntimeConfigError(f"invalid number of workers {count}: negative")
+        if not fork and count > 1:
+            raise RuntimeConfigError(f"cannot run {count} workers without forking")
+        self._worker_main = worker_main
+        self._inline = count == 0 or not fork
+        self._slots = [_Slot(index) for index in range(max(count, 1))]
+        self._drain_timeout = drain_timeout
+        self._restart_window = restart_window
+        self._max_fast_restarts = max_fast_restarts
+        self._max_backoff = max_backoff
+        self._fatal_exit_codes = frozenset(fatal_exit_codes)
+        self._on_reopen = on_reopen
+        self._log = logger or logging.getLogger("milterkit.runtime.supervisor")
+        self._pending: list[int] = []
+        self._stopping = False
+        self._deadline = 0.0
+        self._killed = False
+        self._status = 0
+        self._wakeup_r = -1
+        self._wakeup_w = -1
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the currently running workers."""
+        return [slot.pid for slot in self._slots if slot.pid is not None]
+
+    def run(self) -> int:
+        """Supervise until stopped; return the exit status for the process.
+
+        Must be called from the main thread (it installs signal handlers,
+        which are restored on return).
+        """
+        if self._inline:
+            return self._run_inline()
+        saved = self._install_signals()
+        try:
+            self._loop()
+        except BaseException:
+            # A bug in the loop must not leave orphaned workers behind.
+            self._signal_workers(signal.SIGTERM)
+            raise
+        finally:
+            self._restore_signals(saved)
+        return self._status
+
+    def _run_inline(self) -> int:
+        """Debug/test mode: run the single worker in this process."""
+        self._log.info("running worker 0 inline (no fork) in pid %d", os.getpid())
+        try:
+            return _exit_code(self._worker_main(0))
+        except SystemExit as exc:
+            return _exit_code(exc.code)
+
+    # -- signal plumbing -------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Python-level handler: only record; the wakeup fd wakes the loop."""
+        self._pending.append(signum)
+
+    def _install_signals(self) -> tuple[int, dict[int, _SignalHandler]]:
+        """Create the wakeup pipe and install handlers; return what to restore."""
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_r, False)
+        os.set_blocking(self._wakeup_w, False)
+        old_fd = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        old: dict[int, _SignalHandler] = {
+            int(sig): signal.signal(sig, self._on_signal) for sig in _HANDLED_SIGNALS
+        }
+        return old_fd, old
+
+    def _restore_signals(self, saved: tuple[int, dict[int, _SignalHandler]]) -> None:
+        """Undo :meth:`_install_signals` (matters for inline callers and tests)."""
+        old_fd, old_handlers = saved
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        signal.set_wakeup_fd(old_fd)
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+
+    def _drain_wakeup(self) -> None:
+        """Empty the wakeup pipe (its content is irrelevant)."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wakeup_r, 512):
+                pass
+
+    # -- main loop -------------------------------------------------------
+
+    def _loop(self) -> None:
+        """Start workers, then react to signals, deaths and timers."""
+        self._log.info("supervisor %d starting %d workers", os.getpid(), len(self._slots))
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wakeup_r, selectors.EVENT_READ)
+            while True:
+                self._handle_signals()
+                self._reap()
+                self._tick()
+                if self._stopping and not self.worker_pids:
+                    break
+                if selector.select(self._timeout()):
+                    self._drain_wakeup()
+        self._log.info("supervisor %d stopped", os.getpid())
+
+    def _timeout(self) -> float | None:
+        """Seconds until the next timer, or None to sleep until a signal."""
+        now = time.monotonic()
+        if self._stopping:
+            return None if self._killed else max(0.0, self._deadline - now)
+        due = [slot.restart_at for slot in self._slots if slot.pid is None]
+        return max(0.0, min(due) - now) if due else None
+
+    def _handle_signals(self) -> None:
+        """Act on signals queued by :meth:`_on_signal`."""
+        pending, self._pending = self._pending, []
+        for signum in pending:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._begin_stop(f"received {signal.Signals(signum).name}")
+            elif signum == signal.SIGHUP:
+                self._reload()
+
+    def _reload(self) -> None:
+        """SIGHUP: reopen our own resources, then tell the workers."""
+        self._log.info("received SIGHUP; reopening and forwarding to workers")
+        if self._on_reopen is not None:
+            try:
+                self._on_reopen()
+            except Exception:
+                self._log.exception("reopen hook failed")
+        self._signal_workers(signal.SIGHUP)
+
+    def _begin_stop(self, reason: str) -> None:
+        """Enter drain mode: SIGTERM everyone and arm the deadline."""
+        if self._stopping:
+            return
+        self._log.info("%s; stopping %d workers (drain timeout %.1fs)",
+                       reason, len(self.worker_pids), self._drain_timeout)
+        self._stopping = True
+        self._deadline = time.monotonic() + self._drain_timeout
+        self._signal_workers(signal.SIGTERM)
+
+    def _signal_workers(self, signum: int) -> None:
+        """Send ``signum`` to every live worker."""
+        for pid in self.worker_pids:
+            with contextlib.suppress(ProcessLookupError):  # dead: reaped soon
+                os.kill(pid, signum)
+
+    def _tick(self) -> None:
+        """Start due workers, or escalate to SIGKILL past the deadline."""
+        now = time.monotonic()
+        if not self._stopping:
+            for slot in self._slots:
+                if slot.pid is None and slot.restart_at <= now:
+                    self._spawn(slot)
+        elif not self._killed and now >= self._deadline and self.worker_pids:
+            self._log.warning("drain timeout expired; killing workers %s", self.worker_pids)
+            self._killed = True
+            self._status = self._status or 1
+            self._signal_workers(signal.SIGKILL)
+
+    # -- children --------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Collect exited workers without touching unrelated children."""
+        for slot in self._slots:
+            if slot.pid is None:
+                continue
+            try:
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = slot.pid, 0  # reaped elsewhere; treat as gone
+            if pid:
+                self._on_exit(slot, status)
+
+    def _on_exit(self, slot: _Slot, status: int) -> None:
+        """Log a worker's death and decide what happens next."""
+        pid, slot.pid = slot.pid, None
+        reason = describe_wait_status(status)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if self._stopping:
+            self._log.info("worker %d (pid %s) %s", slot.index, pid, reason)
+            if code not in (0, None):
+                self._status = self._status or 1
+            return
+        if code in self._fatal_exit_codes:
+            self._log.error("worker %d (pid %s) %s (fatal); shutting down",
+                            slot.index, pid, reason)
+            self._status = code if code is not None else 1
+            self._begin_stop("fatal worker exit")
+            return
+        delay = self._schedule_restart(slot)
+        self._log.warning("worker %d (pid %s) %s unexpectedly; restarting in %.1fs",
+                          slot.index, pid, reason, delay)
+
+    def _schedule_restart(self, slot: _Slot) -> float:
+        """Apply the crash-loop back-off; return the restart delay."""
+        now = time.monotonic()
+        if now - slot.started < self._restart_window:
+            slot.fast_failures += 1
+        else:
+            slot.fast_failures = 0
+        excess = slot.fast_failures - self._max_fast_restarts
+        delay = 0.0 if excess <= 0 else min(self._max_backoff,
+                                             self._restart_window * 2 ** (excess - 1))
+        slot.restart_at = now + delay
+        return delay
+
+    def _spawn(self, slot: _Slot) -> None:
+        """Fork one worker with signals blocked across the fork."""
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self._log.error("cannot fork worker %d: %s", slot.index, exc)
+            slot.started = time.monotonic()
+            self._schedule_restart(slot)
+            slot.restart_at = max(slot.restart_at, slot.started + self._restart_window)
+            return
+        if pid == 0:
+            self._child(slot.index, old_mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        slot.pid, slot.started = pid, time.monotonic()
+        self._log.info("started worker %d (pid %d)", slot.index, pid)
+
+    def _child(self, index: int, old_mask: Iterable[int]) -> NoReturn:
+        """Child side of fork: reset inherited state, run the worker, exit."""
+        code = 70  # EX_SOFTWARE if anything below escapes
+        try:
+            self._reset_child_signals(old_mask)
+            code = self._call_worker(index)
+        finally:
+            _flush_before_exit()
+            os._exit(code)
+
+    def _reset_child_signals(self, old_mask: Iterable[int]) -> None:
+        """Give the worker default dispositions and no supervisor wakeup fd."""
+        signal.set_wakeup_fd(-1)
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+        for sig in _HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def _call_worker(self, index: int) -> int:
+        """Run worker_main, turning exceptions into exit codes."""
+        try:
+            return _exit_code(self._worker_main(index))
+        except SystemExit as exc:
+            return _exit_code(exc.code)
+        except BaseException:
+            self._log.exception("worker %d crashed", index)
+            return 1
+
+
+def _flush_before_exit() -> None:
+    """os._exit skips buffers and atexit; flush what a worker may have written."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    logging.shutdown()
