@@ -50,6 +50,18 @@ def _no_nul(value: bytes, what: str) -> None:
         raise LocalProtocolError(f"{what} must not contain a NUL byte: {value[:40]!r}")
 
 
+def _u32(value: int, what: str) -> bytes:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise LocalProtocolError(f"{what} {value} does not fit in an unsigned 32-bit field")
+    return _U32.pack(value)
+
+
+def _u16(value: int, what: str) -> bytes:
+    if not 0 <= value <= 0xFFFF:
+        raise LocalProtocolError(f"{what} {value} does not fit in an unsigned 16-bit field")
+    return _U16.pack(value)
+
+
 def _empty(payload: bytes, what: str) -> None:
     if payload:
         raise RemoteProtocolError(f"{what} must have no data, got {len(payload)} bytes")
@@ -89,10 +101,14 @@ class OptNeg(Message):
     macros: tuple[tuple[int, bytes], ...] = ()
 
     def payload(self) -> bytes:
-        out = [_OPTNEG.pack(self.version, int(self.actions), int(self.protocol))]
+        out = [
+            _u32(self.version, "OPTNEG version"),
+            _u32(int(self.actions), "OPTNEG actions"),
+            _u32(int(self.protocol), "OPTNEG protocol"),
+        ]
         for stage, names in self.macros:
             _no_nul(names, "macro list")
-            out.append(_U32.pack(stage) + names + b"\0")
+            out.append(_u32(stage, "macro list stage") + names + b"\0")
         return b"".join(out)
 
     @classmethod
@@ -138,11 +154,18 @@ class Macro(Message):
 
     def payload(self) -> bytes:
         if self.stage is None:
+            if self.pairs or self.dangling is not None:
+                raise LocalProtocolError("MACRO: macro values need a stage byte")
             return b""
+        if not 0 <= self.stage <= 0xFF:
+            raise LocalProtocolError(f"MACRO: stage {self.stage} is not a byte")
         out = [bytes((self.stage,))]
         for name, value in self.pairs:
+            _no_nul(name, "macro name")
+            _no_nul(value, "macro value")
             out.append(name + b"\0" + value + b"\0")
         if self.dangling is not None:
+            _no_nul(self.dangling, "macro name")
             out.append(self.dangling + b"\0")
         return b"".join(out)
 
@@ -175,11 +198,13 @@ class Connect(Message):
         _no_nul(self.hostname, "CONNECT hostname")
         head = self.hostname + b"\0" + bytes((self.family,))
         if self.family == Family.UNKNOWN:
+            if self.port is not None or self.address is not None:
+                raise LocalProtocolError("CONNECT: family 'U' carries no port and no address")
             return head
         if self.port is None or self.address is None:
             raise LocalProtocolError("CONNECT: port and address are required unless family is 'U'")
         _no_nul(self.address, "CONNECT address")
-        return head + _U16.pack(self.port) + self.address + b"\0"
+        return head + _u16(self.port, "CONNECT port") + self.address + b"\0"
 
     @classmethod
     def unpack(cls, payload: bytes) -> Connect:
@@ -527,7 +552,7 @@ class InsertHeader(Message):
     value: bytes
 
     def payload(self) -> bytes:
-        return _U32.pack(self.index) + Header(self.name, self.value).payload()
+        return _u32(self.index, "INSHEADER index") + Header(self.name, self.value).payload()
 
     @classmethod
     def unpack(cls, payload: bytes) -> InsertHeader:
@@ -544,7 +569,7 @@ class ChangeHeader(Message):
     value: bytes
 
     def payload(self) -> bytes:
-        return _U32.pack(self.index) + Header(self.name, self.value).payload()
+        return _u32(self.index, "CHGHEADER index") + Header(self.name, self.value).payload()
 
     @classmethod
     def unpack(cls, payload: bytes) -> ChangeHeader:
