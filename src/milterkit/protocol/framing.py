@@ -61,7 +61,8 @@ class FrameDecoder:
         """Bytes received and not yet handed out as frames."""
         gathered = 0
         if self._gather is not None:
-            gathered = sum(len(part) for part in self._gather)
+            # the header of the frame being gathered is still unconsumed input
+            gathered = HEADER_SIZE + sum(len(part) for part in self._gather)
         return len(self._buf) - self._pos + gathered
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
