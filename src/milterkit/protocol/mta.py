@@ -43,8 +43,10 @@ Event = Message | NeedData | ConnectionClosed
 class MTAConnection:
     """The MTA's view of one filter connection."""
 
-    def __init__(self, *, max_reply_size: int = POSTFIX_MAX_PACKET) -> None:
-        self._decoder = FrameDecoder(max_reply_size)
+    def __init__(self, *, max_reply_size: int = POSTFIX_MAX_PACKET - 1) -> None:
+        # Postfix caps the length field (command byte + payload) at INT_MAX/2; so
+        # does this side, whatever larger payload limit the caller asks for.
+        self._decoder = FrameDecoder(min(max_reply_size, POSTFIX_MAX_PACKET - 1))
         self._eof = False
         self.offer: OptNeg | None = None
         self.negotiated: Negotiated | None = None
@@ -129,6 +131,11 @@ class MTAConnection:
         return [Body(bytes(view[i : i + size])) for i in range(0, len(body), size)]
 
     # ------------------------------------------------------------------ receiving
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the filter and not yet returned as replies."""
+        return self._decoder.buffered
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the filter; ``b""`` means the filter closed the connection."""
