@@ -18,6 +18,7 @@ from collections import deque
 
 from milterkit.protocol.constants import (
     MAX_DATA_SIZE,
+    MIN_PROTOCOL_VERSION,
     REPLY_ACTION,
     Command,
     ProtocolFlag,
@@ -149,6 +150,11 @@ class FilterConnection:
             raise RemoteProtocolError(f"expected OPTNEG first, got {Command(message.code).name}")
         if self.offer is not None:
             raise RemoteProtocolError("MTA sent a second OPTNEG before our reply")
+        if message.version < MIN_PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"MTA offers protocol version {message.version}; at least "
+                f"{MIN_PROTOCOL_VERSION} is needed"
+            )
         self.offer = message
         self.awaiting = Command.OPTNEG
         return message
