@@ -54,6 +54,9 @@ def semantic_version(version: int) -> int:
 def describe_actions(actions: Action) -> str:
     """``ADD_HEADERS|QUARANTINE`` style names, for error messages."""
     names = [flag.name for flag in Action if flag.name and flag & actions and flag.value]
+    unknown = int(actions) & ~int(Action.all())
+    if unknown:
+        names.append(f"0x{unknown:x}")
     return "|".join(n for n in names if n != "NONE") or "none"
 
 
@@ -83,7 +86,7 @@ class Negotiated:
         return flag is None or not self.protocol & flag
 
     def missing_actions(self, needed: Action) -> Action:
-        return Action(needed & ~self.actions)
+        return Action(int(needed) & ~int(self.actions))
 
     def macro_names(self, stage: MacroStage) -> tuple[bytes, ...] | None:
         """Names the filter asked for at this stage, or None if it asked for no list."""
@@ -134,7 +137,7 @@ def build_filter_reply(
     """
     offered_actions, offered_protocol = _check_offer(offer)
     agreed_version = min(version, offer.version)
-    missing = Action(actions & ~offered_actions)
+    missing = Action(int(actions) & ~int(offered_actions))
     if missing:
         raise LocalProtocolError(
             f"the filter needs actions the MTA did not offer: {describe_actions(missing)} "
@@ -170,7 +173,7 @@ def check_filter_reply_local(offer: OptNeg, reply: OptNeg) -> None:
     problem = _reply_problem(offer, reply, offered_actions)
     if problem:
         raise LocalProtocolError(problem)
-    extra = ProtocolFlag(reply.protocol & ~offered_protocol)
+    extra = ProtocolFlag(int(reply.protocol) & ~int(offered_protocol))
     if extra:
         raise LocalProtocolError(
             f"OPTNEG reply asks for protocol bits the MTA did not offer: {extra!r}; "
@@ -200,7 +203,7 @@ def _reply_problem(offer: OptNeg, reply: OptNeg, offered_actions: Action) -> str
             f"filter protocol version {reply.version} conflicts with the offered version "
             f"{offer.version} (must be {MIN_PROTOCOL_VERSION}..{offer.version})"
         )
-    missing = Action(reply.actions & ~offered_actions)
+    missing = Action(int(reply.actions) & ~int(offered_actions))
     if missing:
         return (
             f"filter requests actions the MTA did not offer: {describe_actions(missing)} "
