@@ -259,8 +259,9 @@ def _export_libmilter_names() -> dict[str, int]:
     }
     for name, act in action_names.items():
         names[f"SMFIF_{name}"] = act
-    for flag in ProtocolFlag:
-        if flag.name:
+    for flag in ProtocolFlag.__members__.values():
+        # single bits only: iterating a Flag yields NONE on 3.10 but not on 3.11+
+        if flag.name and flag.value and flag.value & (flag.value - 1) == 0:
             names[f"SMFIP_{flag.name}"] = flag
     names["SMFIP_NOHREPL"] = ProtocolFlag.NR_HDR
     for stage in MacroStage:
