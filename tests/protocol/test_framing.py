@@ -127,7 +127,7 @@ def test_too_long_refused_as_soon_as_the_header_is_in() -> None:
 def test_ascii_text_in_the_socket_names_the_length() -> None:
     decoder = FrameDecoder(POSTFIX_MAX_PACKET - 1)
     decoder.feed(b"postfix")  # 0x706F7374 = 1886352244
-    with pytest.raises(RemoteProtocolError, match="packet length 1886352244 .* 1073741822"):
+    with pytest.raises(RemoteProtocolError, match=r"packet length 1886352244 .* 1073741822"):
         decoder.next_frame()
 
 
@@ -255,7 +255,7 @@ def test_mta_connection_hard_cap() -> None:
     conn.receive_data((POSTFIX_MAX_PACKET + 1).to_bytes(4, "big") + b"b")
     with pytest.raises(
         RemoteProtocolError,
-        match="packet length 1073741824 .* over the limit of 1073741822",
+        match=r"packet length 1073741824 .* over the limit of 1073741822",
     ):
         conn.next_event()
 
@@ -279,5 +279,5 @@ def test_mta_connection_accepts_large_replies() -> None:
     for start in range(0, len(raw), 4096):
         conn.receive_data(raw[start : start + 4096])
     event = conn.next_event()
-    assert event.encode() == raw[: 70005]
+    assert event.encode() == raw[:70005]
     assert conn.next_event() == Continue()

@@ -185,7 +185,7 @@ def test_mail_and_rcpt(
 def test_mail_rcpt_malformed() -> None:
     with pytest.raises(RemoteProtocolError, match="MAIL: payload b'' is not NUL-terminated"):
         Mail.unpack(b"")
-    with pytest.raises(RemoteProtocolError, match="RCPT: payload .* is not NUL-terminated"):
+    with pytest.raises(RemoteProtocolError, match=r"RCPT: payload .* is not NUL-terminated"):
         Rcpt.unpack(b"<a@b>\0SIZE=1")
     with pytest.raises(LocalProtocolError, match="ESMTP argument must not contain a NUL"):
         Mail(b"<a@b>", (b"X\0Y",)).payload()
@@ -241,7 +241,12 @@ def test_header_malformed(payload: bytes, problem: str) -> None:
         (Macro(0, ((b"x", b"y"),)), b"\0x\0y\0"),  # stage byte 0
         (Macro(ord("L"), ((b"i", b"<queue-id>"),)), b"Li\0<queue-id>\0"),
         (Macro(ord("B"), ((b"i", b"Q"),)), b"Bi\0Q\0"),
-        (Macro(ord("U"),), b"U"),
+        (
+            Macro(
+                ord("U"),
+            ),
+            b"U",
+        ),
     ],
 )
 def test_macro(message: Macro, payload: bytes) -> None:
@@ -479,7 +484,12 @@ def test_replycode_unpack_needs_one_cstring() -> None:
 @pytest.mark.parametrize("cls", [InsertHeader, ChangeHeader])
 @pytest.mark.parametrize(
     ("index", "prefix"),
-    [(0, b"\0\0\0\0"), (1, b"\0\0\0\x01"), (2**32 - 1, b"\xff\xff\xff\xff"), (70000, b"\0\x01\x11\x70")],
+    [
+        (0, b"\0\0\0\0"),
+        (1, b"\0\0\0\x01"),
+        (2**32 - 1, b"\xff\xff\xff\xff"),
+        (70000, b"\0\x01\x11\x70"),
+    ],
 )
 def test_indexed_headers(
     cls: type[InsertHeader] | type[ChangeHeader], index: int, prefix: bytes
@@ -491,8 +501,10 @@ def test_indexed_headers(
 
 @pytest.mark.parametrize("cls", [InsertHeader, ChangeHeader])
 def test_indexed_headers_malformed(cls: type[InsertHeader] | type[ChangeHeader]) -> None:
-    name = cls.__name__.upper().replace("INSERTHEADER", "INSHEADER").replace(
-        "CHANGEHEADER", "CHGHEADER"
+    name = (
+        cls.__name__.upper()
+        .replace("INSERTHEADER", "INSHEADER")
+        .replace("CHANGEHEADER", "CHGHEADER")
     )
     with pytest.raises(RemoteProtocolError, match=f"{name}: payload of 3 bytes has no index"):
         cls.unpack(b"\0\0\0")
@@ -518,12 +530,14 @@ def test_add_header() -> None:
         AddHeader(b"X\0", b"v").payload()
 
 
-@pytest.mark.parametrize(("cls", "name"), [(ChangeFrom, "CHGFROM"), (AddRecipientPar, "ADDRCPT_PAR")])
-def test_addr_with_optional_args(
-    cls: type[ChangeFrom] | type[AddRecipientPar], name: str
-) -> None:
+@pytest.mark.parametrize(
+    ("cls", "name"), [(ChangeFrom, "CHGFROM"), (AddRecipientPar, "ADDRCPT_PAR")]
+)
+def test_addr_with_optional_args(cls: type[ChangeFrom] | type[AddRecipientPar], name: str) -> None:
     reply_roundtrip(cls(b"<new@example.org>"), b"<new@example.org>\0")
-    reply_roundtrip(cls(b"<new@example.org>", b"RET=HDRS ENVID=x"), b"<new@example.org>\0RET=HDRS ENVID=x\0")
+    reply_roundtrip(
+        cls(b"<new@example.org>", b"RET=HDRS ENVID=x"), b"<new@example.org>\0RET=HDRS ENVID=x\0"
+    )
     reply_roundtrip(cls(b"<>", b""), b"<>\0\0")
     reply_roundtrip(cls(b""), b"\0")
     with pytest.raises(RemoteProtocolError, match=f"{name}: expected 1 to 2 strings, got 3"):

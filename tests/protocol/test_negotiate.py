@@ -88,7 +88,9 @@ def test_mta_connection_per_version(version: int) -> None:
         conn.receive_data(b"\0\0\0\x01c")
         conn.next_event()
     # MACRO packets for a stage beyond the version are not sent either.
-    assert conn.send(Macro(ord("T"), ((b"i", b"Q"),))) == (b"" if version < 4 else b"\0\0\0\x06DTi\0Q\0")
+    assert conn.send(Macro(ord("T"), ((b"i", b"Q"),))) == (
+        b"" if version < 4 else b"\0\0\0\x06DTi\0Q\0"
+    )
     assert conn.send(Macro(ord("U"))) == (b"" if version < 3 else b"\0\0\0\x02DU")
     assert conn.send(Macro(ord("L"))) == b"\0\0\0\x02DL"  # Postfix sends 'L' even to v2
     assert conn.send(Unknown(b"FOO")) == (b"\0\0\0\x05UFOO\0" if version >= 3 else b"")
@@ -113,10 +115,7 @@ def test_macro_list_extension_with_stage_ids() -> None:
         (6, b"i"),
     )
     assert reply.payload()[12:] == (
-        b"\0\0\0\0j {daemon_name}\0"
-        b"\0\0\0\x03{rcpt_addr}\0"
-        b"\0\0\0\x05{msg_id} i\0"
-        b"\0\0\0\x06i\0"
+        b"\0\0\0\0j {daemon_name}\0\0\0\0\x03{rcpt_addr}\0\0\0\0\x05{msg_id} i\0\0\0\0\x06i\0"
     )
     agreed = accept_filter_reply(offer, OptNeg.unpack(reply.payload()))
     assert agreed.macro_names(MacroStage.EOM) == (b"{msg_id}", b"i")
@@ -363,9 +362,7 @@ def test_filter_connection_negotiate_round_trip() -> None:
         protocol=P.NR_HDR | P.SKIP,
         macros={MacroStage.EOH: "i"},
     )
-    assert out == (
-        b"\0\0\0\x13O\0\0\0\x06\0\0\x01\x41\0\0\x04\x80" + b"\0\0\0\x06i\0"
-    )
+    assert out == (b"\0\0\0\x13O\0\0\0\x06\0\0\x01\x41\0\0\x04\x80" + b"\0\0\0\x06i\0")
     assert conn.negotiated == Negotiated(
         6, A(0x141), P.NR_HDR | P.SKIP, {6: (b"i",)}, MAX_DATA_SIZE
     )
