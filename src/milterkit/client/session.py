@@ -1,0 +1,709 @@
+"""The MTA side of a milter conversation, sans I/O: what to send, what it meant.
+
+:class:`MTASession` owns one :class:`~milterkit.protocol.MTAConnection` and
+an :class:`~milterkit.mtaprofile.MTAProfile`. It hands out *exchanges*: an
+:class:`Opening` (OPTNEG, CONNECT, HELO) and then one :class:`MessageRun` per
+message (MAIL ... EOM). Neither touches a socket or a clock, so the same code
+drives a real socket (:mod:`milterkit.client.aio`), an in-memory
+``FilterConnection`` (the test harness), or a replay of recorded bytes.
+
+Driving an exchange (the whole contract)::
+
+    session = MTASession(profile, client=ClientInfo("192.0.2.1", 50000))
+    for exchange in (session.opening(), session.message(msg, sender, rcpts)):
+        out = exchange.start()
+        while True:
+            if out:
+                transport.write(out)        # bytes for the filter, in order
+            if exchange.done:
+                break
+            data = transport.read()         # b"" once the filter closed
+            out = exchange.receive_data(data)
+    result = run.result                     # a CheckResult
+    transport.write(session.quit())         # pending ABORTs + QUIT
+
+Rules the driver can rely on:
+
+* Whenever ``done`` is False after ``start()``/``receive_data()``, the filter
+  owes a reply; ``exchange.stage`` names the step it owes it for
+  (``"optneg"``, ``"connect"``, ``"helo"``, ``"mail"``, ``"rcpt"``,
+  ``"data"``, ``"header"``, ``"eoh"``, ``"body"``, ``"eom"``), for timeouts
+  and error messages. ``receive_data`` may return ``b""`` while a reply is
+  still incomplete: just read again.
+* When ``done`` turns True the returned bytes are empty. Packets that need
+  no reply and that a real MTA writes lazily (Postfix's ABORT after a
+  message) stay queued in the session and go out in front of the next
+  exchange's first bytes, or with :meth:`MTASession.quit` /
+  :meth:`MTASession.abort`.
+* Filter misbehaviour raises :class:`~milterkit.protocol.RemoteProtocolError`
+  from ``receive_data``; the session is then unusable, as it is for an MTA.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import string
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+
+from milterkit.mtaprofile import POSTFIX, MTAProfile
+from milterkit.protocol.constants import (
+    REPLY_ACTION,
+    STAGE_LETTER,
+    Command,
+    Family,
+    ProtocolFlag,
+    Reply,
+)
+from milterkit.protocol.errors import LocalProtocolError, RemoteProtocolError
+from milterkit.protocol.events import NEED_DATA, ConnectionClosed
+from milterkit.protocol.macros import macro_key
+from milterkit.protocol.messages import (
+    Abort,
+    Connect,
+    Data,
+    EndOfHeaders,
+    EndOfMessage,
+    Header,
+    Helo,
+    Macro,
+    Mail,
+    Message,
+    Progress,
+    Quarantine,
+    Quit,
+    Rcpt,
+    ReplyCode,
+)
+from milterkit.protocol.mta import MTAConnection
+from milterkit.protocol.negotiate import Negotiated
+from milterkit.result import (
+    CheckResult,
+    MessageInput,
+    ParsedMessage,
+    SmtpReply,
+    StageResult,
+    bare_address,
+)
+
+__all__ = ["ClientInfo", "Exchange", "MTASession", "MessageRun", "Opening", "decision_of"]
+
+_DECISIONS = {
+    Reply.CONTINUE: "continue",
+    Reply.ACCEPT: "accept",
+    Reply.REJECT: "reject",
+    Reply.TEMPFAIL: "tempfail",
+    Reply.DISCARD: "discard",
+    Reply.SKIP: "skip",
+    Reply.SHUTDOWN: "shutdown",
+}
+_LETTER_OF_STAGE = {int(k): chr(v) for k, v in STAGE_LETTER.items()}
+_Script = Generator[bytes, Message, None]
+_Ask = Generator[bytes, Message, Message | None]
+
+
+def decision_of(reply: Message) -> str:
+    """The decision name of a final reply; a REPLYCODE is a reject or tempfail by class."""
+    if isinstance(reply, ReplyCode):
+        return "tempfail" if reply.text.startswith(b"4") else "reject"
+    decision = _DECISIONS.get(Reply(reply.code))
+    if decision is None:
+        raise RemoteProtocolError(
+            f"filter sent {Reply(reply.code).name}, which no MTA accepts as a reply"
+        )
+    return decision
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """The SMTP client the MTA pretends to serve.
+
+    ``address`` is an IPv4/IPv6 literal, a UNIX socket path (starting with
+    ``/``), or None/"" for an unknown family ('U'). ``hostname`` is the
+    verified client name; None means lookups failed or were off, so the MTA
+    sends ``[address]`` and ``_`` says ``unknown``.
+    """
+
+    address: str | None = "127.0.0.1"
+    port: int = 50000
+    hostname: str | None = None
+    helo: str = "client.example.org"
+
+
+class MTASession:
+    """One filter connection as an MTA sees it (see the module docstring).
+
+    ``version``/``actions``/``protocol`` override the profile's offer.
+    ``macros`` overrides macro values by name (``"j"``, ``"{auth_authen}"``;
+    an empty value suppresses the macro). A name that is in none of the
+    profile's stage lists is sent with CONNECT; ``"M:{name}"`` sends it with
+    the given stage letter instead. Macros the filter requests in its OPTNEG
+    reply are sent at their stage when they have a value.
+    """
+
+    def __init__(
+        self,
+        profile: MTAProfile = POSTFIX,
+        *,
+        client: ClientInfo | None = None,
+        version: int | None = None,
+        actions: int | None = None,
+        protocol: int | None = None,
+        macros: Mapping[str, str] | None = None,
+        connection: MTAConnection | None = None,
+    ) -> None:
+        self.profile = profile
+        self.client = client or ClientInfo()
+        self.conn = connection or MTAConnection()
+        self.offer = MTAConnection.default_offer(
+            profile.version if version is None else version,
+            profile.actions if actions is None else actions,  # type: ignore[arg-type]
+            profile.protocol if protocol is None else protocol,  # type: ignore[arg-type]
+        )
+        self._overrides, self._extra = _parse_overrides(profile, macros or {})
+        self._pending: list[bytes] = []
+        self.context = self._connection_context()
+        self.opening_stages: list[StageResult] = []
+        #: Set when CONNECT/HELO ended the session: (decision, reply, stage).
+        self.verdict: tuple[str, SmtpReply | None, str] | None = None
+        self.opened = False
+        self.in_message = False
+
+    # --------------------------------------------------------------- exchanges
+
+    def opening(self) -> Opening:
+        """OPTNEG, CONNECT and HELO."""
+        if self.opened:
+            raise LocalProtocolError("the session is already open")
+        self.opened = True
+        return Opening(self)
+
+    def message(
+        self,
+        message: MessageInput,
+        sender: str,
+        recipients: Sequence[str],
+        *,
+        sender_args: Sequence[str] = (),
+        recipient_args: Mapping[str, Sequence[str]] | None = None,
+    ) -> MessageRun:
+        """One message from MAIL to the end-of-message reply."""
+        if not self.opened:
+            raise LocalProtocolError("run session.opening() before the first message")
+        return MessageRun(self, message, sender, recipients, sender_args, recipient_args or {})
+
+    def abort(self) -> bytes:
+        """Queued packets plus ABORT, e.g. for an SMTP RSET; no reply follows."""
+        self.emit(Abort())
+        self.in_message = False
+        return self.take_pending()
+
+    def quit(self) -> bytes:
+        """Queued packets plus QUIT (Postfix adds its session-end ABORT first)."""
+        if self.verdict is not None and not self.profile.quit_after_session_verdict:
+            return self.take_pending()
+        if self.profile.abort_after_message:
+            self.emit(Abort())
+        self.emit(Quit())
+        return self.take_pending()
+
+    @property
+    def negotiated(self) -> Negotiated | None:
+        return self.conn.negotiated
+
+    # ----------------------------------------------------------------- sending
+
+    def emit(self, message: Message) -> bool:
+        """Queue a command; False when the filter asked not to get it."""
+        data = self.conn.send(message)
+        if data:
+            self._pending.append(data)
+        return bool(data)
+
+    def take_pending(self) -> bytes:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        return data
+
+    def emit_macros(self, letter: str, context: Mapping[str, str]) -> None:
+        """Queue the MACRO packet for a stage letter, if the MTA sends one."""
+        names = self._stage_names(letter)
+        if names is None:
+            return
+        pairs = []
+        for name in names:
+            value = self._value(name, context)
+            if value:
+                pairs.append((name.encode("ascii"), value.encode("utf-8", "surrogateescape")))
+        self.emit(Macro(ord(letter), tuple(pairs)))
+
+    def _stage_names(self, letter: str) -> list[str] | None:
+        base = letter
+        if letter in ("L", "B"):
+            if not self.profile.header_body_macros:
+                return None
+            base = "N" if letter == "L" else "E"
+        names = self._requested(base)
+        if names is None:
+            configured = self.profile.macros.get(base)
+            names = None if configured is None else list(configured)
+        extra = self._extra.get(base, [])
+        if names is None:
+            return extra or None
+        return names + [n for n in extra if n not in names]
+
+    def _requested(self, letter: str) -> list[str] | None:
+        """The filter's own list for this stage (OPTNEG macro lists), if it sent one."""
+        negotiated = self.conn.negotiated
+        if negotiated is None:
+            return None
+        for stage_id, names in negotiated.macros.items():
+            if _LETTER_OF_STAGE.get(stage_id) != letter:
+                continue
+            if names or self.profile.empty_macro_list_disables:
+                return [n.decode("ascii", "replace") for n in names]
+        return None
+
+    def _value(self, name: str, context: Mapping[str, str]) -> str:
+        override = self._overrides.get(macro_key(name))
+        if override is not None:
+            return override
+        template = self.profile.template_for(name)
+        if template is None:
+            template = self.profile.template_for(_other_spelling(name)) or ""
+        return string.Template(template).substitute(_Context(context))
+
+    # ----------------------------------------------------------------- context
+
+    def _connection_context(self) -> dict[str, str]:
+        profile, client = self.profile, self.client
+        address = client.address or ""
+        port = str(client.port)
+        name = client.hostname or "unknown"
+        if profile.nonsmtp is not None:
+            address, port, name = profile.nonsmtp.address, str(profile.nonsmtp.port), "localhost"
+        return {
+            "mta_hostname": profile.hostname,
+            "mta_version": profile.mta_version,
+            "daemon_name": profile.daemon_name,
+            "daemon_addr": profile.daemon_addr,
+            "daemon_port": profile.daemon_port,
+            "client_addr": address,
+            "client_port": port,
+            "client_name": name,
+            "client_hostname": self.connect_message().hostname.decode("utf-8", "replace"),
+            "client_ident": f"{name} [{address}]" if address else name,
+            "helo": self.helo_name(),
+        }
+
+    def connect_message(self) -> Connect:
+        """CONNECT as the profile's MTA would send it for :attr:`client`."""
+        fake = self.profile.nonsmtp
+        if fake is not None:
+            return Connect(fake.hostname.encode(), fake.family, fake.port, fake.address.encode())
+        client = self.client
+        address = client.address
+        if not address:
+            return Connect(_enc(client.hostname or "localhost"), Family.UNKNOWN)
+        if address.startswith("/"):
+            return Connect(_enc(client.hostname or "localhost"), Family.UNIX, 0, _enc(address))
+        ip = ipaddress.ip_address(address)
+        family = Family.INET if ip.version == 4 else Family.INET6
+        text = address if ip.version == 4 else self.profile.ipv6_prefix + address
+        hostname = client.hostname or f"[{text}]"
+        return Connect(_enc(hostname), family, client.port, _enc(text))
+
+    def helo_name(self) -> str:
+        fake = self.profile.nonsmtp
+        return fake.helo if fake is not None else self.client.helo
+
+    def new_queue_id(self) -> str:
+        """A Postfix-looking queue id (11 hex digits); override with macro ``i``."""
+        return f"{random.getrandbits(44):011X}"
+
+
+def _enc(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _other_spelling(name: str) -> str:
+    return name[1:-1] if name.startswith("{") and name.endswith("}") else "{" + name + "}"
+
+
+class _Context(dict[str, str]):
+    """Template variables; unknown ones expand to "" (the macro is then omitted)."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def _parse_overrides(
+    profile: MTAProfile, macros: Mapping[str, str]
+) -> tuple[dict[bytes, str], dict[str, list[str]]]:
+    overrides: dict[bytes, str] = {}
+    extra: dict[str, list[str]] = {}
+    for key, value in macros.items():
+        letter, sep, name = key.partition(":")
+        if not (sep and len(letter) == 1 and letter.isupper()):
+            letter, name = "", key
+        overrides[macro_key(name)] = value
+        listed = any(
+            macro_key(n) == macro_key(name) for stage in profile.macros.values() for n in stage
+        )
+        if letter or not listed:
+            extra.setdefault(letter or "C", []).append(name)
+    return overrides, extra
+
+
+# ------------------------------------------------------------------- exchanges
+
+
+class Exchange:
+    """Base of the sans-I/O exchanges: a script of commands, paused at each reply."""
+
+    def __init__(self, session: MTASession) -> None:
+        self.session = session
+        self.done = False
+        self.stage = ""
+        self.detail = ""
+        self._script: _Script | None = None
+
+    def start(self) -> bytes:
+        """Bytes to send first (may include packets queued by earlier exchanges)."""
+        if self._script is not None:
+            raise LocalProtocolError("exchange already started")
+        self._script = self._run()
+        return self._resume(None)
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Feed the filter's bytes (``b""`` = it closed); return bytes to send next."""
+        if self.done or self._script is None:
+            raise LocalProtocolError("exchange is not waiting for the filter")
+        conn = self.session.conn
+        conn.receive_data(data)
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                return b""
+            if isinstance(event, ConnectionClosed):
+                raise RemoteProtocolError(f"filter closed the connection during {self.stage}")
+            assert isinstance(event, Message)
+            if isinstance(event, Progress):
+                continue
+            if Reply(event.code) in REPLY_ACTION:
+                self._modification(event)
+                continue
+            return self._resume(event)
+
+    def _resume(self, reply: Message | None) -> bytes:
+        assert self._script is not None
+        try:
+            return self._script.send(reply)  # type: ignore[arg-type]
+        except StopIteration:
+            self.done = True
+            return b""
+
+    def _run(self) -> _Script:
+        raise NotImplementedError
+        yield b""  # pragma: no cover
+
+    def _modification(self, message: Message) -> None:
+        raise RemoteProtocolError(f"modification {Reply(message.code).name} outside a message")
+
+    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
+        raise NotImplementedError
+
+    def _ask(self, message: Message, stage: str, detail: str = "") -> _Ask:
+        """Queue a command; if it needs a reply, flush and wait for it."""
+        session = self.session
+        if not session.emit(message):
+            return None
+        if session.conn.awaiting is None:
+            self._record(stage, "noreply", None, detail)
+            return None
+        self.stage, self.detail = stage, detail
+        reply = yield session.take_pending()
+        if stage != "optneg":
+            self._record(stage, decision_of(reply), reply, detail)
+        return reply
+
+
+def _smtp_reply(reply: Message | None) -> SmtpReply | None:
+    if isinstance(reply, ReplyCode):
+        return SmtpReply.parse(reply.text.decode("utf-8", "surrogateescape"))
+    return None
+
+
+class Opening(Exchange):
+    """OPTNEG, then CONNECT and HELO with their macros.
+
+    A final reply other than continue at CONNECT or HELO ends the session for
+    every message (PROTOCOL.md section 6.7); it is kept in
+    :attr:`MTASession.verdict` and shows up in each message's result.
+    """
+
+    def _run(self) -> _Script:
+        session = self.session
+        yield from self._ask(session.offer, "optneg")
+        ctx = session.context
+        session.emit_macros("C", ctx)
+        connect = session.connect_message()
+        reply = yield from self._ask(
+            connect, "connect", connect.hostname.decode("utf-8", "replace")
+        )
+        if self._ends_session(reply, "connect"):
+            return
+        session.emit_macros("H", ctx)
+        helo = session.helo_name()
+        reply = yield from self._ask(Helo(_enc(helo)), "helo", helo)
+        self._ends_session(reply, "helo")
+
+    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
+        self.session.opening_stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
+
+    def _ends_session(self, reply: Message | None, stage: str) -> bool:
+        if reply is None:
+            return False
+        decision = decision_of(reply)
+        if decision in ("continue", "skip"):
+            return False
+        if decision == "shutdown":
+            decision = "tempfail"
+        self.session.verdict = (decision, _smtp_reply(reply), stage)
+        return True
+
+
+class MessageRun(Exchange):
+    """One message through the filter, building a :class:`CheckResult`.
+
+    The steps follow a real MTA: MAIL, each RCPT, DATA, every header, EOH,
+    the body in chunks of the negotiated size, EOM, each preceded by the
+    profile's MACRO packet. A final reply that ends the message (reject at
+    MAIL, accept at RCPT, ...) stops sending the rest, as an MTA would; a
+    reject or tempfail at RCPT only drops that recipient. SKIP at RCPT,
+    header or body skips the remaining commands of that kind.
+    """
+
+    def __init__(
+        self,
+        session: MTASession,
+        message: MessageInput,
+        sender: str,
+        recipients: Sequence[str],
+        sender_args: Sequence[str],
+        recipient_args: Mapping[str, Sequence[str]],
+    ) -> None:
+        super().__init__(session)
+        if not recipients:
+            raise ValueError("a message needs at least one recipient")
+        self.parsed = ParsedMessage.parse(message)
+        self.sender = sender
+        self.recipients = list(recipients)
+        self.sender_args = tuple(sender_args)
+        self.recipient_args = recipient_args
+        self.result = CheckResult(
+            negotiated=session.negotiated,
+            profile=session.profile.name,
+            stages=list(session.opening_stages),
+            sender=sender,
+            sender_args=self.sender_args,
+            recipients=list(recipients),
+        )
+        self.context = dict(session.context)
+        self._ended = False
+
+    # ----------------------------------------------------------------- script
+
+    def _run(self) -> _Script:
+        session = self.session
+        if session.verdict is not None:
+            self._session_verdict()
+            return
+        session.in_message = True
+        self._start_context()
+        yield from self._message()
+        if self._ended or session.profile.abort_after_message:
+            session.emit(Abort())
+        session.in_message = False
+
+    def _message(self) -> _Script:
+        if not (yield from self._mail()):
+            return
+        if not (yield from self._rcpts()):
+            return
+        if not (yield from self._step("T", Data(), "data")):
+            return
+        if not (yield from self._headers()):
+            return
+        if not (yield from self._step("N", EndOfHeaders(), "eoh")):
+            return
+        if not (yield from self._body()):
+            return
+        yield from self._step("E", EndOfMessage(), "eom")
+
+    def _mail(self) -> Generator[bytes, Message, bool]:
+        mail = Mail(_enc(self._envelope(self.sender, null_ok=True)), _encs(self.sender_args))
+        return (yield from self._step("M", mail, "mail", self.sender))
+
+    def _rcpts(self) -> Generator[bytes, Message, bool]:
+        skipping = accepted = False
+        for rcpt in self.recipients:
+            address = bare_address(rcpt)
+            self.context.update(rcpt_addr=address, rcpt_host=_domain(address))
+            if skipping:
+                accepted = True
+                continue
+            self.session.emit_macros("R", self.context)
+            args = _encs(self.recipient_args.get(rcpt, ()))
+            reply = yield from self._ask(Rcpt(_enc(self._envelope(rcpt)), args), "rcpt", rcpt)
+            if reply is not None and not self._verdict(reply, "rcpt", rcpt):
+                return False
+            if reply is None or decision_of(reply) in ("continue", "skip"):
+                accepted = True
+                self._first_accepted_rcpt()
+            skipping = reply is not None and decision_of(reply) == "skip"
+        return accepted or self._all_rcpts_rejected()
+
+    def _headers(self) -> Generator[bytes, Message, bool]:
+        leadspc = bool(self._protocol() & ProtocolFlag.HDR_LEADSPC)
+        sends = self.session.conn.sends(Command.HEADER)
+        for raw in self.parsed.headers:
+            if sends:
+                self.session.emit_macros("L", self.context)
+            header = Header(raw.name, raw.value(leadspc))
+            reply = yield from self._ask(header, "header", raw.name.decode("ascii", "replace"))
+            if reply is None:
+                continue
+            if not self._verdict(reply, "header", ""):
+                return False
+            if decision_of(reply) == "skip":
+                break
+        return True
+
+    def _body(self) -> Generator[bytes, Message, bool]:
+        conn = self.session.conn
+        sends = conn.sends(Command.BODY)
+        for chunk in conn.body_chunks(self.parsed.smtp_body()):
+            if sends:
+                self.session.emit_macros("B", self.context)
+            reply = yield from self._ask(chunk, "body", f"{len(chunk.chunk)} bytes")
+            if reply is None:
+                continue
+            if not self._verdict(reply, "body", ""):
+                return False
+            if decision_of(reply) == "skip":
+                self.result.skipped_body = True
+                break
+        return True
+
+    def _step(
+        self, letter: str, command: Message, stage: str, detail: str = ""
+    ) -> Generator[bytes, Message, bool]:
+        """Macros, the command, and the verdict on its reply (True: go on)."""
+        self.session.emit_macros(letter, self.context)
+        reply = yield from self._ask(command, stage, detail)
+        if reply is None:
+            return True
+        if stage == "eom":
+            self._finish(decision_of(reply), reply, stage)
+            return False
+        return self._verdict(reply, stage, detail)
+
+    # -------------------------------------------------------------- verdicts
+
+    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
+        self.result.stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
+
+    def _verdict(self, reply: Message, stage: str, detail: str) -> bool:
+        """Whether the message goes on after this reply."""
+        decision = decision_of(reply)
+        if decision in ("continue", "skip"):
+            return True
+        if stage == "rcpt" and decision in ("reject", "tempfail"):
+            self.result.rejected_recipients[detail] = self._reply_for(decision, reply)
+            return True
+        self._finish(decision, reply, stage)
+        return False
+
+    def _finish(self, decision: str, reply: Message | None, stage: str) -> None:
+        result = self.result
+        self._ended = stage != "eom"
+        if decision == "shutdown" or (isinstance(reply, ReplyCode) and reply.smtp_code == 421):
+            self.session.verdict = ("tempfail", self._reply_for(decision, reply), stage)
+            decision = "tempfail"
+        result.decision, result.decided_at = decision, stage
+        result.reply = _smtp_reply(reply)
+        if decision in ("reject", "tempfail", "shutdown"):
+            result.default_reply = self._reply_for(decision, reply)
+
+    def _reply_for(self, decision: str, reply: Message | None) -> SmtpReply:
+        explicit = _smtp_reply(reply)
+        if explicit is not None:
+            return explicit
+        profile = self.session.profile
+        text = {"reject": profile.reject_reply, "shutdown": profile.shutdown_reply}.get(
+            decision, profile.tempfail_reply
+        )
+        return SmtpReply.parse(text)
+
+    def _all_rcpts_rejected(self) -> bool:
+        """Every recipient refused: the transaction is over before DATA."""
+        rejected = self.result.rejected_recipients
+        decision = "tempfail" if any(r.code // 100 == 4 for r in rejected.values()) else "reject"
+        last = list(rejected.values())[-1]
+        result = self.result
+        result.decision, result.decided_at, result.default_reply = decision, "rcpt", last
+        self._ended = True
+        return False
+
+    def _session_verdict(self) -> None:
+        """CONNECT/HELO already decided for the whole session: no packet is sent."""
+        assert self.session.verdict is not None
+        decision, reply, stage = self.session.verdict
+        result = self.result
+        result.decision, result.decided_at, result.reply = decision, stage, reply
+        if decision in ("reject", "tempfail"):
+            result.default_reply = reply or self._reply_for(decision, None)
+
+    def _modification(self, message: Message) -> None:
+        self.result.modifications.append(message)
+        if isinstance(message, Quarantine):
+            self.result.quarantine_reason = message.reason.decode("utf-8", "surrogateescape")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _protocol(self) -> ProtocolFlag:
+        negotiated = self.session.negotiated
+        return negotiated.protocol if negotiated else ProtocolFlag.NONE
+
+    def _envelope(self, address: str, null_ok: bool = False) -> str:
+        """SMTP puts addresses in ``<>``; Postfix's non-SMTP path sends them bare."""
+        bare = bare_address(address)
+        if self.session.profile.nonsmtp is not None:
+            return bare
+        return f"<{bare}>" if bare or null_ok else "<>"
+
+    def _start_context(self) -> None:
+        sender = bare_address(self.sender)
+        msg_id = self.parsed.get("Message-ID")
+        self.context.update(
+            mail_addr=sender,
+            mail_host=_domain(sender),
+            msg_id=msg_id.decode("utf-8", "replace").strip() if msg_id else "",
+            queue_id="",
+        )
+        self._queue_id = self.session.new_queue_id()
+        if self.session.profile.queue_id_at_mail:
+            self.context["queue_id"] = self._queue_id
+
+    def _first_accepted_rcpt(self) -> None:
+        self.context["queue_id"] = self._queue_id
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] if "@" in address else ""
+
+
+def _encs(values: Sequence[str]) -> tuple[bytes, ...]:
+    return tuple(_enc(v) for v in values)

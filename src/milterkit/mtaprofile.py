@@ -1,0 +1,276 @@
+"""MTA profiles: how a particular MTA talks to a milter.
+
+A filter that passes against one MTA can still break against another: the
+two big MTAs differ in which macros they send and when, whether they send
+ABORT after every message, whether MACRO packets precede each header and body
+chunk, and how they spell an IPv6 client address (PROTOCOL.md section 12.3).
+An :class:`MTAProfile` captures those differences as data so the client in
+:mod:`milterkit.client` can imitate a given MTA packet for packet.
+
+Macro values are :class:`string.Template` strings filled from a context of
+session and message facts (``$client_addr``, ``$queue_id``, ``$mail_addr``
+...; see :data:`CONTEXT_VARIABLES`). A macro whose value comes out empty is
+not sent, which is what both MTAs do for macros without a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from milterkit.protocol.constants import ALL_ACTIONS, ALL_PROTOCOL, Action, Family, ProtocolFlag
+
+__all__ = [
+    "CONTEXT_VARIABLES",
+    "POSTFIX",
+    "POSTFIX_NONSMTP",
+    "PROFILES",
+    "SENDMAIL",
+    "V2_ONLY",
+    "FakeConnect",
+    "MTAProfile",
+]
+
+#: Variables a macro template may use, and where their values come from.
+CONTEXT_VARIABLES: Mapping[str, str] = MappingProxyType(
+    {
+        "mta_hostname": "the MTA's own host name (profile.hostname)",
+        "mta_version": "MTA name and version, e.g. 'Postfix 3.7.11'",
+        "daemon_name": "the MTA daemon's name (profile.daemon_name)",
+        "daemon_addr": "the address the MTA listens on",
+        "daemon_port": "the port the MTA listens on",
+        "client_addr": "the SMTP client's IP address (or socket path)",
+        "client_port": "the SMTP client's port",
+        "client_name": "the client's verified host name, 'unknown' when there is none",
+        "client_hostname": "the host name sent in CONNECT ('[addr]' when unknown)",
+        "client_ident": "'name [addr]', the value of the '_' macro",
+        "helo": "the HELO/EHLO argument",
+        "queue_id": "the queue id, once the MTA has one",
+        "mail_addr": "sender address without angle brackets",
+        "mail_host": "domain of the sender address",
+        "rcpt_addr": "current recipient address without angle brackets",
+        "rcpt_host": "domain of the current recipient address",
+        "msg_id": "the message's Message-ID header value",
+    }
+)
+
+
+def _frozen(stages: Mapping[str, Mapping[str, str]]) -> Mapping[str, Mapping[str, str]]:
+    return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in stages.items()})
+
+
+@dataclass(frozen=True)
+class FakeConnect:
+    """Connection data an MTA invents for mail that did not come over SMTP."""
+
+    hostname: str = "localhost"
+    family: Family = Family.INET
+    port: int = 0
+    address: str = "127.0.0.1"
+    helo: str = "localhost"
+
+
+@dataclass(frozen=True)
+class MTAProfile:
+    """How one MTA (and one configuration of it) drives a milter.
+
+    ``macros`` maps a MACRO stage letter (``"C"``, ``"H"``, ``"M"``, ``"R"``,
+    ``"T"``, ``"N"``, ``"E"``) to the macros configured for it, name to value
+    template. A stage present in the mapping gets a MACRO packet even when no
+    value is set (Postfix and Sendmail both send empty ones); a stage absent
+    from it gets none. ``available`` holds templates for further macros a
+    filter may request through its OPTNEG macro lists.
+    """
+
+    name: str
+    version: int
+    actions: Action
+    protocol: ProtocolFlag
+    macros: Mapping[str, Mapping[str, str]]
+    available: Mapping[str, str] = field(default_factory=dict)
+    #: Postfix writes ABORT after each completed message; Sendmail does not.
+    abort_after_message: bool = True
+    #: Postfix sends the EOH macros before every header ('L') and the EOM
+    #: macros before every body chunk ('B'); Sendmail sends neither.
+    header_body_macros: bool = True
+    #: Sendmail writes client IPv6 addresses as ``IPv6:addr``; Postfix does not.
+    ipv6_prefix: str = ""
+    #: Postfix has a queue id only after the first accepted RCPT; Sendmail at MAIL.
+    queue_id_at_mail: bool = False
+    #: Sendmail (>= 8.15.2) reads an empty requested macro list as "none";
+    #: Postfix as "no override", so its configured list is still sent.
+    empty_macro_list_disables: bool = False
+    #: After a final reply at CONNECT/HELO Sendmail still sends QUIT, Postfix just closes.
+    quit_after_session_verdict: bool = False
+    #: Set for non-SMTP submissions: fake CONNECT/HELO data and bare addresses.
+    nonsmtp: FakeConnect | None = None
+    hostname: str = "mx.example.net"
+    daemon_name: str = "smtpd"
+    daemon_addr: str = "127.0.0.1"
+    daemon_port: str = "25"
+    mta_version: str = ""
+    reject_reply: str = "550 5.7.1 Command rejected"
+    tempfail_reply: str = "451 4.7.1 Service unavailable - try again later"
+    shutdown_reply: str = "421 4.7.0 Server closing connection"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "macros", _frozen(self.macros))
+        object.__setattr__(self, "available", MappingProxyType(dict(self.available)))
+
+    def replace(self, **changes: object) -> MTAProfile:
+        """A copy with some fields changed (e.g. another hostname or offer)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def stage_macros(self, letter: str) -> Mapping[str, str] | None:
+        """The configured macros for a MACRO stage letter, None if none are sent.
+
+        With :attr:`header_body_macros`, 'L' uses the EOH list and 'B' the EOM
+        list, as Postfix does.
+        """
+        if letter in ("L", "B"):
+            if not self.header_body_macros:
+                return None
+            letter = "N" if letter == "L" else "E"
+        return self.macros.get(letter)
+
+    def template_for(self, name: str) -> str | None:
+        """The value template of a macro in any stage list or in :attr:`available`."""
+        for stage in self.macros.values():
+            if name in stage:
+                return stage[name]
+        return self.available.get(name)
+
+
+_POSTFIX_MACROS = {
+    "C": {
+        "j": "$mta_hostname",
+        "{daemon_name}": "$daemon_name",
+        "{daemon_addr}": "$daemon_addr",
+        "v": "$mta_version",
+        "_": "$client_ident",
+    },
+    "H": {
+        "{tls_version}": "",
+        "{cipher}": "",
+        "{cipher_bits}": "",
+        "{cert_subject}": "",
+        "{cert_issuer}": "",
+    },
+    "M": {
+        "i": "$queue_id",
+        "{auth_type}": "",
+        "{auth_authen}": "",
+        "{auth_author}": "",
+        "{mail_addr}": "$mail_addr",
+        "{mail_host}": "$mail_host",
+        "{mail_mailer}": "virtual",
+    },
+    "R": {
+        "i": "$queue_id",
+        "{rcpt_addr}": "$rcpt_addr",
+        "{rcpt_host}": "$rcpt_host",
+        "{rcpt_mailer}": "virtual",
+    },
+    "T": {"i": "$queue_id"},
+    "N": {"i": "$queue_id"},
+    "E": {"i": "$queue_id"},
+}
+
+_POSTFIX_AVAILABLE = {
+    "{client_addr}": "$client_addr",
+    "{client_name}": "$client_name",
+    "{client_port}": "$client_port",
+    "{client_ptr}": "$client_name",
+    "{client_connections}": "1",
+    "{daemon_port}": "$daemon_port",
+}
+
+#: Postfix 3.7 with ``milter_protocol = 6`` and the default macro lists.
+POSTFIX = MTAProfile(
+    name="postfix",
+    version=6,
+    actions=ALL_ACTIONS,
+    protocol=ALL_PROTOCOL,
+    macros=_POSTFIX_MACROS,
+    available=_POSTFIX_AVAILABLE,
+    mta_version="Postfix 3.7.11",
+)
+
+#: Postfix 3.7 with ``milter_protocol = 2``: v2 offer, same macros, no DATA.
+V2_ONLY = POSTFIX.replace(name="v2", version=2, protocol=ProtocolFlag(0x7F))
+
+#: Postfix's ``non_smtpd_milters`` path (``sendmail`` command): fake connect
+#: data, bare addresses, queue id from MAIL on, no ABORT after the message.
+POSTFIX_NONSMTP = POSTFIX.replace(
+    name="postfix-nonsmtp",
+    macros={
+        **_POSTFIX_MACROS,
+        "M": {"i": "$queue_id", "{mail_addr}": "$mail_addr"},
+        "R": {"i": "$queue_id", "{rcpt_addr}": "$rcpt_addr"},
+    },
+    abort_after_message=False,
+    queue_id_at_mail=True,
+    nonsmtp=FakeConnect(),
+)
+
+#: Sendmail 8.17 with the m4 ``cf`` defaults.
+SENDMAIL = MTAProfile(
+    name="sendmail",
+    version=6,
+    actions=ALL_ACTIONS,
+    protocol=ALL_PROTOCOL,
+    macros={
+        "C": {
+            "j": "$mta_hostname",
+            "_": "$client_ident",
+            "{daemon_name}": "MTA",
+            "{if_name}": "$mta_hostname",
+            "{if_addr}": "",  # Sendmail leaves it unset for loopback clients
+        },
+        "H": dict(_POSTFIX_MACROS["H"]),
+        "M": {
+            "i": "$queue_id",
+            "{auth_type}": "",
+            "{auth_authen}": "",
+            "{auth_ssf}": "",
+            "{auth_author}": "",
+            "{mail_mailer}": "esmtp",
+            "{mail_host}": "$mail_host",
+            "{mail_addr}": "$mail_addr",
+        },
+        "R": {
+            "{rcpt_mailer}": "esmtp",
+            "{rcpt_host}": "$rcpt_host",
+            "{rcpt_addr}": "$rcpt_addr",
+        },
+        "E": {"{msg_id}": "$msg_id"},
+    },
+    available={
+        "{client_addr}": "$client_addr",
+        "{client_name}": "$client_name",
+        "{client_port}": "$client_port",
+        "{client_ptr}": "$client_name",
+        "{daemon_port}": "$daemon_port",
+    },
+    abort_after_message=False,
+    header_body_macros=False,
+    ipv6_prefix="IPv6:",
+    queue_id_at_mail=True,
+    empty_macro_list_disables=True,
+    quit_after_session_verdict=True,
+    daemon_name="MTA",
+    mta_version="8.17.1",
+    tempfail_reply="451 4.3.2 Please try again later",
+)
+
+#: The ready profiles by the names the command line accepts.
+PROFILES: Mapping[str, MTAProfile] = MappingProxyType(
+    {
+        "postfix": POSTFIX,
+        "sendmail": SENDMAIL,
+        "v2": V2_ONLY,
+        "postfix-nonsmtp": POSTFIX_NONSMTP,
+    }
+)
