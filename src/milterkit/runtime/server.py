@@ -1,0 +1,569 @@
+"""The asyncio server: one :class:`MilterSession` per MTA connection.
+
+Built on :class:`asyncio.Protocol` rather than streams, because a milter's
+cost is per packet and streams add a buffer copy and a task switch to each.
+The per-packet path is: ``data_received`` -> session -> replies collected in a
+list -> one ``transport.write``. Collecting matters: several replies of one
+event (modifications plus the final reply at end of message) or the replies
+to pipelined events must leave as one TCP segment, or Postfix's delayed ACK
+adds about 40 ms per message. Writes made later from a task (PROGRESS
+keepalives, an async callback finishing) go out at once.
+
+While a session waits on an async callback, bytes that arrive are only
+buffered in the session's frame decoder, not processed, so the session never
+sees a command before it has answered the previous one. The transport keeps
+reading (an MTA that hangs up mid-callback must be noticed at once, so the
+callback can be cancelled; with reading paused, EOF goes unseen) and pauses
+only past :data:`BUFFER_HIGH_WATER`, so a misbehaving MTA cannot make us
+buffer without bound. A well-behaved MTA sends nothing while it waits.
+
+Connections are accepted by hand (``add_reader`` on the listening socket)
+instead of with ``loop.create_server``: when ``max_connections`` sessions are
+running the reader is removed, and further connections wait in the kernel
+backlog rather than being accepted and dropped. Several worker processes can
+share one listening socket this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from milterkit.milter import Milter
+from milterkit.protocol.errors import ProtocolError
+from milterkit.runtime.logsetup import safe
+from milterkit.session import MilterSession, Pending
+
+__all__ = [
+    "BUFFER_HIGH_WATER",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "Server",
+    "new_event_loop",
+    "serve_sockets",
+    "uvloop_wanted",
+]
+
+#: libmilter's default socket timeout (``smfi_settimeout``), in seconds.
+DEFAULT_TIMEOUT = 7210.0
+#: How long a partly received packet may stall before the connection is dropped.
+DEFAULT_READ_TIMEOUT = 300.0
+#: Pause after accept() failed for lack of file descriptors, so we do not spin.
+_ACCEPT_RETRY_DELAY = 1.0
+#: Buffered, unprocessed bytes past which reading pauses while a callback runs.
+BUFFER_HIGH_WATER = 256 * 1024
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+MilterFactory = Callable[[], Milter]
+
+
+def uvloop_wanted(use_uvloop: bool | None) -> bool:
+    """Whether to run on uvloop: None means "if importable", unless the env turns it off."""
+    if use_uvloop is False:
+        return False
+    if use_uvloop is None and os.environ.get("MILTERKIT_NO_UVLOOP", "") not in ("", "0"):
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if use_uvloop:
+            raise
+        return False
+    return True
+
+
+def new_event_loop(use_uvloop: bool | None = None) -> asyncio.AbstractEventLoop:
+    """A fresh event loop, uvloop's when wanted (see :func:`uvloop_wanted`)."""
+    if uvloop_wanted(use_uvloop):
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()
+
+
+class Server:
+    """Serve a :class:`Milter` class on one or more listening sockets.
+
+    ``milter`` is called with no arguments once per connection (a Milter
+    subclass or any factory). ``max_connections`` bounds the concurrent
+    sessions of this server; ``timeout`` closes a connection on which the MTA
+    sent nothing for that long (libmilter's 7210 s), ``read_timeout`` one that
+    stalls in the middle of a packet. Neither runs while a callback is busy:
+    ``callback_timeout`` covers that.
+    """
+
+    def __init__(
+        self,
+        milter: MilterFactory,
+        listeners: socket.socket | Iterable[socket.socket],
+        *,
+        worker: int = 0,
+        max_connections: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        callback_timeout: float | None = None,
+        progress_interval: float | None = None,
+        error_decision: str = "tempfail",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        if timeout <= 0 or read_timeout <= 0:
+            raise ValueError("timeout and read_timeout must be positive")
+        self.factory = milter
+        self.listeners = [listeners] if isinstance(listeners, socket.socket) else list(listeners)
+        self.worker = worker
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.read_timeout = min(read_timeout, timeout)
+        self.callback_timeout = callback_timeout
+        self.progress_interval = progress_interval
+        self.error_decision = error_decision
+        self.log = logger or logging.getLogger("milterkit")
+        self.connections: set[_Connection] = set()
+        self.draining = False
+        self._counter = 0
+        self._reading = False
+        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._handshakes: set[asyncio.Task[Any]] = set()
+
+    # --------------------------------------------------------------- accepting
+
+    def start(self) -> None:
+        """Begin accepting; must be called from the loop that will serve."""
+        if self._started:
+            raise RuntimeError("server already started")
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._started = True
+        for sock in self.listeners:
+            sock.setblocking(False)
+        self._resume_accepting()
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and wait until :meth:`drain` or :meth:`close` finished."""
+        if not self._started:
+            self.start()
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    def _resume_accepting(self) -> None:
+        if self._reading or self.draining or self._full():
+            return
+        assert self._loop is not None
+        for sock in self.listeners:
+            self._loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+        self._reading = True
+
+    def _pause_accepting(self) -> None:
+        if not self._reading:
+            return
+        assert self._loop is not None
+        for sock in self.listeners:
+            self._loop.remove_reader(sock.fileno())
+        self._reading = False
+
+    def _full(self) -> bool:
+        limit = self.max_connections
+        return limit is not None and len(self.connections) >= limit
+
+    def _on_acceptable(self, listener: socket.socket) -> None:
+        """Accept what the backlog holds, up to the connection limit."""
+        while self._reading and not self._full():
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            self._adopt(sock)
+        if self._full():
+            self._pause_accepting()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Out of descriptors: stop accepting for a moment instead of spinning."""
+        if exc.errno not in _EXHAUSTED:
+            self.log.warning("accept failed: %s", exc)
+            return
+        self.log.error("accept failed: %s; pausing for %.0fs", exc, _ACCEPT_RETRY_DELAY)
+        self._pause_accepting()
+        assert self._loop is not None
+        self._retry = self._loop.call_later(_ACCEPT_RETRY_DELAY, self._resume_accepting)
+
+    def _adopt(self, sock: socket.socket) -> None:
+        """Wrap an accepted socket in a transport driving a new session."""
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._counter += 1
+        conn = _Connection(self, f"w{self.worker}-c{self._counter}")
+        self.connections.add(conn)
+        assert self._loop is not None and self._idle is not None
+        self._idle.clear()
+        task = self._loop.create_task(self._handshake(conn, sock))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: _Connection, sock: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(lambda: conn, sock)
+        except Exception as exc:
+            self.log.warning("[%s] cannot set up the connection: %s", conn.cid, exc)
+            sock.close()
+            self.release(conn)
+
+    def release(self, conn: _Connection) -> None:
+        """A connection is completely finished; its slot is free again."""
+        self.connections.discard(conn)
+        if not self.connections and self._idle is not None:
+            self._idle.set()
+        if not self.draining:
+            self._resume_accepting()
+
+    # -------------------------------------------------------------- stopping
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight messages finish, close the rest after ``timeout``.
+
+        Sessions idle between messages are closed at once; the others as soon
+        as they become idle. Whatever is still open at the deadline is aborted.
+        """
+        self.draining = True
+        self._pause_accepting()
+        if self._retry is not None:
+            self._retry.cancel()
+        busy = [c for c in list(self.connections) if not c.close_if_idle()]
+        if busy:
+            self.log.info(
+                "draining: %d session(s) in a message, waiting up to %.1fs", len(busy), timeout
+            )
+        if not await self._wait_idle(timeout):
+            left = len(self.connections)
+            self.log.warning("drain deadline reached; closing %d session(s)", left)
+            for conn in list(self.connections):
+                conn.abort()
+            await self._wait_idle(5.0)
+        self._finish()
+
+    async def _wait_idle(self, timeout: float) -> bool:
+        assert self._idle is not None
+        if not self.connections:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Stop at once: abort every connection without waiting."""
+        self.draining = True
+        self._pause_accepting()
+        for conn in list(self.connections):
+            conn.abort()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+
+class _Connection(asyncio.Protocol):
+    """One MTA connection: feeds the session, batches writes, runs timers."""
+
+    def __init__(self, server: Server, cid: str) -> None:
+        self.server = server
+        self.cid = cid
+        self.log = server.log
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.session: MilterSession | None = None
+        self.peer = "?"
+        self.lost = False
+        self._batch: list[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._paused = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = _peer_name(transport)
+        server = self.server
+        try:
+            self.session = MilterSession(
+                server.factory,
+                self._write,
+                connection_id=self.cid,
+                logger=server.log,
+                error_decision=server.error_decision,
+                callback_timeout=server.callback_timeout,
+                progress_interval=server.progress_interval,
+            )
+        except Exception:
+            self.log.exception("[%s] cannot create the milter for %s", self.cid, self.peer)
+            transport.abort()
+            return
+        self.log.debug("[%s] connection from %s", self.cid, self.peer)
+        self._last = self.loop.time()
+        self._arm(server.read_timeout)
+        if server.draining:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+        task, session = self._task, self.session
+        if task is None:
+            pending = self._session_eof(session)
+            if pending is None:
+                self.server.release(self)
+                return
+            self._task = self.loop.create_task(self._finish_lost(None, pending))
+        else:
+            task.cancel()
+            self._task = self.loop.create_task(self._finish_lost(task, None))
+
+    def _session_eof(self, session: MilterSession | None) -> Pending | None:
+        """Tell the session the MTA is gone (abort/close callbacks)."""
+        if session is None:
+            return None
+        try:
+            return session.connection_lost()
+        except Exception as exc:
+            self.log.debug("[%s] error while closing the session: %s", self.cid, exc)
+            return None
+
+    async def _finish_lost(self, task: asyncio.Task[None] | None, pending: Pending | None) -> None:
+        """Wait for the cancelled callback, then run abort/close, then free the slot."""
+        try:
+            if task is not None:
+                await asyncio.wait([task])
+                pending = self._session_eof(self.session)
+            if pending is not None:
+                await pending
+        except Exception as exc:
+            self.log.debug("[%s] error while closing the session: %s", self.cid, exc)
+        finally:
+            self.server.release(self)
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+    def close_if_idle(self) -> bool:
+        """Close now if between messages (or never started); True if closed."""
+        session = self.session
+        if session is None or self.transport is None:
+            return False
+        if self._task is not None or session.conn.in_message or session.conn.awaiting:
+            return False
+        self.transport.close()
+        return True
+
+    # -------------------------------------------------------------- traffic
+
+    def _write(self, data: bytes) -> None:
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+        elif not self.lost and self.transport is not None:
+            self.transport.write(data)
+
+    def _flush(self, batch: list[bytes]) -> None:
+        self._batch = None
+        if batch and not self.lost and self.transport is not None:
+            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is None:
+            return
+        self._last = self.loop.time()
+        if self._task is not None:
+            self._buffer(session, data)
+            return
+        batch: list[bytes] = []
+        self._batch = batch
+        try:
+            pending = session.data_received(data)
+        except Exception as exc:
+            self._flush(batch)
+            self._failed(exc)
+            return
+        self._flush(batch)
+        if pending is not None:
+            self._task = self.loop.create_task(self._drive(pending))
+        else:
+            self._after_events()
+
+    def _buffer(self, session: MilterSession, data: bytes) -> None:
+        """A callback is running: keep the bytes for later, pause if too many."""
+        try:
+            session.conn.receive_data(data)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if session.conn.buffered > BUFFER_HIGH_WATER and not self._paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._paused = True
+
+    async def _drive(self, pending: Pending | None) -> None:
+        """Await a suspended callback, then let the session go on, until it needs data."""
+        session = self.session
+        assert session is not None
+        try:
+            while pending is not None:
+                await pending
+                if self.lost:
+                    return
+                batch: list[bytes] = []
+                self._batch = batch
+                try:
+                    pending = session.resume()
+                finally:
+                    self._flush(batch)
+        except Exception as exc:
+            self._task = None
+            self._failed(exc)
+            return
+        self._task = None
+        self._last = self.loop.time()
+        if not self._after_events() and self._paused:
+            assert self.transport is not None
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _after_events(self) -> bool:
+        """Close if the session ended or a drain waits for it; True if closed."""
+        session, transport = self.session, self.transport
+        assert session is not None and transport is not None
+        if session.closed:
+            transport.close()
+            return True
+        return self.server.draining and self.close_if_idle()
+
+    def _failed(self, exc: Exception) -> None:
+        """A protocol violation or an internal error: close only this connection."""
+        if isinstance(exc, ProtocolError):
+            self.log.warning(
+                "[%s] closing connection from %s: %s: %s",
+                self.cid,
+                safe(self.peer),
+                type(exc).__name__,
+                safe(str(exc), 300),
+            )
+        else:
+            self.log.error(
+                "[%s] internal error, closing connection from %s",
+                self.cid,
+                safe(self.peer),
+                exc_info=exc,
+            )
+        if self.transport is not None:
+            self.transport.close()
+
+    # --------------------------------------------------------------- timers
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Lazy timeout check: data only records a timestamp, the timer re-arms itself."""
+        self._timer = None
+        session = self.session
+        if self.lost or session is None:
+            return
+        server = self.server
+        if self._task is not None:
+            self._arm(server.read_timeout)
+            return
+        mid_packet = session.conn.buffered > 0
+        limit = server.read_timeout if mid_packet else server.timeout
+        idle = self.loop.time() - self._last
+        if idle < limit:
+            self._arm(min(limit - idle, server.read_timeout))
+            return
+        what = "in the middle of a packet" if mid_packet else "between commands"
+        self.log.warning(
+            "[%s] closing connection from %s: no data from the MTA for %.0fs %s",
+            self.cid,
+            safe(self.peer),
+            idle,
+            what,
+        )
+        self.abort()
+
+
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname() or '?'}"
+    return str(peer or "?")
+
+
+async def serve_sockets(
+    server: Server,
+    *,
+    drain_timeout: float = 30.0,
+    on_reopen: Callable[[], None] | None = None,
+) -> None:
+    """Run ``server`` until SIGTERM/SIGINT (then drain); SIGHUP calls ``on_reopen``.
+
+    This is the body of one worker process. Signal handlers go through the
+    loop so they run between packets, never inside a callback.
+    """
+    loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    def stop(signum: int) -> None:
+        if draining:
+            return
+        server.log.info(
+            "worker %d: %s, draining (up to %.0fs)",
+            server.worker,
+            signal.Signals(signum).name,
+            drain_timeout,
+        )
+        draining.append(loop.create_task(server.drain(drain_timeout)))
+
+    def reopen() -> None:
+        if on_reopen is not None:
+            on_reopen()
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    for signum in handled:
+        loop.add_signal_handler(signum, stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, reopen)
+    try:
+        await server.serve_forever()
+        for task in draining:
+            await task
+    finally:
+        for signum in (*handled, signal.SIGHUP):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
