@@ -1,0 +1,212 @@
+"""CheckResult.apply(): modifications played onto a message, byte for byte."""
+
+from __future__ import annotations
+
+import email
+
+from milterkit.protocol import (
+    Action,
+    AddHeader,
+    AddRecipient,
+    AddRecipientPar,
+    ChangeFrom,
+    ChangeHeader,
+    DeleteRecipient,
+    InsertHeader,
+    Message,
+    Negotiated,
+    ProtocolFlag,
+    Quarantine,
+    ReplaceBody,
+)
+from milterkit.result import CheckResult, ParsedMessage, SmtpReply
+
+MSG = (
+    b"From: <alice@example.org>\r\n"
+    b"To: <bob@example.com>\r\n"
+    b"Subject:  two  spaces\r\n"
+    b"X-Folded: first\r\n\tsecond\r\n"
+    b"X-Dup: one\r\n"
+    b"x-dup: two\r\n"
+    b"\r\n"
+    b"Body line\r\n"
+)
+RECEIVED = b"Received: from client by mx; Fri, 27 Nov 2026 06:00:01 +0000"
+
+
+def result(*mods: Message, leadspc: bool = False, **kw: object) -> CheckResult:
+    protocol = ProtocolFlag.HDR_LEADSPC if leadspc else ProtocolFlag.NONE
+    neg = Negotiated(6, Action(0x1FF), protocol)
+    base: dict[str, object] = {
+        "sender": "<alice@example.org>",
+        "recipients": ["<bob@example.com>"],
+    }
+    base.update(kw)
+    return CheckResult(negotiated=neg, modifications=list(mods), **base)  # type: ignore[arg-type]
+
+
+def headers_of(data: bytes) -> bytes:
+    return data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+
+
+def test_no_modifications_is_identity() -> None:
+    out = result().apply(MSG)
+    assert out.message_bytes == MSG
+    assert out.sender == "alice@example.org"
+    assert out.recipients == ("bob@example.com",)
+    assert out.delivered and not out.held
+
+
+def test_add_header_appends_with_one_space() -> None:
+    out = result(AddHeader(b"X-Added", b"yes")).apply(MSG)
+    assert headers_of(out.message_bytes).endswith(b"x-dup: two\r\nX-Added: yes\r\n")
+    assert out.message_bytes.endswith(b"\r\n\r\nBody line\r\n")
+
+
+def test_add_header_leadspc_uses_value_verbatim() -> None:
+    out = result(AddHeader(b"X-Lead", b"nospace"), leadspc=True).apply(MSG)
+    assert b"\r\nX-Lead:nospace\r\n" in out.message_bytes
+
+
+def test_folded_value_lf_becomes_crlf() -> None:
+    out = result(AddHeader(b"X-Multi", b"a\n\tb\r\n\tc")).apply(MSG)
+    assert b"\r\nX-Multi: a\r\n\tb\r\n\tc\r\n\r\n" in out.message_bytes
+
+
+def test_insert_at_zero_goes_above_received() -> None:
+    mods = (InsertHeader(0, b"X-Top", b"top"), InsertHeader(2, b"X-Ins2", b"two"))
+    out = result(*mods).apply(MSG, received_header=RECEIVED)
+    assert out.message_bytes.startswith(
+        b"X-Top: top\r\n" + RECEIVED + b"\r\nX-Ins2: two\r\nFrom: <alice@example.org>\r\n"
+    )
+
+
+def test_insert_without_received_counts_own_headers() -> None:
+    out = result(InsertHeader(1, b"X-One", b"1")).apply(MSG)
+    assert out.message_bytes.startswith(b"From: <alice@example.org>\r\nX-One: 1\r\nTo:")
+
+
+def test_insert_beyond_end_appends() -> None:
+    out = result(InsertHeader(999, b"X-End", b"e")).apply(MSG)
+    assert headers_of(out.message_bytes).endswith(b"x-dup: two\r\nX-End: e\r\n")
+
+
+def test_change_nth_occurrence_case_insensitive() -> None:
+    out = result(ChangeHeader(2, b"X-DUP", b"changed")).apply(MSG)
+    assert b"X-Dup: one\r\nX-DUP: changed\r\n\r\n" in out.message_bytes
+
+
+def test_change_index_zero_is_first_and_skips_received() -> None:
+    mods = (ChangeHeader(0, b"From", b"<x@example.org>"),)
+    out = result(*mods).apply(MSG, received_header=RECEIVED)
+    assert out.message_bytes.startswith(RECEIVED + b"\r\nFrom: <x@example.org>\r\nTo:")
+
+
+def test_change_first_header_of_message() -> None:
+    out = result(ChangeHeader(1, b"From", b"<new@example.org>")).apply(MSG)
+    assert out.message_bytes.startswith(b"From: <new@example.org>\r\nTo: <bob@example.com>\r\n")
+
+
+def test_delete_header_last_one_first() -> None:
+    mods = (ChangeHeader(2, b"X-Dup", b""), ChangeHeader(1, b"X-Dup", b""))
+    out = result(*mods).apply(MSG)
+    assert b"dup" not in out.message_bytes.lower()
+    assert out.message_bytes.endswith(b"\tsecond\r\n\r\nBody line\r\n")
+
+
+def test_delete_folded_header_removes_all_its_lines() -> None:
+    out = result(ChangeHeader(1, b"X-Folded", b"")).apply(MSG)
+    assert b"second" not in out.message_bytes
+
+
+def test_change_beyond_count_adds_and_delete_beyond_count_is_noop() -> None:
+    out = result(ChangeHeader(5, b"X-New", b"v"), ChangeHeader(3, b"X-Dup", b"")).apply(MSG)
+    assert headers_of(out.message_bytes).endswith(b"x-dup: two\r\nX-New: v\r\n")
+
+
+def test_change_with_leadspc_keeps_given_whitespace() -> None:
+    out = result(ChangeHeader(1, b"Subject", b"\tTabbed"), leadspc=True).apply(MSG)
+    assert b"\r\nSubject:\tTabbed\r\n" in out.message_bytes
+
+
+def test_envelope_changes() -> None:
+    mods = (
+        ChangeFrom(b"<rewritten@example.com>", b"RET=HDRS"),
+        AddRecipient(b"<bcc@example.com>"),
+        AddRecipientPar(b"<par@example.com>", b"NOTIFY=NEVER"),
+        DeleteRecipient(b"bob@example.com"),
+    )
+    out = result(*mods).apply(MSG)
+    assert out.sender == "rewritten@example.com"
+    assert out.sender_args == "RET=HDRS"
+    assert out.recipients == ("bcc@example.com", "par@example.com")
+    assert out.recipient_args == {"par@example.com": "NOTIFY=NEVER"}
+
+
+def test_delete_recipient_with_brackets_matches_bare() -> None:
+    res = result(DeleteRecipient(b"<Bob@Example.com>"), recipients=["bob@example.com", "c@d.e"])
+    assert res.apply(MSG).recipients == ("c@d.e",)
+
+
+def test_rejected_recipients_are_not_delivered() -> None:
+    reply = SmtpReply.parse("550 5.7.1 no")
+    res = result(recipients=["<a@x.y>", "<b@x.y>"], rejected_recipients={"<a@x.y>": reply})
+    assert res.apply(MSG).recipients == ("b@x.y",)
+
+
+def test_replace_body_large_and_normalised() -> None:
+    line = b"0123456789" * 7 + b"\n"
+    new_body = line * 1000  # 71000 bytes, LF only
+    chunks = [new_body[i : i + 65535] for i in range(0, len(new_body), 65535)]
+    out = result(*(ReplaceBody(c) for c in chunks)).apply(MSG)
+    head, body = out.message_bytes.split(b"\r\n\r\n", 1)
+    assert head + b"\r\n" == headers_of(MSG)
+    assert body == new_body.replace(b"\n", b"\r\n")
+
+
+def test_replace_body_keeps_lone_cr_and_terminates_last_line() -> None:
+    out = result(ReplaceBody(b"a\r\nb\rc\r\n"), ReplaceBody(b"last")).apply(MSG)
+    assert out.message_bytes.endswith(b"\r\n\r\na\r\nb\rc\r\nlast\r\n")
+
+
+def test_quarantine_and_rejected_flags() -> None:
+    out = result(Quarantine(b"held")).apply(MSG)
+    assert out.held and out.delivered
+    assert not result(decision="reject").apply(MSG).delivered
+
+
+def test_lf_message_uses_lf_for_new_lines() -> None:
+    msg = b"Subject: x\nX-A: 1\n\nbody\n"
+    out = result(AddHeader(b"X-B", b"2"), ChangeHeader(1, b"X-A", b"3")).apply(msg)
+    assert out.message_bytes == b"Subject: x\nX-A: 3\nX-B: 2\n\nbody\n"
+
+
+def test_email_message_input() -> None:
+    parsed_input = email.message_from_bytes(MSG)
+    out = result(AddHeader(b"X-E", b"1")).apply(parsed_input)
+    assert out.message_bytes.startswith(b"From: <alice@example.org>\r\n")
+    assert b"X-E: 1\r\n" in out.message_bytes
+
+
+def test_parser_header_values_as_mta_sends_them() -> None:
+    parsed = ParsedMessage.parse(MSG)
+    values = {h.name: h.value() for h in parsed.headers}
+    assert values[b"Subject"] == b" two  spaces"
+    assert values[b"X-Folded"] == b"first\n\tsecond"
+    assert parsed.headers[2].value(leading_space=True) == b"  two  spaces"
+
+
+def test_parser_without_blank_line_starts_body_at_non_header() -> None:
+    parsed = ParsedMessage.parse(b"Subject: a\r\nnot a header line\r\n")
+    assert [h.name for h in parsed.headers] == [b"Subject"]
+    assert parsed.body == b"not a header line\r\n"
+    assert ParsedMessage.parse(b"Subject: a\nb").smtp_body() == b"b\r\n"
+
+
+def test_to_json_roundtrip() -> None:
+    import json
+
+    data = json.loads(result(AddHeader(b"X", b"y"), ReplaceBody(b"z" * 5000)).to_json())
+    assert data["modifications"][0] == {"type": "ADDHEADER", "name": "X", "value": "y"}
+    assert data["modifications"][1]["size"] == 5000
+    assert data["negotiated"]["protocol_names"] == "none"
