@@ -9,21 +9,19 @@ import socket
 import tempfile
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from milterkit.milter import Accept, Continue, Milter, Reject, ReplyCode
 from milterkit.protocol import (
     Abort,
-    Accept as AcceptReply,
     AddHeader,
     AddRecipient,
     AddRecipientPar,
     ChangeFrom,
     ChangeHeader,
     Connect,
-    Continue as ContinueReply,
     DeleteRecipient,
     EndOfMessage,
     Family,
@@ -33,11 +31,10 @@ from milterkit.protocol import (
     OptNeg,
     Progress,
     Quarantine,
-    Reject as RejectReply,
     ReplaceBody,
-    ReplyCode as ReplyCodeMessage,
     TempFail,
 )
+from milterkit.protocol import messages as wire
 from milterkit.protocol.constants import Action, ProtocolFlag
 from milterkit.runtime.server import Server
 from tests.runtime.test_server_mta import (
@@ -54,12 +51,11 @@ from tests.runtime.test_server_mta import (
 )
 
 
-
 class Recorder(Milter):
     """Records callbacks; quarantines mail from spammer@, adds a header at EOM."""
 
     actions = Action.ADD_HEADERS | Action.QUARANTINE
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     def mail_from(self, sender: str, params: list[str]) -> Any:
         self.seen.append(f"mail {sender}")
@@ -108,7 +104,7 @@ class Slow(Milter):
 
     delay = 0.0
     eom_delay = 0.0
-    events: list[str] = []
+    events: ClassVar[list[str]] = []
 
     async def mail_from(self, sender: str, params: list[str]) -> Any:
         await asyncio.sleep(self.delay)
@@ -172,7 +168,7 @@ def test_full_session_several_messages(listener: socket.socket) -> None:
         first = mta.message(sender="<spammer@example.com>")
         assert first[0] == Quarantine(b"spammer")
         assert first[1] == AddHeader(b"X-Checked", b"yes")
-        assert isinstance(first[-1], AcceptReply)
+        assert isinstance(first[-1], wire.Accept)
         mta.send(Abort())
         second = mta.message()
         assert kinds(second) == ["AddHeader", "Accept"]
@@ -199,7 +195,7 @@ def test_every_action_reaches_the_wire() -> None:
         ChangeFrom(b"<new@example.org>", b"SIZE=10"),
         ReplaceBody(b"new body\r\n"),
         Quarantine(b"held"),
-        ContinueReply(),
+        wire.Continue(),
     ]
 
 
@@ -254,7 +250,7 @@ def test_pipelined_commands_get_one_write() -> None:
         mta.send_raw(data)
         mta.sock.settimeout(5)
         got = mta.sock.recv(4096)
-        assert got == ContinueReply().encode() * 3
+        assert got == wire.Continue().encode() * 3
 
 
 # ------------------------------------------------------------ error handling
@@ -264,11 +260,14 @@ def test_exception_gives_error_decision_and_next_message_works(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server, address = start(Raiser, error_decision="reject")
-    with caplog.at_level(logging.ERROR, "milterkit"), serving(server):
-        with RawMTA.connect(address) as mta:
-            mta.hello()
-            assert kinds(mta.message(sender="<boom@x>")) == ["Reject"]
-            assert kinds(mta.message(sender="<fine@x>")) == ["Continue"]
+    with (
+        caplog.at_level(logging.ERROR, "milterkit"),
+        serving(server),
+        RawMTA.connect(address) as mta,
+    ):
+        mta.hello()
+        assert kinds(mta.message(sender="<boom@x>")) == ["Reject"]
+        assert kinds(mta.message(sender="<fine@x>")) == ["Continue"]
     assert "callback exploded" in caplog.text
 
 
@@ -292,7 +291,7 @@ def test_progress_sent_during_slow_end_of_message() -> None:
             mta.hello()
             replies = mta.message()
         assert replies.count(Progress()) >= 3
-        assert replies[-1] == AcceptReply()
+        assert replies[-1] == wire.Accept()
     finally:
         Slow.eom_delay = 0.0
 
@@ -318,13 +317,17 @@ def test_connection_lost_mid_callback_cancels_and_closes() -> None:
 
 def test_malformed_packet_closes_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
     server, address = start(Recorder)
-    with caplog.at_level(logging.WARNING, "milterkit"), serving(server):
-        with RawMTA.connect(address) as good, RawMTA.connect(address) as bad:
-            good.hello()
-            bad.hello()
-            bad.send_raw(b"\x00\x00\x00\x02Z\x01")  # unknown command 'Z'
-            assert bad.wait_closed()
-            assert kinds(good.message()) == ["AddHeader", "Accept"]
+    with (
+        caplog.at_level(logging.WARNING, "milterkit"),
+        serving(server),
+        RawMTA.connect(address) as good,
+        RawMTA.connect(address) as bad,
+    ):
+        good.hello()
+        bad.hello()
+        bad.send_raw(b"\x00\x00\x00\x02Z\x01")  # unknown command 'Z'
+        assert bad.wait_closed()
+        assert kinds(good.message()) == ["AddHeader", "Accept"]
     lines = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
     assert len(lines) == 1
     assert "w0-c2" in lines[0]
@@ -338,12 +341,15 @@ def test_malformed_connect_is_logged_with_escaped_values(
             return None
 
     server, address = start(Connecting)
-    with caplog.at_level(logging.WARNING, "milterkit"), serving(server):
-        with RawMTA.connect(address) as mta:
-            mta.negotiate()
-            payload = b"evil\r\nforged log line\x00X"
-            mta.send_raw(len(payload).to_bytes(4, "big") + b"C" + payload)
-            assert mta.wait_closed()
+    with (
+        caplog.at_level(logging.WARNING, "milterkit"),
+        serving(server),
+        RawMTA.connect(address) as mta,
+    ):
+        mta.negotiate()
+        payload = b"evil\r\nforged log line\x00X"
+        mta.send_raw(len(payload).to_bytes(4, "big") + b"C" + payload)
+        assert mta.wait_closed()
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "closing connection" in text
     assert "forged log line" not in text.splitlines()[0] or "\r\n" not in text
@@ -351,21 +357,27 @@ def test_malformed_connect_is_logged_with_escaped_values(
 
 def test_idle_timeout_closes_silent_connection(caplog: pytest.LogCaptureFixture) -> None:
     server, address = start(Recorder, timeout=0.3)
-    with caplog.at_level(logging.WARNING, "milterkit"), serving(server):
-        with RawMTA.connect(address) as mta:
-            mta.hello()
-            assert mta.wait_closed(5)
+    with (
+        caplog.at_level(logging.WARNING, "milterkit"),
+        serving(server),
+        RawMTA.connect(address) as mta,
+    ):
+        mta.hello()
+        assert mta.wait_closed(5)
     assert "no data from the MTA" in caplog.text
     assert "between commands" in caplog.text
 
 
 def test_read_timeout_closes_stalled_packet(caplog: pytest.LogCaptureFixture) -> None:
     server, address = start(Recorder, timeout=60, read_timeout=0.3)
-    with caplog.at_level(logging.WARNING, "milterkit"), serving(server):
-        with RawMTA.connect(address) as mta:
-            mta.hello()
-            mta.send_raw(b"\x00\x00\x00\x10M<a")  # half a packet, then silence
-            assert mta.wait_closed(5)
+    with (
+        caplog.at_level(logging.WARNING, "milterkit"),
+        serving(server),
+        RawMTA.connect(address) as mta,
+    ):
+        mta.hello()
+        mta.send_raw(b"\x00\x00\x00\x10M<a")  # half a packet, then silence
+        assert mta.wait_closed(5)
     assert "in the middle of a packet" in caplog.text
 
 
@@ -408,7 +420,7 @@ def test_drain_finishes_in_flight_and_closes_idle() -> None:
             drained = threading.Thread(target=runner.drain, args=(10.0,))
             drained.start()
             assert idle.wait_closed(2)
-            assert busy.replies(timeout=5) == [AcceptReply()]
+            assert busy.replies(timeout=5) == [wire.Accept()]
             assert busy.wait_closed(2)
             drained.join(10)
             assert not drained.is_alive()
@@ -450,11 +462,11 @@ def test_replycode_and_reject_decisions() -> None:
     with serving(server):
         with RawMTA.connect(address) as mta:
             mta.negotiate()
-            assert mta.command(Connect(b"bad", Family.UNKNOWN)) == [RejectReply()]
+            assert mta.command(Connect(b"bad", Family.UNKNOWN)) == [wire.Reject()]
         with RawMTA.connect(address) as mta:
             mta.hello()
             replies = mta.message(recipients=("<nobody@x>",))
-            assert replies == [ReplyCodeMessage(b"550 5.1.1 no such user")]
+            assert replies == [wire.ReplyCode(b"550 5.1.1 no such user")]
 
 
 def test_server_thread_helper_stops_cleanly() -> None:
