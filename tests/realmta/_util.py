@@ -15,6 +15,20 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# Delivery program used by both MTA harnesses: writes stdin as one message
+# into BASE/DOMAIN/LOCALPART/new/ (maildir layout).  Args: BASE DOMAIN LOCALPART.
+DELIVER_SH = """\
+#!/bin/sh
+set -eu
+user=$(printf '%s' "$3" | tr '/' '_')
+domain=$(printf '%s' "$2" | tr '/' '_' | tr 'A-Z' 'a-z')
+dir="$1/$domain/$user"
+mkdir -p "$dir/tmp" "$dir/new" "$dir/cur"
+name="$(date +%s.%N).$$.mx"
+cat > "$dir/tmp/$name"
+mv "$dir/tmp/$name" "$dir/new/$name"
+"""
+
 
 class Unavailable(RuntimeError):  # noqa: N818 - name fixed by the test API
     """A real MTA (or a tool it needs) is not installed: tests should skip."""
@@ -87,7 +101,7 @@ def run(cmd: Sequence[str], *, timeout: float = 30.0, stdin: bytes | None = None
     if check and proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} exited {proc.returncode}: "
-            f"{proc.stderr.decode(errors='replace').strip()}"
+            f"{(proc.stdout + proc.stderr).decode(errors='replace').strip()[-2000:]}"
         )
     return proc
 

@@ -36,7 +36,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ._util import Unavailable, free_port, maildir_messages, run, wait_for_port, wait_until
+from ._util import (
+    DELIVER_SH,
+    Unavailable,
+    free_port,
+    maildir_messages,
+    run,
+    wait_for_port,
+    wait_until,
+)
 
 POSTFIX = "/usr/sbin/postfix"
 SENDMAIL = "/usr/sbin/sendmail"
@@ -74,16 +82,6 @@ testdeliver unix - n n - - pipe flags=DRO user={deliver_user}
   argv=/bin/sh {deliver} {maildirs} ${{domain}} ${{user}}
 """
 
-# Writes one message (stdin) into BASE/DOMAIN/USER/new like a maildir writer.
-_DELIVER_SH = """#!/bin/sh
-set -eu
-user=$(printf '%s' "$3" | tr '/' '_')
-dir="$1/$2/$user"
-mkdir -p "$dir/tmp" "$dir/new" "$dir/cur"
-name="$(date +%s.%N).$$.mx"
-cat > "$dir/tmp/$name"
-mv "$dir/tmp/$name" "$dir/new/$name"
-"""
 
 
 def postfix_available() -> str | None:
@@ -195,7 +193,7 @@ class PostfixInstance:
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         deliver = self.config_dir / "deliver.sh"
-        deliver.write_text(_DELIVER_SH)
+        deliver.write_text(DELIVER_SH)
         (self.config_dir / "master.cf").write_text(
             _MASTER_CF.format(listen=listen, deliver=deliver, maildirs=self.mail_dir,
                               deliver_user=DELIVER_USER))
