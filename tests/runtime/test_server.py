@@ -478,3 +478,76 @@ def test_server_thread_helper_stops_cleanly() -> None:
     assert not runner.thread.is_alive()
     for sock in server.listeners:
         sock.close()
+
+
+# ------------------------------------------------------------------ uvloop
+
+
+def _uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_uvloop = pytest.mark.skipif(not _uvloop_available(), reason="uvloop is not installed")
+
+
+@needs_uvloop
+def test_uvloop_full_session_and_progress() -> None:
+    Slow.eom_delay = 0.4
+    server, address = start(Slow, progress_interval=0.1)
+    try:
+        with serving(server, use_uvloop=True), RawMTA.connect(address) as mta:
+            mta.hello()
+            replies = mta.message()
+            assert replies[-1] == wire.Accept()
+            assert Progress() in replies
+            assert kinds(mta.message())[-1] == "Accept"
+    finally:
+        Slow.eom_delay = 0.0
+
+
+@needs_uvloop
+def test_uvloop_connection_lost_mid_callback() -> None:
+    Slow.eom_delay = 10.0
+    Slow.events = []
+    server, address = start(Slow)
+    try:
+        with serving(server, use_uvloop=True):
+            with RawMTA.connect(address) as mta:
+                mta.hello()
+                mta.command(Mail(b"<a@b>"))
+                mta.send(EndOfMessage())
+                wait_for(lambda: bool(server.connections), 2, "session")
+            wait_for(lambda: "close" in Slow.events, 5, "close callback")
+            assert Slow.events == ["cancelled", "abort", "close"]
+    finally:
+        Slow.eom_delay = 0.0
+
+
+@needs_uvloop
+def test_uvloop_max_connections() -> None:
+    server, address = start(Recorder, max_connections=1)
+    with serving(server, use_uvloop=True), RawMTA.connect(address) as first:
+        first.negotiate()
+        second = RawMTA.connect(address, timeout=0.5)
+        try:
+            second.send(OFFER_V6)
+            with pytest.raises(TimeoutError):
+                second.replies()
+            first.quit()
+            assert isinstance(second.replies(timeout=5)[0], OptNeg)
+        finally:
+            second.close()
+
+
+def test_uvloop_env_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterkit.runtime.server import uvloop_wanted
+
+    monkeypatch.setenv("MILTERKIT_NO_UVLOOP", "1")
+    assert uvloop_wanted(None) is False
+    assert uvloop_wanted(False) is False
+    monkeypatch.delenv("MILTERKIT_NO_UVLOOP")
+    assert uvloop_wanted(None) is _uvloop_available()

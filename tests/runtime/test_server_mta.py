@@ -34,7 +34,7 @@ from milterkit.protocol import (
 )
 from milterkit.protocol.constants import Action, ProtocolFlag
 from milterkit.protocol.events import ConnectionClosed, NeedData
-from milterkit.runtime.server import Server
+from milterkit.runtime.server import Server, new_event_loop
 
 #: Offers of real MTAs (PROTOCOL.md 4.1): Postfix/Sendmail v6, Postfix v4 and v2.
 OFFER_V6 = OptNeg(6, ALL_ACTIONS, ALL_PROTOCOL)
@@ -179,9 +179,9 @@ def kinds(replies: list[Message]) -> list[str]:
 class ServerThread:
     """A Server on its own event loop in a background thread."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, *, use_uvloop: bool = False) -> None:
         self.server = server
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop(use_uvloop)
         self.thread = threading.Thread(target=self._main, daemon=True)
         self.started = threading.Event()
 
@@ -218,8 +218,8 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def serving(server: Server) -> Iterator[ServerThread]:
-    runner = ServerThread(server)
+def serving(server: Server, *, use_uvloop: bool = False) -> Iterator[ServerThread]:
+    runner = ServerThread(server, use_uvloop=use_uvloop)
     runner.thread.start()
     assert runner.started.wait(5)
     try:

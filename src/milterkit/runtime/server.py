@@ -34,7 +34,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from milterkit.milter import Milter
 from milterkit.protocol.errors import ProtocolError
@@ -304,8 +304,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ lifecycle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = _peer_name(transport)
         server = self.server
         try:
@@ -320,7 +320,7 @@ class _Connection(asyncio.Protocol):
             )
         except Exception:
             self.log.exception("[%s] cannot create the milter for %s", self.cid, self.peer)
-            transport.abort()
+            self.transport.abort()
             return
         self.log.debug("[%s] connection from %s", self.cid, self.peer)
         self._last = self.loop.time()
