@@ -268,7 +268,10 @@ class CheckResult:
 
     @property
     def held(self) -> bool:
-        return self.quarantine_reason is not None
+        """Quarantined: the MTA keeps the message on hold instead of delivering it."""
+        if self.quarantine_reason is not None:
+            return True
+        return any(isinstance(m, Quarantine) for m in self.modifications)
 
     def apply(
         self, message: MessageInput, received_header: bytes | str | None = None

@@ -65,9 +65,15 @@ class Script:
 class ConnLog:
     raw: bytearray = field(default_factory=bytearray)
     events: list[Message] = field(default_factory=list)
+    closed: threading.Event = field(default_factory=threading.Event)
 
     def packets(self) -> list[Message]:
-        """Every packet the MTA side sent, MACRO packets included."""
+        """Every packet the MTA side sent, MACRO packets included (after it closed).
+
+        Waiting matters: QUIT and ABORT get no reply, so the client may be done
+        before this server thread has read them.
+        """
+        assert self.closed.wait(5), "the client did not close the connection"
         decoder = FrameDecoder(1 << 30)
         decoder.feed(bytes(self.raw))
         out = []
@@ -115,10 +121,15 @@ class MilterServer:
         log = ConnLog()
         self.logs.append(log)
         conn = FilterConnection()
-        with contextlib.suppress(ConnectionError):
-            while (data := await reader.read(65536)) and await self._feed(conn, log, data, writer):
-                pass
-        writer.close()
+        try:
+            with contextlib.suppress(ConnectionError):
+                while (data := await reader.read(65536)) and await self._feed(
+                    conn, log, data, writer
+                ):
+                    pass
+            writer.close()
+        finally:
+            log.closed.set()
 
     async def _feed(
         self, conn: FilterConnection, log: ConnLog, data: bytes, writer: asyncio.StreamWriter

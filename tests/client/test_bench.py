@@ -60,3 +60,18 @@ def test_main_with_two_processes(serve: Serve) -> None:
     data = json.loads(out.getvalue())
     assert data["messages"] == 30 and data["processes"] == 2
     assert data["driver_cpu_s"] > 0
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_progress_on_a_tty(serve: Serve) -> None:
+    address, _ = serve()
+    parser = argparse.ArgumentParser()
+    bench_cli._add_options(parser)
+    args = parser.parse_args(["--socket", address, "--duration", "1.2", "--processes", "1"])
+    err = _Tty()
+    assert bench_cli.run(args, io.StringIO(), err) == 0
+    assert "msg/s" in err.getvalue()

@@ -198,9 +198,22 @@ class _Worker:
             self.quota -= 1
         return True
 
-    async def run(self, conns: int) -> WorkerReport:
+    async def run(self, conns: int, progress_to: TextIO | None = None) -> WorkerReport:
+        ticker = asyncio.ensure_future(self.tick(progress_to)) if progress_to else None
         await asyncio.gather(*(self.connection_loop() for _ in range(conns)))
+        if ticker is not None:
+            ticker.cancel()
+            print(file=progress_to)
         return self.report
+
+    async def tick(self, stream: TextIO) -> None:
+        """Live rate once per second (in-process runs; the parent does it otherwise)."""
+        last = 0
+        while True:
+            await asyncio.sleep(1.0)
+            done = self.report.messages
+            print(f"\r{done} messages, {done - last} msg/s   ", end="", file=stream, flush=True)
+            last = done
 
     async def connection_loop(self) -> None:
         while self.take():
@@ -314,11 +327,17 @@ def _cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-def run_worker(config: BenchConfig, conns: int, quota: int | None, progress: Any) -> WorkerReport:
+def run_worker(
+    config: BenchConfig,
+    conns: int,
+    quota: int | None,
+    progress: Any,
+    progress_to: TextIO | None = None,
+) -> WorkerReport:
     """One process's load (also used inline when ``processes`` is 1)."""
     user0, sys0 = _cpu()
     started = time.monotonic()
-    report = asyncio.run(_Worker(config, quota, progress).run(conns))
+    report = asyncio.run(_Worker(config, quota, progress).run(conns, progress_to))
     report.elapsed = time.monotonic() - started
     user1, sys1 = _cpu()
     report.cpu_user, report.cpu_sys = user1 - user0, sys1 - sys0
@@ -353,7 +372,7 @@ def bench(config: BenchConfig, progress_to: TextIO | None = None) -> BenchReport
         else [None] * processes
     )
     if processes == 1:
-        reports = [run_worker(config, conns[0], quotas[0], None)]
+        reports = [run_worker(config, conns[0], quotas[0], None, progress_to)]
     else:
         reports = _run_processes(config, conns, quotas, progress_to)
     # The slowest worker's own run time: process start-up is not load time.

@@ -22,7 +22,7 @@ from milterkit.client.errors import (
 )
 from milterkit.client.session import ClientInfo, Exchange, MTASession
 from milterkit.mtaprofile import POSTFIX, MTAProfile
-from milterkit.protocol.errors import ProtocolError
+from milterkit.protocol.errors import RemoteProtocolError
 from milterkit.protocol.negotiate import Negotiated
 from milterkit.result import CheckResult, MessageInput, ParsedMessage, envelope_from_headers
 from milterkit.runtime.address import Inet6Address, InetAddress, UnixAddress, parse_address
@@ -204,7 +204,7 @@ class AsyncMilterClient:
         except MilterError as exc:
             await self._abandon(str(exc))
             raise
-        except ProtocolError as exc:
+        except RemoteProtocolError as exc:
             await self._abandon(str(exc))
             raise MilterProtocolError(
                 f"filter at {self.address} broke the protocol during {exchange.stage}: {exc}",

@@ -9,18 +9,27 @@ drives a real socket (:mod:`milterkit.client.aio`), an in-memory
 
 Driving an exchange (the whole contract)::
 
-    session = MTASession(profile, client=ClientInfo("192.0.2.1", 50000))
-    for exchange in (session.opening(), session.message(msg, sender, rcpts)):
+    def drive(exchange, transport):
         out = exchange.start()
         while True:
             if out:
                 transport.write(out)        # bytes for the filter, in order
             if exchange.done:
-                break
+                return
             data = transport.read()         # b"" once the filter closed
             out = exchange.receive_data(data)
+
+    session = MTASession(POSTFIX, client=ClientInfo("192.0.2.1", 50000))
+    drive(session.opening(), transport)
+    run = session.message(message_bytes, "alice@example.org", ["bob@example.net"])
+    drive(run, transport)
     result = run.result                     # a CheckResult
     transport.write(session.quit())         # pending ABORTs + QUIT
+
+An in-memory harness makes ``transport.write`` feed a ``FilterConnection``
+(``receive_data``/``next_event``) and ``transport.read`` return the bytes of
+the filter's replies (``FilterConnection.send``); see
+``tests/client/test_session.py`` for a complete loop.
 
 Rules the driver can rely on:
 
