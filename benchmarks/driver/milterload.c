@@ -160,7 +160,7 @@ static void message_steps(script_t *s, uint32_t proto) {
                             "{rcpt_mailer}", "smtp"};
     const char *qid[] = {"i", "4Bench1234"};
     char tmp[256];
-    command(s, proto, NOMAIL, NR_MAIL, 'M', mail_m, 6, 'M', "<sender@example.org>\0SIZE=9000", 30, 1);
+    command(s, proto, NOMAIL, NR_MAIL, 'M', mail_m, 6, 'M', "<sender@example.org>\0SIZE=9000", 31, 1);
     for (int r = 0; r < cfg.rcpts; r++) {
         int n = snprintf(tmp, sizeof tmp, "<rcpt%d@example.com>", r);
         command(s, proto, NORCPT, NR_RCPT, 'R', rcpt_m, 6, 'R', tmp, n + 1, 0);
