@@ -1,0 +1,35 @@
+"""Smoke test of the benchmark runner: ``benchmarks/compare.py --quick`` works end to end.
+
+It builds the C load driver, runs the bare ceiling and milterkit (asyncio and
+uvloop, one worker) for one second per cell, and writes the report. The
+runner itself exits non-zero when a cell had errors or no throughput.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the load driver")
+def test_compare_quick(tmp_path: Path) -> None:
+    pytest.importorskip("uvloop", reason="the quick run includes milterkit on uvloop")
+    out = tmp_path / "benchmarks.md"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = out.read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| milterkit-")]
+    assert len(rows) >= 8, report  # 2 servers x 4 cells
+    assert any(line.startswith("| bare-asyncio |") for line in report.splitlines())
+    assert "## Targets" in report
