@@ -1,0 +1,182 @@
+"""Run a :class:`~milterkit.Milter` in memory against a fake MTA: no sockets, no threads.
+
+The harness pairs the two halves milterkit already has: the MTA side
+(:class:`~milterkit.client.session.MTASession`, the same engine
+:func:`milterkit.client.check` uses over a socket) and the filter side
+(:class:`~milterkit.session.MilterSession`, the same driver the daemon uses).
+Bytes go from one to the other through a list, so a test sees exactly what a
+real MTA would see from the milter, and gets the same
+:class:`~milterkit.result.CheckResult`, ``apply()`` included.
+
+It is synchronous, for plain pytest tests; async callbacks run on a private
+event loop owned by the harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+
+from milterkit.client.session import ClientInfo, Exchange, MTASession
+from milterkit.milter import Milter
+from milterkit.mtaprofile import POSTFIX, MTAProfile
+from milterkit.protocol.constants import Action, ProtocolFlag
+from milterkit.result import CheckResult, MessageInput, ParsedMessage, envelope_from_headers
+from milterkit.session import MilterSession
+
+MilterFactory = type[Milter] | Callable[[], Milter]
+
+
+class HarnessError(RuntimeError):
+    """The milter under test left the fake MTA waiting, or closed on it."""
+
+
+class MilterHarness:
+    """One fake MTA connection to one Milter instance; several messages may follow.
+
+    ``profile`` picks the MTA to imitate (:data:`~milterkit.mtaprofile.POSTFIX`,
+    :data:`~milterkit.mtaprofile.SENDMAIL`, :data:`~milterkit.mtaprofile.V2_ONLY`);
+    ``version``/``actions``/``protocol`` override what it offers.
+    """
+
+    def __init__(
+        self,
+        milter: MilterFactory,
+        *,
+        profile: MTAProfile = POSTFIX,
+        client_address: str = "127.0.0.1",
+        client_port: int = 50000,
+        hostname: str | None = None,
+        helo: str = "client.example.org",
+        macros: Mapping[str, str] | None = None,
+        version: int | None = None,
+        actions: Action | None = None,
+        protocol: ProtocolFlag | None = None,
+        error_decision: str = "tempfail",
+        callback_timeout: float | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._replies: list[bytes] = []
+        self.filter = MilterSession(
+            milter,
+            self._replies.append,
+            connection_id="harness",
+            logger=logger,
+            error_decision=error_decision,
+            callback_timeout=callback_timeout,
+        )
+        client = ClientInfo(client_address, client_port, hostname, helo)
+        self.mta = MTASession(
+            profile,
+            client=client,
+            version=version,
+            actions=actions,
+            protocol=protocol,
+            macros=macros,
+        )
+        self._opened = False
+        self._closed = False
+
+    @property
+    def milter(self) -> Milter:
+        """The Milter instance serving this connection, for inspecting its state."""
+        return self.filter.milter
+
+    def check(
+        self,
+        message: MessageInput,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        sender_args: Sequence[str] = (),
+        recipient_args: Mapping[str, Sequence[str]] | None = None,
+    ) -> CheckResult:
+        """Run one message through the milter and return what the MTA would do.
+
+        Sender and recipients default to the From and To/Cc headers.
+        """
+        self._open()
+        if sender is None or recipients is None:
+            from_header, to_headers = envelope_from_headers(ParsedMessage.parse(message))
+            sender = from_header if sender is None else sender
+            recipients = to_headers if recipients is None else recipients
+        run = self.mta.message(
+            message,
+            sender,
+            recipients,
+            sender_args=sender_args,
+            recipient_args=recipient_args,
+        )
+        self._drive(run)
+        return run.result
+
+    def abort(self) -> None:
+        self._feed(self.mta.abort())
+
+    def close(self) -> None:
+        """QUIT, as the MTA does at the end of the SMTP session; runs the close callback."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._opened and not self.filter.closed:
+                self._feed(self.mta.quit())
+            if not self.filter.closed:
+                self._run(self.filter.connection_lost())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> MilterHarness:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ wiring
+
+    def _open(self) -> None:
+        if self._closed:
+            raise HarnessError("the harness was closed")
+        if not self._opened:
+            self._opened = True
+            self._drive(self.mta.opening())
+
+    def _drive(self, exchange: Exchange) -> None:
+        out = exchange.start()
+        while True:
+            self._feed(out)
+            if exchange.done:
+                return
+            replies = b"".join(self._replies)
+            self._replies.clear()
+            if not replies and not self.filter.closed:
+                raise HarnessError(f"the milter sent no reply at stage {exchange.stage!r}")
+            out = exchange.receive_data(replies)
+
+    def _feed(self, data: bytes) -> None:
+        if data and not self.filter.closed:
+            self._run(self.filter.data_received(data))
+
+    def _run(self, pending: object) -> None:
+        while pending is not None:
+            self._loop.run_until_complete(pending)  # type: ignore[arg-type]
+            pending = self.filter.resume()
+
+
+def check(milter: MilterFactory, message: MessageInput, **options: object) -> CheckResult:
+    """One message through a fresh harness: ``check(MyMilter, eml_bytes, sender=...)``."""
+    check_options = {
+        k: options.pop(k)
+        for k in ("sender", "recipients", "sender_args", "recipient_args")
+        if k in options
+    }
+    with MilterHarness(milter, **options) as harness:  # type: ignore[arg-type]
+        return harness.check(message, **check_options)  # type: ignore[arg-type]
