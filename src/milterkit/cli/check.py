@@ -221,8 +221,10 @@ def _grouped(stages: list[StageResult]) -> list[tuple[str, str, str, str]]:
 def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
     header = ("STAGE", "DECISION", "DETAIL", "REPLY")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    indent = "\n" + " " * (sum(widths) + 6)  # multi-line replies stay in their column
     return [
-        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
+        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  "
+        f"{r[3].replace(chr(13) + chr(10), indent)}".rstrip()
         for r in [header, *rows]
     ]
 
@@ -235,7 +237,8 @@ def _outcome_lines(result: CheckResult) -> list[str]:
     if result.quarantine_reason is not None:
         lines.append(f"quarantine   {result.quarantine_reason}")
     for rcpt, reply in result.rejected_recipients.items():
-        lines.append(f"rejected     {rcpt}: {reply}")
+        text = str(reply).replace("\r\n", "\n" + " " * (15 + len(rcpt)))
+        lines.append(f"rejected     {rcpt}: {text}")
     lines.append(f"modifications {len(result.modifications)}")
     lines += [f"  {n}. {describe_modification(m)}" for n, m in enumerate(result.modifications, 1)]
     return lines

@@ -1,0 +1,44 @@
+"""``milterkit`` command line: run | check | bench | demo.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)``, which
+registers its options and sets ``func``; they are imported only when the
+command line is parsed, so ``milterkit run`` does not pay for the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from milterkit import __version__
+
+SUBCOMMANDS = ("run", "check", "bench", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="milterkit",
+        description="Run, check and load-test milters (Sendmail/Postfix mail filters).",
+    )
+    parser.add_argument("--version", action="version", version=f"milterkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"milterkit.cli.{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 64
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
