@@ -26,7 +26,7 @@ class SpamTrap(Milter):
     """The DESIGN.md sketch: quarantine at MAIL (queued for EOM), X-Checked at EOM."""
 
     actions = Action.QUARANTINE | Action.ADD_HEADERS
-    macros = {"mail": ["{auth_authen}"]}  # noqa: RUF012 (a class-level request, never mutated)
+    macros = {"mail": ["{auth_authen}"]}
 
     async def mail_from(self, sender: str, params: list[str]) -> Decision:
         if SPAMMER.search(sender):
