@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
@@ -56,6 +56,10 @@ class ReplyCode:
 Decision = (
     msg.Continue | msg.Accept | msg.Reject | msg.TempFail | msg.Discard | msg.Skip | ReplyCode
 )
+
+#: What a decision callback may return: a decision, None (continue), or, from an
+#: ``async def`` callback, an awaitable of either.
+CallbackResult = Decision | None | Awaitable[Decision | None]
 
 #: Callback name → the ``SMFIP_NO*`` bit that turns the step off when not overridden.
 CALLBACK_NO_FLAG: dict[str, ProtocolFlag] = {
@@ -205,40 +209,40 @@ class Milter:
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
-    ) -> Decision | None:
+    ) -> CallbackResult:
         return None
 
-    def helo(self, name: str) -> Decision | None:
+    def helo(self, name: str) -> CallbackResult:
         return None
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision | None:
+    def mail_from(self, sender: str, params: list[str]) -> CallbackResult:
         return None
 
-    def rcpt_to(self, recipient: str, params: list[str]) -> Decision | None:
+    def rcpt_to(self, recipient: str, params: list[str]) -> CallbackResult:
         return None
 
-    def data(self) -> Decision | None:
+    def data(self) -> CallbackResult:
         return None
 
-    def header(self, name: str, value: str) -> Decision | None:
+    def header(self, name: str, value: str) -> CallbackResult:
         return None
 
-    def end_of_headers(self) -> Decision | None:
+    def end_of_headers(self) -> CallbackResult:
         return None
 
-    def body(self, chunk: bytes) -> Decision | None:
+    def body(self, chunk: bytes) -> CallbackResult:
         return None
 
-    def end_of_message(self) -> Decision | None:
+    def end_of_message(self) -> CallbackResult:
         return None
 
-    def unknown(self, command: str) -> Decision | None:
+    def unknown(self, command: str) -> CallbackResult:
         return None
 
-    def abort(self) -> None:
+    def abort(self) -> Awaitable[None] | None:
         """The MTA abandoned the current message; queued modifications are dropped."""
 
-    def close(self) -> None:
+    def close(self) -> Awaitable[None] | None:
         """The connection is over (QUIT, QUIT_NC or the MTA went away)."""
 
     # ----------------------------------------------------------------- actions
@@ -336,7 +340,3 @@ def _args(esmtp_args: str | Iterable[str] | None) -> bytes | None:
         return wire(esmtp_args) if esmtp_args else None
     joined = " ".join(esmtp_args)
     return wire(joined) if joined else None
-
-
-CallbackResult = Decision | None
-Callback = Callable[..., Any]
