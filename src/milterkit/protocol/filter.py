@@ -26,7 +26,7 @@ from milterkit.protocol.constants import (
 )
 from milterkit.protocol.errors import LocalProtocolError, RemoteProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed, NeedData
-from milterkit.protocol.framing import FrameDecoder
+from milterkit.protocol.framing import FrameDecoder, encode_frame
 from milterkit.protocol.macros import MacroStore
 from milterkit.protocol.messages import (
     Abort,
@@ -44,7 +44,7 @@ from milterkit.protocol.negotiate import (
 )
 
 #: Position of each message-phase command within one message.
-_POSITION = {
+_POSITION: dict[int, int] = {
     Command.MAIL: 1,
     Command.RCPT: 2,
     Command.DATA: 3,
@@ -53,7 +53,7 @@ _POSITION = {
     Command.BODY: 6,
     Command.BODYEOB: 7,
 }
-_REPEATABLE = frozenset({Command.RCPT, Command.HEADER, Command.BODY})
+_REPEATABLE: frozenset[int] = frozenset({Command.RCPT, Command.HEADER, Command.BODY})
 _MESSAGE_OVER = 8
 _FINAL_ENDS_MESSAGE = frozenset(
     {Reply.ACCEPT, Reply.REJECT, Reply.TEMPFAIL, Reply.DISCARD, Reply.REPLYCODE}
@@ -65,6 +65,14 @@ _REFUSED_REPLIES = {
 }
 
 Event = Message | NeedData | ConnectionClosed
+
+# Performance: the per-packet path looks codes up by int in these tables
+# instead of calling Command(...)/Reply(...) (an Enum call costs about as much
+# as decoding a small packet, and it ran several times per packet). Message
+# classes already carry the enum member as ``code``, so nothing changes for
+# callers: ``awaiting`` is still a Command member.
+_REPLY_BY_CODE: dict[int, Reply] = {int(reply): reply for reply in Reply if reply != Reply.OPTNEG}
+_ALL_COMMANDS = tuple(Command)
 
 
 class FilterConnection:
@@ -81,6 +89,11 @@ class FilterConnection:
         self.awaiting: Command | None = None
         self._connected = False
         self._position = 0
+        # Per-negotiation answers of Negotiated.expects_reply/sends, computed once
+        # for the Negotiated object in force (see _answers) instead of per packet.
+        self._answers_for: Negotiated | None = None
+        self._replied: frozenset[int] = frozenset()
+        self._sends_connect = True
 
     # ------------------------------------------------------------------ receiving
 
@@ -126,14 +139,15 @@ class FilterConnection:
         return ConnectionClosed()
 
     def _accept(self, message: Message) -> Message | None:
-        code = Command(message.code)
+        code = message.code  # the Command member of the message class; no Enum call
         if self._closed:
-            raise RemoteProtocolError(f"{code.name} received after QUIT")
+            raise RemoteProtocolError(f"{Command(code).name} received after QUIT")
         if self.negotiated is None:
             return self._accept_optneg(message)
-        if self.awaiting is not None and code not in (Command.ABORT, Command.QUIT):
+        if self.awaiting is not None and code != Command.ABORT and code != Command.QUIT:
             raise RemoteProtocolError(
-                f"MTA sent {code.name} while the reply to {self.awaiting.name} is outstanding"
+                f"MTA sent {Command(code).name} while the reply to {self.awaiting.name} "
+                "is outstanding"
             )
         if code == Command.MACRO:
             assert isinstance(message, Macro)
@@ -142,7 +156,7 @@ class FilterConnection:
             return None
         handler = _HANDLERS.get(code)
         if handler is None:
-            raise RemoteProtocolError(f"{code.name} after option negotiation")
+            raise RemoteProtocolError(f"{Command(code).name} after option negotiation")
         return handler(self, message)
 
     def _accept_optneg(self, message: Message) -> Message:
@@ -200,7 +214,7 @@ class FilterConnection:
         return self._expect_reply(message)
 
     def _on_message_step(self, message: Message) -> Message:
-        code = Command(message.code)
+        code = message.code
         self._require_connect(code)
         if code == Command.MAIL:
             result = self._restart_if_in_message(message)
@@ -210,29 +224,42 @@ class FilterConnection:
         self._position = _POSITION[code]
         return self._expect_reply(message)
 
-    def _check_order(self, code: Command) -> None:
+    def _check_order(self, code: int) -> None:
         new, old = _POSITION[code], self._position
         if old == _MESSAGE_OVER:
-            raise RemoteProtocolError(f"{code.name} after the filter's final reply to this message")
+            raise RemoteProtocolError(
+                f"{Command(code).name} after the filter's final reply to this message"
+            )
         if new < old or (new == old and code not in _REPEATABLE):
-            raise RemoteProtocolError(f"{code.name} out of order in the message")
+            raise RemoteProtocolError(f"{Command(code).name} out of order in the message")
+        if old >= 2:
+            return  # past RCPT: the checks below cannot fail (fast path for HEADER/BODY)
         assert self.negotiated is not None
         proto = self.negotiated.protocol
         if old < 1 and not proto & ProtocolFlag.NOMAIL:
-            raise RemoteProtocolError(f"{code.name} before MAIL")
+            raise RemoteProtocolError(f"{Command(code).name} before MAIL")
         if old < 2 < new and not proto & ProtocolFlag.NORCPT:
-            raise RemoteProtocolError(f"{code.name} before any RCPT")
+            raise RemoteProtocolError(f"{Command(code).name} before any RCPT")
 
-    def _require_connect(self, code: Command) -> None:
-        assert self.negotiated is not None
-        if not self._connected and self.negotiated.sends(Command.CONNECT):
-            raise RemoteProtocolError(f"{code.name} before CONNECT")
+    def _require_connect(self, code: int) -> None:
+        if not self._connected and self._answers()._sends_connect:
+            raise RemoteProtocolError(f"{Command(code).name} before CONNECT")
+
+    def _answers(self) -> FilterConnection:
+        """Refresh the cached per-negotiation answers if ``negotiated`` changed."""
+        negotiated = self.negotiated
+        if negotiated is not self._answers_for:
+            assert negotiated is not None
+            self._replied = frozenset(c for c in _ALL_COMMANDS if negotiated.expects_reply(c))
+            self._sends_connect = negotiated.sends(Command.CONNECT)
+            self._answers_for = negotiated
+        return self
 
     def _expect_reply(self, message: Message) -> Message:
         assert self.negotiated is not None
-        code = Command(message.code)
-        if self.negotiated.expects_reply(code):
-            self.awaiting = code
+        code = message.code
+        if code in self._answers()._replied:
+            self.awaiting = code if isinstance(code, Command) else Command(code)
         return message
 
     def _end_message(self) -> None:
@@ -250,35 +277,46 @@ class FilterConnection:
 
     def send(self, message: Message) -> bytes:
         """Bytes for one reply, after checking that it may be sent now."""
-        self._check_send(message)
-        data = message.encode()
-        self._after_send(message)
+        if isinstance(message, OptNeg):
+            self._check_optneg(message)
+            data = message.encode()
+            self._after_optneg(message)
+            return data
+        reply = _REPLY_BY_CODE.get(message.code)
+        if reply is None:
+            raise LocalProtocolError(f"{type(message).__name__} is not a filter reply")
+        payload = self._check_reply(message, reply)
+        # Performance: frame the payload built for the size check instead of
+        # building it again in Message.encode (unless a subclass encodes itself).
+        if type(message).encode is Message.encode:
+            data = encode_frame(reply, payload)
+        else:
+            data = message.encode()
+        if reply != Reply.PROGRESS and reply not in REPLY_ACTION:
+            self._finish_reply(reply)
         return data
 
     def send_all(self, messages: list[Message]) -> bytes:
         """Several replies as one buffer, for one write (modifications + final reply)."""
-        return b"".join(self.send(m) for m in messages)
+        return b"".join([self.send(m) for m in messages])
 
-    def _check_send(self, message: Message) -> None:
-        code = message.code
-        if isinstance(message, OptNeg):
-            return self._check_optneg(message)
-        if code not in Reply._value2member_map_ or code == Reply.OPTNEG:
-            raise LocalProtocolError(f"{type(message).__name__} is not a filter reply")
-        reply = Reply(code)
+    def _check_reply(self, message: Message, reply: Reply) -> bytes:
+        """Check a (non-OPTNEG) reply may be sent now; return its payload."""
         if reply in _REFUSED_REPLIES:
             raise LocalProtocolError(_REFUSED_REPLIES[reply])
         if self.awaiting is None or self.awaiting == Command.OPTNEG:
             raise LocalProtocolError(f"{reply.name}: no command is waiting for a reply")
         assert self.negotiated is not None
-        size = len(message.payload())
+        payload = message.payload()
+        size = len(payload)
         if size > self.negotiated.max_data_size:
             raise LocalProtocolError(
                 f"{reply.name}: payload of {size} bytes exceeds the negotiated maximum of "
                 f"{self.negotiated.max_data_size}"
             )
-        self._check_reply_kind(reply)
-        return None
+        if reply != Reply.CONTINUE:  # CONTINUE is valid for every awaited command
+            self._check_reply_kind(reply)
+        return payload
 
     def _check_optneg(self, message: OptNeg) -> None:
         if self.offer is None or self.awaiting != Command.OPTNEG:
@@ -308,17 +346,11 @@ class FilterConnection:
         elif reply == Reply.DISCARD and awaiting in (Command.CONNECT, Command.HELO):
             raise LocalProtocolError(f"DISCARD is not a valid reply to {awaiting.name}")
 
-    def _after_send(self, message: Message) -> None:
-        if isinstance(message, OptNeg):
-            assert self.offer is not None
-            self.negotiated = negotiated(self.offer, message)
-            self._decoder.max_payload = self.negotiated.max_data_size
-            self.awaiting = None
-            return
-        reply = Reply(message.code)
-        if reply == Reply.PROGRESS or reply in REPLY_ACTION:
-            return
-        self._finish_reply(reply)
+    def _after_optneg(self, message: OptNeg) -> None:
+        assert self.offer is not None
+        self.negotiated = negotiated(self.offer, message)
+        self._decoder.max_payload = self.negotiated.max_data_size
+        self.awaiting = None
 
     def _finish_reply(self, reply: Reply) -> None:
         awaiting, self.awaiting = self.awaiting, None
