@@ -15,6 +15,7 @@ so consumers reset message state in one place.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from milterkit.protocol.constants import (
     MAX_DATA_SIZE,
@@ -73,6 +74,16 @@ Event = Message | NeedData | ConnectionClosed
 # callers: ``awaiting`` is still a Command member.
 _REPLY_BY_CODE: dict[int, Reply] = {int(reply): reply for reply in Reply if reply != Reply.OPTNEG}
 _ALL_COMMANDS = tuple(Command)
+
+# Performance: one connection usually carries one message, so per-connection
+# work counts as much as per-packet work. What an OPTNEG exchange yields
+# depends only on the offer and the reply (both frozen, hashable), and which
+# commands get a reply only on (version, protocol): compute each once per
+# distinct value instead of once per connection. Negotiated is frozen, so
+# connections can share one. The caches are small and bounded.
+_CACHE_LIMIT = 64
+_NEGOTIATED: dict[tuple[OptNeg, OptNeg], Negotiated] = {}
+_ANSWERS: dict[tuple[int, int], tuple[frozenset[int], bool]] = {}
 
 
 class FilterConnection:
@@ -250,8 +261,13 @@ class FilterConnection:
         negotiated = self.negotiated
         if negotiated is not self._answers_for:
             assert negotiated is not None
-            self._replied = frozenset(c for c in _ALL_COMMANDS if negotiated.expects_reply(c))
-            self._sends_connect = negotiated.sends(Command.CONNECT)
+            key = (negotiated.version, int(negotiated.protocol))
+            answers = _ANSWERS.get(key)
+            if answers is None:
+                replied = frozenset(c for c in _ALL_COMMANDS if negotiated.expects_reply(c))
+                answers = (replied, negotiated.sends(Command.CONNECT))
+                _remember(_ANSWERS, key, answers)
+            self._replied, self._sends_connect = answers
             self._answers_for = negotiated
         return self
 
@@ -278,9 +294,16 @@ class FilterConnection:
     def send(self, message: Message) -> bytes:
         """Bytes for one reply, after checking that it may be sent now."""
         if isinstance(message, OptNeg):
-            self._check_optneg(message)
+            if self.offer is None or self.awaiting != Command.OPTNEG:
+                raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
+            key = (self.offer, message)
+            agreed = _NEGOTIATED.get(key)
+            if agreed is None:  # not seen yet: check it (raises if bad), then remember
+                self._check_optneg(message)
+                agreed = negotiated(self.offer, message)
+                _remember(_NEGOTIATED, key, agreed)
             data = message.encode()
-            self._after_optneg(message)
+            self._after_optneg(agreed)
             return data
         reply = _REPLY_BY_CODE.get(message.code)
         if reply is None:
@@ -346,10 +369,9 @@ class FilterConnection:
         elif reply == Reply.DISCARD and awaiting in (Command.CONNECT, Command.HELO):
             raise LocalProtocolError(f"DISCARD is not a valid reply to {awaiting.name}")
 
-    def _after_optneg(self, message: OptNeg) -> None:
-        assert self.offer is not None
-        self.negotiated = negotiated(self.offer, message)
-        self._decoder.max_payload = self.negotiated.max_data_size
+    def _after_optneg(self, agreed: Negotiated) -> None:
+        self.negotiated = agreed
+        self._decoder.max_payload = agreed.max_data_size
         self.awaiting = None
 
     def _finish_reply(self, reply: Reply) -> None:
@@ -361,6 +383,12 @@ class FilterConnection:
                 self._position = _MESSAGE_OVER
         elif awaiting in _POSITION and reply in _FINAL_ENDS_MESSAGE:
             self._position = _MESSAGE_OVER
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
 
 
 _HANDLERS = {
