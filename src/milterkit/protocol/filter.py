@@ -30,6 +30,7 @@ from milterkit.protocol.events import NEED_DATA, ConnectionClosed, NeedData
 from milterkit.protocol.framing import FrameDecoder, encode_frame
 from milterkit.protocol.macros import MacroStore
 from milterkit.protocol.messages import (
+    COMMAND_TYPES,
     Abort,
     Macro,
     Message,
@@ -136,7 +137,9 @@ class FilterConnection:
             frame = self._decoder.next_frame()
             if frame is None:
                 return self._end_of_input()
-            message = decode_command(*frame)
+            # decode_command inlined (one call less per packet)
+            unpack = COMMAND_TYPES.get(frame[0])
+            message = decode_command(*frame) if unpack is None else unpack(frame[1])
             event = self._accept(message)
             if event is not None:
                 return event

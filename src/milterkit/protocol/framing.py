@@ -98,33 +98,35 @@ class FrameDecoder:
 
     def next_frame(self) -> tuple[int, bytes] | None:
         """The next complete frame, or None if more bytes are needed."""
+        # Performance: this runs twice per packet (the second call finds no
+        # more data), so the length check and the consume step are inlined
+        # rather than calls to helper methods.
         if self._gather is not None:
             return self._finish_gather()
         buf, pos = self._buf, self._pos
-        if len(buf) - pos < HEADER_SIZE:
+        size = len(buf)
+        if size - pos < HEADER_SIZE:
             return None
         length, command = _HEADER.unpack_from(buf, pos)
-        error = frame_length_error(length, self.max_payload)
-        if error is not None:
+        if length == 0 or length - 1 > self.max_payload:
+            error = frame_length_error(length, self.max_payload)
+            assert error is not None
             raise error
         end = pos + 4 + length
-        if end <= len(buf):
-            if isinstance(buf, bytes):
+        if end <= size:
+            if type(buf) is bytes:
                 payload = buf[pos + HEADER_SIZE : end]
             else:
                 payload = bytes(memoryview(buf)[pos + HEADER_SIZE : end])
-            self._consume_to(end)
+            if end >= size:
+                self._buf = b""
+                self._pos = 0
+            else:
+                self._pos = end
             return command, payload
         if length - 1 >= _GATHER_THRESHOLD:
             self._start_gather(command, length - 1)
         return None
-
-    def _consume_to(self, end: int) -> None:
-        if end >= len(self._buf):
-            self._buf = b""
-            self._pos = 0
-        else:
-            self._pos = end
 
     def _start_gather(self, command: int, payload_len: int) -> None:
         start = self._pos + HEADER_SIZE
