@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from milterkit.protocol.constants import (
     COMMAND_SINCE_VERSION,
@@ -34,7 +35,10 @@ from milterkit.protocol.constants import (
 from milterkit.protocol.errors import LocalProtocolError, RemoteProtocolError
 from milterkit.protocol.messages import OptNeg
 
-MacroRequest = Mapping[int, "str | bytes | Iterable[str]"]
+MacroNames: TypeAlias = str | bytes | Iterable[str]
+#: Stage id -> macro names. Mapping keys are invariant, so ``{MacroStage.EOH: "i"}``
+#: and ``{6: "i"}`` need separate members of the union to both type-check.
+MacroRequest: TypeAlias = Mapping[MacroStage, MacroNames] | Mapping[int, MacroNames]
 
 
 def data_size_for(protocol: ProtocolFlag) -> int:
