@@ -20,6 +20,7 @@ from milterkit.protocol import (
     MTAConnection,
     OptNeg,
     RemoteProtocolError,
+    ReplaceBody,
     encode_frame,
 )
 from milterkit.protocol.constants import Action, ProtocolFlag
@@ -279,5 +280,6 @@ def test_mta_connection_accepts_large_replies() -> None:
     for start in range(0, len(raw), 4096):
         conn.receive_data(raw[start : start + 4096])
     event = conn.next_event()
+    assert isinstance(event, ReplaceBody)
     assert event.encode() == raw[:70005]
     assert conn.next_event() == Continue()

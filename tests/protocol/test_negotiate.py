@@ -30,7 +30,7 @@ from milterkit.protocol.constants import (
     V1_ACTIONS,
     V1_PROTOCOL,
 )
-from milterkit.protocol.negotiate import negotiated, semantic_version
+from milterkit.protocol.negotiate import MacroNames, negotiated, semantic_version
 
 P = ProtocolFlag
 A = Action
@@ -98,15 +98,13 @@ def test_mta_connection_per_version(version: int) -> None:
 
 def test_macro_list_extension_with_stage_ids() -> None:
     offer = POSTFIX_OFFERS[6]
-    reply = build_filter_reply(
-        offer,
-        macros={
-            MacroStage.EOH: ["i"],
-            MacroStage.EOM: "{msg_id} i",
-            MacroStage.CONNECT: b"j {daemon_name}",
-            MacroStage.ENVRCPT: ("{rcpt_addr}",),
-        },
-    )
+    wanted: dict[MacroStage, MacroNames] = {
+        MacroStage.EOH: ["i"],
+        MacroStage.EOM: "{msg_id} i",
+        MacroStage.CONNECT: b"j {daemon_name}",
+        MacroStage.ENVRCPT: ("{rcpt_addr}",),
+    }
+    reply = build_filter_reply(offer, macros=wanted)
     assert reply.actions == A.SETSYMLIST
     assert reply.macros == (
         (0, b"j {daemon_name}"),
