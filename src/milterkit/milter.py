@@ -18,7 +18,7 @@ import io
 import logging
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
@@ -148,12 +148,32 @@ class Milter:
       eoh, eom). On an instance, ``self.macros`` is the live mapping of values;
     * ``leading_space``: ask for header values verbatim (``SMFIP_HDR_LEADSPC``);
     * ``version``: the highest protocol version to speak (6).
+
+    Per-message resource limits (``None`` turns one off; see docs/reliability.md).
+    Going over one logs a line naming the limit and answers the session's error
+    decision (tempfail by default); the milter's callbacks are not called again
+    for that message:
+
+    * ``max_headers``: headers per message (1000);
+    * ``max_header_bytes``: names plus values of all headers of a message (1 MiB);
+    * ``collect_body``: keep the body for ``end_of_message`` as :attr:`body_file`
+      (a file rewound to the start) / :attr:`body_bytes`; chunks are spooled to
+      an anonymous temporary file (in ``body_spool_dir``) past
+      ``body_memory_limit`` bytes (1 MiB), so memory per session stays bounded;
+    * ``max_body_bytes``: body bytes collected per message (64 MiB; only with
+      ``collect_body``).
     """
 
     actions: ClassVar[Action] = Action.NONE
     macros: Mapping[str, Any] = {}
     leading_space: ClassVar[bool] = False
     version: ClassVar[int] = 6
+    max_headers: ClassVar[int | None] = 1000
+    max_header_bytes: ClassVar[int | None] = 1024 * 1024
+    collect_body: ClassVar[bool] = False
+    body_memory_limit: ClassVar[int] = 1024 * 1024
+    max_body_bytes: ClassVar[int | None] = 64 * 1024 * 1024
+    body_spool_dir: ClassVar[str | None] = None
 
     _session: MilterSession
     connection_id: str
@@ -170,7 +190,7 @@ class Milter:
         """NO* (and NR_*) bits for every step whose callback is not overridden."""
         flags = ProtocolFlag.NONE
         for name, flag in CALLBACK_NO_FLAG.items():
-            if not cls.overridden(name):
+            if not cls.overridden(name) and not (name == "body" and cls.collect_body):
                 flags |= flag | CALLBACK_NR_FLAG[name]
         if cls.overridden("body"):
             flags |= ProtocolFlag.SKIP
@@ -204,6 +224,31 @@ class Milter:
     def event(self) -> msg.Message | None:
         """The raw protocol message being handled (bytes exactly as received)."""
         return self._session.current_event
+
+    @property
+    def body_file(self) -> IO[bytes]:
+        """The body collected so far (``collect_body = True``), rewound at end of message.
+
+        Memory-resident up to ``body_memory_limit`` bytes, then a temporary
+        file; valid until the message ends (next MAIL, ABORT or close).
+        """
+        return self._session.body_file()
+
+    @property
+    def body_bytes(self) -> bytes:
+        """The whole collected body as bytes (reads :attr:`body_file` into memory)."""
+        stream = self.body_file
+        position = stream.tell()
+        stream.seek(0)
+        try:
+            return stream.read()
+        finally:
+            stream.seek(position)
+
+    @property
+    def body_size(self) -> int:
+        """Body bytes collected for the current message."""
+        return self._session.body_size
 
     # --------------------------------------------------------------- callbacks
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import IO, Any
 
 from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode, text
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Command
-from milterkit.protocol.errors import LocalProtocolError
+from milterkit.protocol.errors import LocalProtocolError, ProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
 from milterkit.protocol.negotiate import build_filter_reply
@@ -75,6 +76,12 @@ class MilterSession:
         self._error_reply = ERROR_DECISIONS[error_decision]
         self._callback_timeout = callback_timeout
         self._progress_interval = progress_interval
+        # Per-message resource accounting (limits: Milter class attributes).
+        self._headers = 0
+        self._header_bytes = 0
+        self._over_limit: str | None = None
+        self._body: IO[bytes] | None = None
+        self.body_size = 0
         self.milter = self._new_milter()
 
     def _new_milter(self) -> Milter:
@@ -84,7 +91,45 @@ class MilterSession:
         milter.log = self.log
         milter.macros = MacroView(self.conn.macros)
         self._overridden = _overridden_callbacks(type(milter))
+        cls = type(milter)
+        self._max_headers = cls.max_headers
+        self._max_header_bytes = cls.max_header_bytes
+        self._collect_body = cls.collect_body
+        self._max_body_bytes = cls.max_body_bytes
         return milter
+
+    # ------------------------------------------------------------- limits
+
+    def _new_message(self) -> None:
+        """Forget the per-message accounting and the collected body."""
+        self._headers = self._header_bytes = self.body_size = 0
+        self._over_limit = None
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+    def body_file(self) -> IO[bytes]:
+        """The spool of the collected body (created empty on first use)."""
+        if self._body is None:
+            cls = type(self.milter)
+            self._body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed in _new_message)
+                max_size=cls.body_memory_limit, mode="w+b", dir=cls.body_spool_dir
+            )
+        return self._body
+
+    def _exceeded(self, what: str) -> Pending | None:
+        """A per-message limit was crossed: log once, answer the error decision."""
+        if self._over_limit is None:
+            self._over_limit = what
+            self.log.warning(
+                "message over a limit: %s; answering %s for it", what, self._error_name()
+            )
+        return self._refuse()
+
+    def _refuse(self) -> Pending | None:
+        """Answer a command of an over-limit message without calling the milter."""
+        self._reply(self._error_reply, failed=True)
+        return None
 
     # ----------------------------------------------------------------- driving
 
@@ -98,7 +143,15 @@ class MilterSession:
         if self.closed:
             return None
         self.conn.receive_data(b"")
-        return self.resume()
+        try:
+            return self.resume()
+        except ProtocolError as exc:
+            # e.g. the MTA hung up inside a packet: still a lost connection, so
+            # the milter gets its abort/close callbacks, and the log says why.
+            self.log.warning("MTA went away: %s: %s", type(exc).__name__, str(exc))
+            if self.closed:
+                return None
+            return self._on_eof()
 
     def resume(self) -> Pending | None:
         """Process buffered events until more data is needed or a callback suspends."""
@@ -220,6 +273,7 @@ class MilterSession:
         batch = [*self.pending, message] if at_eom and not failed else [message]
         if at_eom:
             self.pending.clear()
+            self._new_message()  # not only on MAIL/ABORT: with NOMAIL no MAIL comes
         try:
             self._write(self.conn.send_all(batch))
         except LocalProtocolError as exc:
@@ -264,6 +318,7 @@ class MilterSession:
 
     def _on_mail(self, event: msg.Mail) -> Pending | None:
         self.pending.clear()
+        self._new_message()
         return self._call("mail_from", text(event.sender), [text(a) for a in event.args])
 
     def _on_rcpt(self, event: msg.Rcpt) -> Pending | None:
@@ -273,15 +328,41 @@ class MilterSession:
         return self._call("data")
 
     def _on_header(self, event: msg.Header) -> Pending | None:
+        self._headers += 1
+        self._header_bytes += len(event.name) + len(event.value)
+        if self._over_limit is not None:
+            return self._refuse()
+        if self._max_headers is not None and self._headers > self._max_headers:
+            return self._exceeded(f"more than max_headers={self._max_headers} headers")
+        if self._max_header_bytes is not None and self._header_bytes > self._max_header_bytes:
+            return self._exceeded(
+                f"headers larger than max_header_bytes={self._max_header_bytes} bytes"
+            )
         return self._call("header", text(event.name), text(event.value))
 
     def _on_eoh(self, event: msg.EndOfHeaders) -> Pending | None:
+        if self._over_limit is not None:
+            return self._refuse()
         return self._call("end_of_headers")
 
     def _on_body(self, event: msg.Body) -> Pending | None:
+        if self._over_limit is not None:
+            return self._refuse()
+        if self._collect_body:
+            size = self.body_size + len(event.chunk)
+            if self._max_body_bytes is not None and size > self._max_body_bytes:
+                return self._exceeded(
+                    f"body larger than max_body_bytes={self._max_body_bytes} bytes"
+                )
+            self.body_file().write(event.chunk)
+            self.body_size = size
         return self._call("body", event.chunk)
 
     def _on_eom(self, event: msg.EndOfMessage) -> Pending | None:
+        if self._over_limit is not None:
+            return self._refuse()
+        if self._body is not None:
+            self._body.seek(0)
         return self._call("end_of_message")
 
     def _on_unknown(self, event: msg.Unknown) -> Pending | None:
@@ -289,15 +370,18 @@ class MilterSession:
 
     def _on_abort(self, event: msg.Abort) -> Pending | None:
         self.pending.clear()
+        self._new_message()
         return self._notify("abort")
 
     def _on_quit(self, event: msg.Quit) -> Pending | None:
         self.pending.clear()
+        self._new_message()
         self.closed = True
         return self._notify("close")
 
     def _on_quit_nc(self, event: msg.QuitNoClose) -> Pending | None:
         self.pending.clear()
+        self._new_message()
         pending = self._notify("close")
         self.milter = self._new_milter()
         return pending
@@ -305,6 +389,7 @@ class MilterSession:
     def _on_eof(self) -> Pending | None:
         self.closed = True
         self.pending.clear()
+        self._new_message()
         if not self.conn.in_message:
             return self._notify("close")
         aborting = self._notify("abort")

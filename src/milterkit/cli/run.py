@@ -95,6 +95,14 @@ def _add_session_options(parser: argparse.ArgumentParser) -> None:
         help="close a connection idle this long (7210, as libmilter)",
     )
     parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a connection whose packet stays incomplete, or which has not "
+        "negotiated, this long (300)",
+    )
+    parser.add_argument(
         "--callback-timeout",
         type=float,
         metavar="SECONDS",
@@ -140,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         socket_owner=args.socket_owner,
         socket_group=args.socket_group,
         timeout=args.timeout,
+        read_timeout=args.read_timeout,
         callback_timeout=args.callback_timeout,
         progress_interval=args.progress_interval,
         error_decision=args.error_decision,

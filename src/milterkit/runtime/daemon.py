@@ -88,6 +88,7 @@ def run(
     socket_owner: str | int | None = None,
     socket_group: str | int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
     callback_timeout: float | None = None,
     error_decision: str = "tempfail",
     log: str = "console",
@@ -115,6 +116,7 @@ def run(
         socket_owner=socket_owner,
         socket_group=socket_group,
         timeout=timeout,
+        read_timeout=read_timeout,
         callback_timeout=callback_timeout,
         progress_interval=progress_interval,
         error_decision=error_decision,
@@ -151,6 +153,12 @@ def _check_config(config: DaemonConfig) -> None:
         raise RuntimeConfigError(f"invalid max_connections {config.max_connections}: must be >= 1")
     if config.timeout <= 0:
         raise RuntimeConfigError(f"invalid timeout {config.timeout}: must be positive")
+    if config.read_timeout <= 0:
+        raise RuntimeConfigError(f"invalid read timeout {config.read_timeout}: must be positive")
+    if config.callback_timeout is not None and config.callback_timeout <= 0:
+        raise RuntimeConfigError(
+            f"invalid callback timeout {config.callback_timeout}: must be positive"
+        )
     if config.error_decision not in ("tempfail", "accept", "reject", "continue"):
         raise RuntimeConfigError(
             f"invalid error decision {config.error_decision!r}: "

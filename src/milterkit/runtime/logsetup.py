@@ -21,6 +21,7 @@ from milterkit.runtime.errors import RuntimeConfigError
 
 __all__ = [
     "LOGGER_NAME",
+    "OneLineFormatter",
     "ReopenableFileHandler",
     "configure_logging",
     "reopen_logs",
@@ -98,13 +99,33 @@ def _parse_level(level: str | int) -> int:
         return _LEVELS[level.lower()]
     except KeyError:
         raise RuntimeConfigError(
-            f"invalid log level {level!r}: expected one of {', '.join(_LEVELS)}") from None
+            f"invalid log level {level!r}: expected one of {', '.join(_LEVELS)}"
+        ) from None
+
+
+class OneLineFormatter(logging.Formatter):
+    """Escapes line breaks and control characters in the formatted message.
+
+    The library passes peer-supplied values through :func:`safe`; this is the
+    backstop for everything else (a milter's own ``self.log.info("%s", helo)``,
+    an exception text quoting a header): one record is one line, whatever its
+    arguments hold. Backslashes are left alone (``safe`` output stays readable);
+    a traceback (``exc_info``) keeps its own lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging API)
+        message = record.message
+        if not message.isprintable():
+            record.message = "".join(
+                char if char.isprintable() else _escape_char(char) for char in message
+            )
+        return super().formatMessage(record)
 
 
 def _text_format(ident: str) -> logging.Formatter:
     """Timestamped format used for console and file output."""
     name = ident.replace("%", "%%")
-    return logging.Formatter(f"%(asctime)s {name}[%(process)d]: %(levelname)s %(message)s")
+    return OneLineFormatter(f"%(asctime)s {name}[%(process)d]: %(levelname)s %(message)s")
 
 
 def _make_handler(
@@ -118,10 +139,10 @@ def _make_handler(
     if destination == "syslog":
         return _syslog_handler(syslog_address, facility, ident)
     if destination.startswith("file:") and len(destination) > len("file:"):
-        return _file_handler(destination[len("file:"):], ident), None
+        return _file_handler(destination[len("file:") :], ident), None
     raise RuntimeConfigError(
-        f"invalid log destination {destination!r}: expected null, console, syslog "
-        "or file:/path")
+        f"invalid log destination {destination!r}: expected null, console, syslog or file:/path"
+    )
 
 
 def _console_handler(ident: str) -> logging.Handler:
@@ -150,14 +171,16 @@ def _syslog_handler(
         raise RuntimeConfigError(f"invalid syslog facility {facility!r}")
     if isinstance(address, str) and not os.path.exists(address):
         return _console_handler(ident), (
-            f"syslog socket {address} does not exist; logging to stderr instead")
+            f"syslog socket {address} does not exist; logging to stderr instead"
+        )
     try:
         handler = logging.handlers.SysLogHandler(address=address, facility=code)
     except OSError as exc:
         return _console_handler(ident), (
-            f"cannot connect to syslog at {address}: {exc}; logging to stderr instead")
+            f"cannot connect to syslog at {address}: {exc}; logging to stderr instead"
+        )
     name = ident.replace("%", "%%")
-    handler.setFormatter(logging.Formatter(f"{name}[%(process)d]: %(message)s"))
+    handler.setFormatter(OneLineFormatter(f"{name}[%(process)d]: %(message)s"))
     return handler, None
 
 

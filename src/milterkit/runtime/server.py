@@ -300,6 +300,10 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._paused = False
+        # Slow-read guard: when the packet now incomplete began, and how many
+        # bytes were buffered after the previous read (see _note_partial).
+        self._partial_since: float | None = None
+        self._partial_buffered = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -414,7 +418,24 @@ class _Connection(asyncio.Protocol):
         if pending is not None:
             self._task = self.loop.create_task(self._drive(pending))
         else:
+            if session.conn.buffered or self._partial_buffered:
+                self._note_partial(session, len(data))
             self._after_events()
+
+    def _note_partial(self, session: MilterSession, received: int) -> None:
+        """Track since when a packet is incomplete (only runs while one is).
+
+        The read timeout counts from the read that began the incomplete packet,
+        not from the last byte, so a peer trickling one byte at a time (slowloris)
+        is still cut off after ``read_timeout``. If the buffer grew by exactly
+        what arrived, no packet completed and the packet is the same as before.
+        """
+        left = session.conn.buffered
+        if not left:
+            self._partial_since = None
+        elif self._partial_since is None or left != self._partial_buffered + received:
+            self._partial_since = self._last
+        self._partial_buffered = left
 
     def _buffer(self, session: MilterSession, data: bytes) -> None:
         """A callback is running: keep the bytes for later, pause if too many."""
@@ -449,6 +470,8 @@ class _Connection(asyncio.Protocol):
             return
         self._task = None
         self._last = self.loop.time()
+        self._partial_buffered = session.conn.buffered
+        self._partial_since = self._last if self._partial_buffered else None
         if not self._after_events() and self._paused:
             assert self.transport is not None
             self._paused = False
@@ -499,18 +522,27 @@ class _Connection(asyncio.Protocol):
             self._arm(server.read_timeout)
             return
         mid_packet = session.conn.buffered > 0
-        limit = server.read_timeout if mid_packet else server.timeout
-        idle = self.loop.time() - self._last
+        # Before option negotiation the read timeout applies too: an MTA sends
+        # OPTNEG right after connecting, and a silent peer must not hold a slot.
+        opening = session.conn.negotiated is None
+        limit = server.read_timeout if mid_packet or opening else server.timeout
+        since = self._partial_since if mid_packet and self._partial_since is not None else None
+        idle = self.loop.time() - (self._last if since is None else since)
         if idle < limit:
             self._arm(min(limit - idle, server.read_timeout))
             return
-        what = "in the middle of a packet" if mid_packet else "between commands"
+        if mid_packet:
+            what = "read timeout: stuck in the middle of a packet"
+        elif opening:
+            what = "read timeout: no option negotiation"
+        else:
+            what = "idle timeout: no data from the MTA between commands"
         self.log.warning(
-            "[%s] closing connection from %s: no data from the MTA for %.0fs %s",
+            "[%s] closing connection from %s: %s for %.1fs",
             self.cid,
             safe(self.peer),
-            idle,
             what,
+            idle,
         )
         self.abort()
 
