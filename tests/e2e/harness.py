@@ -157,9 +157,9 @@ class MilterProcess:
         except BaseException:
             self.stop()
             raise
-        if self.address.transport == "unix":
-            # the runtime applies socket_mode; the e2e samples that take no
-            # --socket-mode still need the postfix user to reach the socket
+        if self.address.transport == "unix" and self.script:
+            # the daemon got --socket-mode 666; a sample script without that option
+            # leaves 0660 root:root, which Postfix (connecting as postfix) cannot use
             with contextlib.suppress(OSError):
                 os.chmod(self.address.path, 0o666)
         return self

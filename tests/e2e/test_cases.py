@@ -45,6 +45,8 @@ def deliver_one(target: Target, commands: str, **kwargs: object) -> bytes:
 def test_add_header(target: Target) -> None:
     got = deliver_one(target, "add-header")
     assert parse(got).get_all("X-E2E-Added") == ["yes"]
+    assert not [n for n in header_names(got) if n.startswith("X-E2E-") and n != "X-E2E-Added"]
+    assert b"\nX-E2E-Added: yes\n" in got.replace(b"\r\n", b"\n")  # one space, as libmilter
     names = header_names(got)
     # SMFIR_ADDHEADER appends: after every header the client sent
     assert names.index("X-E2E-Added") > names.index("Date")
@@ -71,6 +73,7 @@ def test_change_header(target: Target) -> None:
     )
     # index 1: only the first X-Change-Me changes, in place
     assert parse(got).get_all("X-Change-Me") == ["changed by milter", "original two"]
+    assert b"\nX-Change-Me: changed by milter\n" in got.replace(b"\r\n", b"\n")
 
 
 def test_delete_header(target: Target) -> None:
@@ -132,10 +135,12 @@ def test_change_sender_esmtp_args_in_queue(target: Target) -> None:
         assert "named_attribute: envelope_id=e2e-envid-42" in held.content
         assert "named_attribute: ret_flags=2" in held.content  # DSN_RET_HDRS
     else:
-        # Sendmail qf: S sender, Z envid, and the RET=HDRS flag as 'N' in the F line
+        # Sendmail qf: S sender, Z envid; F flags d (RET given) and n (RET=HDRS: no body)
         lines = held.content.splitlines()
         assert f"S<{m.CHANGED_FROM}>" in lines
         assert "Ze2e-envid-42" in lines
+        flags = next(line for line in lines if line.startswith("F"))
+        assert {"d", "n"} <= set(flags[1:])
 
 
 def test_add_recipient(target: Target) -> None:
@@ -155,6 +160,24 @@ def test_add_recipient_with_args(target: Target) -> None:
     assert target.send([f"{rcpt}@example.com"], msg) == {}
     target.wait_delivered(rcpt)
     _wait_tagged(target, m.ADDED_RCPT_ARGS_ADDR.split("@")[0], tag)
+
+
+def test_add_recipient_args_in_queue(target: Target) -> None:
+    """Hold the message to see that the MTA kept NOTIFY=NEVER for the added recipient."""
+    tag = token()
+    rcpt = unique("orig")
+    msg = make_message("add-rcpt-args quarantine", to=f"{rcpt}@example.com", tag=tag)
+    assert target.send([f"{rcpt}@example.com"], msg) == {}
+    held = target.wait_held(tag)
+    if target.is_postfix:
+        # postcat: the DSN notify attribute precedes the recipient it belongs to (1 = NEVER)
+        assert (
+            f"named_attribute: notify_flags=1\noriginal_recipient: {m.ADDED_RCPT_ARGS_ADDR}\n"
+            f"recipient: {m.ADDED_RCPT_ARGS_ADDR}" in held.content
+        )
+    else:
+        # Sendmail qf recipient line: P primary, N notify never
+        assert f"RPN:<{m.ADDED_RCPT_ARGS_ADDR}>" in held.content.splitlines()
 
 
 def test_delete_recipient(target: Target) -> None:
