@@ -48,6 +48,26 @@ class ReopenableFileHandler(logging.handlers.WatchedFileHandler):
     logrotate's ``postrotate`` kill -HUP expects.
     """
 
+    def reopenIfNeeded(self) -> None:  # noqa: N802 (logging API)
+        """Check for rotation, unless the path cannot be stat()ed any more.
+
+        After the privilege drop a worker may not be allowed to look into the
+        log file's directory (the file was opened by root before the fork).
+        The stat() then fails with EACCES on every record; the open stream
+        still works, so keep writing to it instead of failing the record.
+        """
+        try:
+            super().reopenIfNeeded()
+        except PermissionError:
+            return
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Never raise into the code that logs (a callback, the server): report and go on."""
+        try:
+            super().emit(record)
+        except Exception:
+            self.handleError(record)
+
     def reopen(self) -> None:
         """Close and reopen the log file under the handler lock."""
         self.acquire()
