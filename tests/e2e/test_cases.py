@@ -263,6 +263,8 @@ def test_discard(target: Target) -> None:
     settle()
     assert target.delivered(rcpt) == []
     assert all(tag not in h.content for h in target.held())
+    if target.is_postfix:
+        assert "milter-discard: END-OF-MESSAGE" in target.logs()
 
 
 def test_quarantine(target: Target) -> None:
