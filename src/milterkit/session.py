@@ -69,6 +69,8 @@ class MilterSession:
         self.pending: list[msg.Message] = []
         self.current_event: msg.Message | None = None
         self.closed = False
+        #: A protocol error was raised from data_received: the input is garbage.
+        self.broken = False
         self.connection_id = connection_id
         self.log = SessionLogger(logger or logging.getLogger("milterkit"), {"conn": connection_id})
         self._factory = factory
@@ -136,12 +138,18 @@ class MilterSession:
     def data_received(self, data: bytes) -> Pending | None:
         """Feed bytes; returns a coroutine to await when a callback went async."""
         self.conn.receive_data(data)
-        return self.resume()
+        try:
+            return self.resume()
+        except ProtocolError:
+            self.broken = True  # reported by the caller; connection_lost must not re-parse
+            raise
 
     def connection_lost(self) -> Pending | None:
         """The MTA closed its end; runs abort/close callbacks."""
         if self.closed:
             return None
+        if self.broken:
+            return self._on_eof()
         self.conn.receive_data(b"")
         try:
             return self.resume()
