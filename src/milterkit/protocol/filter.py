@@ -36,6 +36,7 @@ from milterkit.protocol.messages import (
     Message,
     OptNeg,
     decode_command,
+    split_macro_payload,
 )
 from milterkit.protocol.negotiate import (
     Negotiated,
@@ -75,6 +76,7 @@ Event = Message | NeedData | ConnectionClosed
 # callers: ``awaiting`` is still a Command member.
 _REPLY_BY_CODE: dict[int, Reply] = {int(reply): reply for reply in Reply if reply != Reply.OPTNEG}
 _ALL_COMMANDS = tuple(Command)
+_MACRO = int(Command.MACRO)
 
 # Performance: one connection usually carries one message, so per-connection
 # work counts as much as per-packet work. What an OPTNEG exchange yields
@@ -137,8 +139,22 @@ class FilterConnection:
             frame = self._decoder.next_frame()
             if frame is None:
                 return self._end_of_input()
+            code, payload = frame
+            if (
+                code == _MACRO
+                and self.awaiting is None
+                and self.negotiated is not None
+                and not self._closed
+                and len(payload) > 1
+            ):
+                # Performance: a MACRO packet precedes nearly every command and
+                # never becomes an event; when _accept would just store it, store
+                # its pairs without building the Macro message (same checks: any
+                # other case takes the general path below).
+                self.macros.set_stage(payload[0], split_macro_payload(payload)[0])
+                continue
             # decode_command inlined (one call less per packet)
-            unpack = COMMAND_TYPES.get(frame[0])
+            unpack = COMMAND_TYPES.get(code)
             message = decode_command(*frame) if unpack is None else unpack(frame[1])
             event = self._accept(message)
             if event is not None:

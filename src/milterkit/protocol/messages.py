@@ -175,19 +175,24 @@ class Macro(Message):
             return cls(None)
         if len(payload) == 1:
             return cls(payload[0])
-        if payload[-1] != 0:
-            _cstrings(payload[1:], "MACRO")  # raises with the usual message
-        # Performance: one split, pairs by zipping one iterator with itself
-        # (no _cstrings call, no payload[1:] copy, no two stride slices); an
-        # odd last name is dropped by zip and kept as ``dangling``.
-        strings = payload[1:-1].split(b"\0")
-        names_values = iter(strings)
-        pairs = tuple(zip(names_values, names_values, strict=False))
-        dangling = strings[-1] if len(strings) % 2 else None
+        pairs, dangling = split_macro_payload(payload)
         return cls(payload[0], pairs, dangling)
 
     def as_dict(self) -> dict[bytes, bytes]:
         return dict(self.pairs)
+
+
+def split_macro_payload(payload: bytes) -> tuple[tuple[tuple[bytes, bytes], ...], bytes | None]:
+    """The (name, value) pairs and the dangling name of a MACRO payload of 2+ bytes."""
+    if payload[-1] != 0:
+        _cstrings(payload[1:], "MACRO")  # raises with the usual message
+    # Performance: one split, pairs by zipping one iterator with itself (no
+    # _cstrings call, no payload[1:] copy, no two stride slices); an odd last
+    # name is dropped by zip and kept as ``dangling``.
+    strings = payload[1:-1].split(b"\0")
+    names_values = iter(strings)
+    pairs = tuple(zip(names_values, names_values, strict=False))
+    return pairs, strings[-1] if len(strings) % 2 else None
 
 
 @dataclass(frozen=True, slots=True)
