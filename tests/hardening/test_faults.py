@@ -54,14 +54,31 @@ def persistent_client(address: str, conn: Conn, stop: threading.Event) -> None:
 def test_sigkill_worker_only_its_sessions_fail(daemon_factory: Callable[..., Daemon]) -> None:
     daemon = daemon_factory("Hardened", "--log-level", "warning")
     stop = threading.Event()
-    conns = [Conn() for _ in range(8)]
-    threads = [
-        threading.Thread(target=persistent_client, args=(daemon.address, c, stop), daemon=True)
-        for c in conns
-    ]
-    for thread in threads:
-        thread.start()
+    conns: list[Conn] = []
+    threads: list[threading.Thread] = []
+
+    def per_worker() -> dict[str | None, int]:
+        counts: dict[str | None, int] = {}
+        for c in conns:
+            counts[c.worker] = counts.get(c.worker, 0) + 1
+        return counts
+
     try:
+        # Which worker accepts a connection is up to the kernel; add connections
+        # until both workers serve at least two.
+        while len(conns) < 40:
+            conn = Conn()
+            thread = threading.Thread(
+                target=persistent_client, args=(daemon.address, conn, stop), daemon=True
+            )
+            conns.append(conn)
+            threads.append(thread)
+            thread.start()
+            assert wait_for(lambda c=conn: c.ok >= 1, 20)  # type: ignore[misc]
+            counts = per_worker()
+            if len(counts) == 2 and min(counts.values()) >= 2:
+                break
+            time.sleep(0.05)
         assert wait_for(lambda: all(c.ok >= 3 for c in conns), 20)
         pids = {c.worker for c in conns}
         assert len(pids) == 2, f"connections all landed on one worker: {pids}"
@@ -76,8 +93,8 @@ def test_sigkill_worker_only_its_sessions_fail(daemon_factory: Callable[..., Dae
         ), "the supervisor did not replace the worker within a second"
         replaced_in = time.monotonic() - killed_at
         # every connection runs more messages afterwards
-        counts = [c.ok for c in conns]
-        assert wait_for(lambda: all(c.ok > n for c, n in zip(conns, counts, strict=True)), 20)
+        done = [c.ok for c in conns]
+        assert wait_for(lambda: all(c.ok > n for c, n in zip(conns, done, strict=True)), 20)
     finally:
         stop.set()
         for thread in threads:
