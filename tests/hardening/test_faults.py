@@ -119,6 +119,7 @@ class Tally:
     completed: int = 0
     completed_after_term: int = 0
     refused_before_message: int = 0
+    in_flight: int = 0
     bad: list[str] = field(default_factory=list)
 
 
@@ -141,6 +142,8 @@ def raw_message_loop(daemon: Daemon, tally: Tally, term: list[float], lock: thre
                 raise AssertionError("MAIL not continued")
             stage = "message"
             started = time.monotonic()
+            with lock:
+                tally.in_flight += 1
             raw.send(RCPT)
             raw.final()
             raw.send(frame(b"L", b"Subject\x00x\x00"))
@@ -151,7 +154,9 @@ def raw_message_loop(daemon: Daemon, tally: Tally, term: list[float], lock: thre
             raw.final()
             raw.send(frame(b"E"))
             final = raw.final()
+            stage = "done"
             with lock:
+                tally.in_flight -= 1
                 tally.completed += 1
                 if term and started < term[0] < time.monotonic():
                     tally.completed_after_term += 1
@@ -161,6 +166,8 @@ def raw_message_loop(daemon: Daemon, tally: Tally, term: list[float], lock: thre
             text = f"{type(exc).__name__}: {exc}"
             truncated = "bytes of a packet pending" in text and " 0 bytes" not in text
             with lock:
+                if stage == "message":
+                    tally.in_flight -= 1
                 if stage == "message" or truncated:
                     tally.bad.append(f"{stage}: {text}")
                 else:
@@ -182,7 +189,8 @@ def test_sigterm_under_load_finishes_messages_in_flight(
     ]
     for thread in threads:
         thread.start()
-    assert wait_for(lambda: tally.completed >= 20, 20)
+        time.sleep(0.3 / len(threads))  # stagger, so messages are in flight at any moment
+    assert wait_for(lambda: tally.completed >= 20 and tally.in_flight >= 3, 20)
     term.append(time.monotonic())
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
