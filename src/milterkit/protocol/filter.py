@@ -32,9 +32,16 @@ from milterkit.protocol.macros import MacroStore
 from milterkit.protocol.messages import (
     COMMAND_TYPES,
     Abort,
+    Accept,
+    Continue,
+    Discard,
     Macro,
     Message,
     OptNeg,
+    Progress,
+    Reject,
+    Skip,
+    TempFail,
     decode_command,
     split_macro_payload,
 )
@@ -77,6 +84,11 @@ Event = Message | NeedData | ConnectionClosed
 _REPLY_BY_CODE: dict[int, Reply] = {int(reply): reply for reply in Reply if reply != Reply.OPTNEG}
 _ALL_COMMANDS = tuple(Command)
 _MACRO = int(Command.MACRO)
+#: Exact type -> (reply, wire bytes) of the payload-less replies that may be sent.
+_FIXED_FRAMES: dict[type[Message], tuple[Reply, bytes]] = {
+    cls: (Reply(cls.code), cls().encode())
+    for cls in (Continue, Accept, Reject, TempFail, Discard, Skip, Progress)
+}
 
 # Performance: one connection usually carries one message, so per-connection
 # work counts as much as per-packet work. What an OPTNEG exchange yields
@@ -323,6 +335,19 @@ class FilterConnection:
                 _remember(_NEGOTIATED, key, agreed)
             data = message.encode()
             self._after_optneg(agreed)
+            return data
+        fixed = _FIXED_FRAMES.get(type(message))
+        if fixed is not None:
+            # Performance: a reply without payload (CONTINUE above all) has
+            # constant bytes; same checks and state change as below, minus the
+            # payload and framing work.
+            fixed_reply, data = fixed
+            if self.awaiting is None or self.awaiting == Command.OPTNEG:
+                raise LocalProtocolError(f"{fixed_reply.name}: no command is waiting for a reply")
+            if fixed_reply != Reply.CONTINUE:
+                self._check_reply_kind(fixed_reply)
+            if fixed_reply != Reply.PROGRESS:
+                self._finish_reply(fixed_reply)
             return data
         reply = _REPLY_BY_CODE.get(message.code)
         if reply is None:
