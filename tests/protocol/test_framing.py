@@ -283,3 +283,24 @@ def test_mta_connection_accepts_large_replies() -> None:
     assert isinstance(event, ReplaceBody)
     assert event.encode() == raw[:70005]
     assert conn.next_event() == Continue()
+
+
+def test_trickled_large_frame_is_linear_and_compact() -> None:
+    """A peer sending one byte per read must not cost one object per byte (or O(n^2))."""
+    import tracemalloc
+
+    payload = bytes(range(256)) * 256
+    raw = encode_frame(ord("B"), payload[:MAX_DATA_SIZE])
+    decoder = FrameDecoder(MAX_DATA_SIZE)
+    tracemalloc.start()
+    try:
+        for i in range(len(raw) - 1):
+            decoder.feed(raw[i : i + 1])
+            assert decoder.next_frame() is None
+            assert decoder.buffered == i + 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_DATA_SIZE  # was ~21 MB with one memoryview per read
+    decoder.feed(raw[-1:])
+    assert decoder.next_frame() == (ord("B"), payload[:MAX_DATA_SIZE])

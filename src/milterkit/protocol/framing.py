@@ -19,6 +19,9 @@ _HEADER = struct.Struct(">IB")
 HEADER_SIZE = 5
 #: Frames with a payload at least this large are gathered without re-buffering.
 _GATHER_THRESHOLD = 16384
+#: Pieces of a gathered frame smaller than this are coalesced into one bytearray,
+#: so a peer trickling bytes costs neither one object per read nor O(n^2) time.
+_SMALL_PIECE = 4096
 
 
 def encode_frame(command: int, payload: bytes = b"") -> bytes:
@@ -44,7 +47,15 @@ class FrameDecoder:
     ``max_payload`` may be raised after negotiation (MDS) by assigning it.
     """
 
-    __slots__ = ("_buf", "_gather", "_gather_cmd", "_gather_missing", "_pos", "max_payload")
+    __slots__ = (
+        "_buf",
+        "_gather",
+        "_gather_cmd",
+        "_gather_len",
+        "_gather_missing",
+        "_pos",
+        "max_payload",
+    )
 
     def __init__(self, max_payload: int) -> None:
         if max_payload < 0:
@@ -52,8 +63,9 @@ class FrameDecoder:
         self.max_payload = max_payload
         self._buf: bytes | bytearray = b""
         self._pos = 0
-        self._gather: list[memoryview] | None = None
+        self._gather: list[memoryview | bytearray] | None = None
         self._gather_cmd = 0
+        self._gather_len = 0
         self._gather_missing = 0
 
     @property
@@ -62,7 +74,7 @@ class FrameDecoder:
         gathered = 0
         if self._gather is not None:
             # the header of the frame being gathered is still unconsumed input
-            gathered = HEADER_SIZE + sum(len(part) for part in self._gather)
+            gathered = HEADER_SIZE + self._gather_len - self._gather_missing
         return len(self._buf) - self._pos + gathered
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -92,7 +104,14 @@ class FrameDecoder:
         """Take what the frame being gathered still needs; return the rest."""
         assert self._gather is not None
         take = min(self._gather_missing, len(view))
-        self._gather.append(view[:take])
+        if take < _SMALL_PIECE:
+            tail = self._gather[-1]
+            if isinstance(tail, bytearray):
+                tail += view[:take]
+            else:
+                self._gather.append(bytearray(view[:take]))
+        else:
+            self._gather.append(view[:take])
         self._gather_missing -= take
         return view[take:]
 
@@ -133,6 +152,7 @@ class FrameDecoder:
         head = memoryview(bytes(memoryview(self._buf)[start:]))
         self._gather = [head]
         self._gather_cmd = command
+        self._gather_len = payload_len
         self._gather_missing = payload_len - len(head)
         self._buf = b""
         self._pos = 0
