@@ -49,9 +49,18 @@ def _mailer_and_rules(root: Path, deliver_user: str) -> list[str]:
     return ["MAILER_DEFINITIONS", f"`{mailer}'", "LOCAL_RULE_0", *(f"`{r}'" for r in rules)]
 
 
-def render_mc(*, cf_tree: Path, root: Path, port: int, hostname: str, milter: str,
-              milter_flags: str, milter_timeouts: str, deliver_user: str,
-              extra: str = "") -> str:
+def render_mc(
+    *,
+    cf_tree: Path,
+    root: Path,
+    port: int,
+    hostname: str,
+    milter: str,
+    milter_flags: str,
+    milter_timeouts: str,
+    deliver_user: str,
+    extra: str = "",
+) -> str:
     """The complete .mc text; ``extra`` is appended before the mailers."""
     defines = {
         "confDOMAIN_NAME": hostname,

@@ -84,20 +84,29 @@ def port_listening(port: int) -> bool:
 def wait_for_port(host: str, port: int, timeout: float) -> None:
     """Wait until ``port`` listens; uses /proc when present, else a connect probe."""
     if Path("/proc/net/tcp").exists():
+
         def check() -> bool | None:
             return True if port_listening(port) else None
     else:
+
         def check() -> bool | None:
             return True if port_open(host, port) else None
+
     wait_until(check, timeout, f"{host}:{port} to listen")
 
 
-def run(cmd: Sequence[str], *, timeout: float = 30.0, stdin: bytes | None = None,
-        check: bool = True, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[bytes]:
+def run(
+    cmd: Sequence[str],
+    *,
+    timeout: float = 30.0,
+    stdin: bytes | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     """subprocess.run with a mandatory timeout and the output in the error text."""
-    proc = subprocess.run(list(cmd), input=stdin, capture_output=True, timeout=timeout,
-                          check=False, env=env)
+    proc = subprocess.run(
+        list(cmd), input=stdin, capture_output=True, timeout=timeout, check=False, env=env
+    )
     if check and proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} exited {proc.returncode}: "
@@ -108,7 +117,12 @@ def run(cmd: Sequence[str], *, timeout: float = 30.0, stdin: bytes | None = None
 
 def maildir_messages(maildir: Path) -> list[bytes]:
     """Messages in ``maildir/new`` and ``maildir/cur``, oldest first."""
-    files = [p for sub in ("new", "cur") if (maildir / sub).is_dir()
-             for p in (maildir / sub).iterdir() if p.is_file()]
+    files = [
+        p
+        for sub in ("new", "cur")
+        if (maildir / sub).is_dir()
+        for p in (maildir / sub).iterdir()
+        if p.is_file()
+    ]
     files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
     return [p.read_bytes() for p in files]

@@ -83,7 +83,6 @@ testdeliver unix - n n - - pipe flags=DRO user={deliver_user}
 """
 
 
-
 def postfix_available() -> str | None:
     """None if Postfix can be used here, else the reason it cannot."""
     if not os.path.exists(POSTFIX):
@@ -180,8 +179,13 @@ class PostfixInstance:
         return params
 
     def _write_config(self) -> None:
-        for d in (self.config_dir, self.queue_dir, self.data_dir, self.mail_dir,
-                  self.log_file.parent):
+        for d in (
+            self.config_dir,
+            self.queue_dir,
+            self.data_dir,
+            self.mail_dir,
+            self.log_file.parent,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         # Postfix daemons run as "postfix" and must traverse to queue/maildirs.
         self.root.chmod(0o755)
@@ -195,8 +199,10 @@ class PostfixInstance:
         deliver = self.config_dir / "deliver.sh"
         deliver.write_text(DELIVER_SH)
         (self.config_dir / "master.cf").write_text(
-            _MASTER_CF.format(listen=listen, deliver=deliver, maildirs=self.mail_dir,
-                              deliver_user=DELIVER_USER))
+            _MASTER_CF.format(
+                listen=listen, deliver=deliver, maildirs=self.mail_dir, deliver_user=DELIVER_USER
+            )
+        )
 
     # -- lifecycle -----------------------------------------------------
 
@@ -255,19 +261,25 @@ class PostfixInstance:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # -- mail in -------------------------------------------------------
 
     def smtp(self, timeout: float = 60.0) -> smtplib.SMTP:
         """A connected smtplib client (caller closes it), for multi-step sessions."""
-        return smtplib.SMTP(self.host, self.port, local_hostname="client.test.example",
-                            timeout=timeout)
+        return smtplib.SMTP(
+            self.host, self.port, local_hostname="client.test.example", timeout=timeout
+        )
 
-    def send(self, sender: str, recipients: Iterable[str], message: bytes,
-             timeout: float = 60.0) -> dict[str, tuple[int, bytes]]:
+    def send(
+        self, sender: str, recipients: Iterable[str], message: bytes, timeout: float = 60.0
+    ) -> dict[str, tuple[int, bytes]]:
         """Submit over SMTP; returns smtplib's refused-recipient dict.
 
         smtplib raises SMTPRecipientsRefused/SMTPDataError/... on rejections,
@@ -276,8 +288,9 @@ class PostfixInstance:
         with self.smtp(timeout) as client:
             return client.sendmail(sender, list(recipients), message)
 
-    def sendmail_command(self, sender: str, recipients: Iterable[str], message: bytes,
-                         timeout: float = 60.0) -> int:
+    def sendmail_command(
+        self, sender: str, recipients: Iterable[str], message: bytes, timeout: float = 60.0
+    ) -> int:
         """Submit via the non-SMTP path (``sendmail -C``, pickup, non_smtpd_milters)."""
         cmd = [SENDMAIL, "-C", str(self.config_dir), "-i", "-f", sender, "--", *recipients]
         proc = run(cmd, stdin=message, timeout=timeout, check=False)
@@ -291,12 +304,15 @@ class PostfixInstance:
     def delivered(self, localpart: str, domain: str = "example.com") -> list[bytes]:
         return maildir_messages(self.maildir(localpart, domain))
 
-    def wait_delivered(self, localpart: str, count: int = 1, timeout: float = 30.0,
-                       domain: str = "example.com") -> list[bytes]:
+    def wait_delivered(
+        self, localpart: str, count: int = 1, timeout: float = 30.0, domain: str = "example.com"
+    ) -> list[bytes]:
         """Wait until ``count`` messages sit in the maildir; return them oldest first."""
+
         def check() -> list[bytes] | None:
             msgs = self.delivered(localpart, domain)
             return msgs if len(msgs) >= count else None
+
         try:
             return wait_until(check, timeout, f"{count} message(s) for {localpart}@{domain}")
         except TimeoutError as exc:

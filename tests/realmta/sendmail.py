@@ -90,8 +90,9 @@ def _namespaces_work() -> bool:
     if shutil.which("unshare") is None:
         return False
     try:
-        proc = subprocess.run(["unshare", "--uts", "--mount", "true"], capture_output=True,
-                              timeout=10, check=False)
+        proc = subprocess.run(
+            ["unshare", "--uts", "--mount", "true"], capture_output=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0
@@ -150,9 +151,14 @@ class SendmailInstance:
     def mc_text(self) -> str:
         """The .mc source fed to m4 (public so tests can inspect it)."""
         return cf.render_mc(
-            cf_tree=self.cf_tree, root=self.root, port=self.port, hostname=HOSTNAME,
-            milter=self.milter, milter_flags=self.milter_flags,
-            milter_timeouts=self.milter_timeouts, deliver_user=DELIVER_USER,
+            cf_tree=self.cf_tree,
+            root=self.root,
+            port=self.port,
+            hostname=HOSTNAME,
+            milter=self.milter,
+            milter_flags=self.milter_flags,
+            milter_timeouts=self.milter_timeouts,
+            deliver_user=DELIVER_USER,
             extra=self.extra_mc,
         )
 
@@ -171,8 +177,18 @@ class SendmailInstance:
             return argv
         hosts = self.root / "hosts"
         script = f'mount --bind "{hosts}" /etc/hosts && hostname {HOSTNAME} && exec "$@"'
-        return ["unshare", "--uts", "--mount", "--propagation", "private",
-                "sh", "-c", script, "sh", *argv]
+        return [
+            "unshare",
+            "--uts",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *argv,
+        ]
 
     # -- lifecycle -----------------------------------------------------
 
@@ -183,8 +199,12 @@ class SendmailInstance:
             self._build_cf()
             with self.log_file.open("wb") as log:
                 self._proc = subprocess.Popen(
-                    self._command("-bD", *self._debug_args()), stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True)
+                    self._command("-bD", *self._debug_args()),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             wait_until(self._listening, timeout, f"sendmail on port {self.port}")
         except BaseException:
             self.stop()
@@ -226,19 +246,25 @@ class SendmailInstance:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # -- mail in / out -------------------------------------------------
 
     def smtp(self, timeout: float = 60.0) -> smtplib.SMTP:
         """A connected smtplib client (caller closes it)."""
-        return smtplib.SMTP(self.host, self.port, local_hostname="client.test.example",
-                            timeout=timeout)
+        return smtplib.SMTP(
+            self.host, self.port, local_hostname="client.test.example", timeout=timeout
+        )
 
-    def send(self, sender: str, recipients: Iterable[str], message: bytes,
-             timeout: float = 60.0) -> dict[str, tuple[int, bytes]]:
+    def send(
+        self, sender: str, recipients: Iterable[str], message: bytes, timeout: float = 60.0
+    ) -> dict[str, tuple[int, bytes]]:
         """Submit over SMTP; smtplib exceptions carry rejection codes."""
         with self.smtp(timeout) as client:
             return client.sendmail(sender, list(recipients), message)
@@ -249,12 +275,15 @@ class SendmailInstance:
     def delivered(self, localpart: str, domain: str = "example.com") -> list[bytes]:
         return maildir_messages(self.maildir(localpart, domain))
 
-    def wait_delivered(self, localpart: str, count: int = 1, timeout: float = 30.0,
-                       domain: str = "example.com") -> list[bytes]:
+    def wait_delivered(
+        self, localpart: str, count: int = 1, timeout: float = 30.0, domain: str = "example.com"
+    ) -> list[bytes]:
         """Wait until ``count`` messages were delivered; return them oldest first."""
+
         def check() -> list[bytes] | None:
             msgs = self.delivered(localpart, domain)
             return msgs if len(msgs) >= count else None
+
         try:
             return wait_until(check, timeout, f"{count} message(s) for {localpart}@{domain}")
         except TimeoutError as exc:

@@ -26,8 +26,9 @@ SENDER = "alice@example.org"
 
 
 def message(subject: str, to: str = "bob@example.com") -> bytes:
-    return (f"From: {SENDER}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\n"
-            f"hello from the infra test\r\n").encode()
+    return (
+        f"From: {SENDER}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nhello from the infra test\r\n"
+    ).encode()
 
 
 def test_postfix_delivers_smtp(postfix: PostfixInstance) -> None:

@@ -69,9 +69,11 @@ def test_reconfigure_replaces_handlers() -> None:
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("console", "verbose"), "invalid log level 'verbose'"),
-     (("stdout",), "invalid log destination 'stdout'"),
-     (("file:",), "invalid log destination 'file:'")],
+    [
+        (("console", "verbose"), "invalid log level 'verbose'"),
+        (("stdout",), "invalid log destination 'stdout'"),
+        (("file:",), "invalid log destination 'file:'"),
+    ],
 )
 def test_bad_arguments(args: tuple[str, ...], message: str) -> None:
     with pytest.raises(RuntimeConfigError, match=message):
@@ -88,8 +90,7 @@ def test_syslog_to_real_socket(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(path)
         server.settimeout(2)
-        logger = configure_logging("syslog", syslog_address=path, facility="mail",
-                                   ident="mk")
+        logger = configure_logging("syslog", syslog_address=path, facility="mail", ident="mk")
         logger.info("started %s", "ok")
         data = server.recv(4096)
     # mail (2) * 8 + info (6) = 22

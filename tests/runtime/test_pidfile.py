@@ -170,8 +170,9 @@ def _race(path: Path, contenders: int) -> list[int]:
     os.close(go_w)
     codes = _reap_until(pids, contenders - 1, time.monotonic() + 5)
     os.close(done_w)
-    codes.update({p: os.waitstatus_to_exitcode(os.waitpid(p, 0)[1])
-                  for p in pids if p not in codes})
+    codes.update(
+        {p: os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids if p not in codes}
+    )
     return list(codes.values())
 
 

@@ -53,8 +53,7 @@ def _drop_and_report(user: str | int, group: str | int | None = None) -> object:
         regained = True
     except PermissionError:
         regained = False
-    return {"proc": ids, "resuid": os.getresuid(), "resgid": os.getresgid(),
-            "regained": regained}
+    return {"proc": ids, "resuid": os.getresuid(), "resgid": os.getresgid(), "regained": regained}
 
 
 def test_resolve_user_by_name_and_id() -> None:
@@ -70,10 +69,12 @@ def test_resolve_group_by_name_and_id() -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("no-such-user-xyz", "unknown user 'no-such-user-xyz'"),
-     ("", "invalid user: empty name"),
-     (-1, "invalid user id -1"),
-     (4_000_000_000, "unknown user 4000000000")],
+    [
+        ("no-such-user-xyz", "unknown user 'no-such-user-xyz'"),
+        ("", "invalid user: empty name"),
+        (-1, "invalid user id -1"),
+        (4_000_000_000, "unknown user 4000000000"),
+    ],
 )
 def test_resolve_user_errors(value: str | int, message: str) -> None:
     with pytest.raises(RuntimeConfigError, match=message):
@@ -148,5 +149,4 @@ def test_after_drop_same_user_is_fine_other_user_is_error() -> None:
 
 def test_read_proc_ids_parses_status() -> None:
     text = "Name:\tx\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t9 10 \n"
-    assert read_proc_ids(text) == {"Uid": [1, 2, 3, 4], "Gid": [5, 6, 7, 8],
-                                   "Groups": [9, 10]}
+    assert read_proc_ids(text) == {"Uid": [1, 2, 3, 4], "Gid": [5, 6, 7, 8], "Groups": [9, 10]}

@@ -55,8 +55,7 @@ def _accepts(listener: socket.socket, family: int, address: str | tuple[str, int
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o660, 0o666, 0o640])
-def test_unix_socket_mode_exact(sock_dir: Path, listeners: list[socket.socket],
-                                mode: int) -> None:
+def test_unix_socket_mode_exact(sock_dir: Path, listeners: list[socket.socket], mode: int) -> None:
     path = sock_dir / "m.sock"
     listeners.append(open_listener(UnixAddress(str(path)), mode=mode))
     st = os.lstat(path)
@@ -290,7 +289,10 @@ def _run_activated(listener: socket.socket, pid_mode: str) -> subprocess.Popen[s
     env = dict(os.environ, PYTHONPATH=SRC, LISTEN_FDS="1", LISTEN_FDNAMES="milter")
     return subprocess.Popen(
         [sys.executable, "-c", _ACTIVATION_SCRIPT, str(listener.fileno()), pid_mode],
-        pass_fds=(listener.fileno(),), env=env, stdout=subprocess.PIPE, text=True,
+        pass_fds=(listener.fileno(),),
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 

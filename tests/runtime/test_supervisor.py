@@ -84,8 +84,10 @@ def record(events: Path, *fields: object) -> None:
 
 def _default_dispositions() -> str:
     """Describe whether the inherited signal state was reset."""
-    dfl = all(signal.getsignal(s) == signal.SIG_DFL
-              for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD))
+    dfl = all(
+        signal.getsignal(s) == signal.SIG_DFL
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+    )
     wakeup = signal.set_wakeup_fd(-1)
     return f"dfl={dfl} wakeup={wakeup}"
 
@@ -153,8 +155,7 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _supervisor_process(run: Run, behaviour: str, workers: int,
-                        kwargs: dict[str, object]) -> None:
+def _supervisor_process(run: Run, behaviour: str, workers: int, kwargs: dict[str, object]) -> None:
     """Body of the forked supervisor process; never returns."""
     code = 70
     try:
@@ -165,8 +166,9 @@ def _supervisor_process(run: Run, behaviour: str, workers: int,
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
         before = signal.getsignal(signal.SIGTERM)
-        supervisor = Supervisor(partial(worker, run.events_path, behaviour), workers,
-                                logger=logger, **kwargs)  # type: ignore[arg-type]
+        supervisor = Supervisor(
+            partial(worker, run.events_path, behaviour), workers, logger=logger, **kwargs
+        )  # type: ignore[arg-type]
         code = supervisor.run()
         restored = signal.getsignal(signal.SIGTERM) == before
         record(run.events_path, "supervisor-done", code, f"restored={restored}")
@@ -194,8 +196,9 @@ def test_worker_exiting_1_is_restarted_and_logged(start: Callable[..., Run]) -> 
     wait_for(lambda: len(run.events("start", 0)) == 2, 5, "restart of worker 0")
     first = _pids(run, 0)[0]
     wait_for(lambda: "restarting" in run.log(), 2, "log line")
-    assert (f"worker 0 (pid {first}) exited with status 1 unexpectedly; restarting in 0.0s"
-            in run.log())
+    assert (
+        f"worker 0 (pid {first}) exited with status 1 unexpectedly; restarting in 0.0s" in run.log()
+    )
     os.kill(run.pid, signal.SIGTERM)
     assert run.wait_exit(5) == 0
 
@@ -210,9 +213,7 @@ def test_worker_exception_is_logged_and_restarted(start: Callable[..., Run]) -> 
     assert run.wait_exit(5) == 0
 
 
-def test_sigkilled_worker_replaced_quickly_other_keeps_running(
-    start: Callable[..., Run]
-) -> None:
+def test_sigkilled_worker_replaced_quickly_other_keeps_running(start: Callable[..., Run]) -> None:
     run = start(workers=2)
     wait_for(lambda: len(run.events("start")) == 2, 5, "2 workers")
     victim, survivor = _pids(run, 0)[0], _pids(run, 1)[0]
@@ -249,9 +250,7 @@ def test_sigint_also_stops(start: Callable[..., Run]) -> None:
     assert len(run.events("stop")) == 1
 
 
-def test_worker_ignoring_sigterm_is_killed_after_drain_timeout(
-    start: Callable[..., Run]
-) -> None:
+def test_worker_ignoring_sigterm_is_killed_after_drain_timeout(start: Callable[..., Run]) -> None:
     run = start("ignore-term", workers=2, drain_timeout=0.5)
     wait_for(lambda: len(run.events("start")) == 2, 5, "2 workers")
     stubborn, polite = _pids(run, 0)[0], _pids(run, 1)[0]
@@ -329,9 +328,12 @@ def test_default_worker_count_is_cpu_count() -> None:
 
 @pytest.mark.parametrize(
     ("status", "text"),
-    [(0, "exited with status 0"), (3 << 8, "exited with status 3"),
-     (signal.SIGKILL, "killed by SIGKILL"), (signal.SIGSEGV | 0x80,
-                                             "killed by SIGSEGV (core dumped)")],
+    [
+        (0, "exited with status 0"),
+        (3 << 8, "exited with status 3"),
+        (signal.SIGKILL, "killed by SIGKILL"),
+        (signal.SIGSEGV | 0x80, "killed by SIGSEGV (core dumped)"),
+    ],
 )
 def test_describe_wait_status(status: int, text: str) -> None:
     assert describe_wait_status(status) == text

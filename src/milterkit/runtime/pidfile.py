@@ -116,10 +116,8 @@ class PidFile:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise RuntimeConfigError(f"refusing PID file {self.path}: it is a symlink"
-                                         ) from exc
-            raise RuntimeConfigError(f"cannot open PID file {self.path}: {exc.strerror}"
-                                     ) from exc
+                raise RuntimeConfigError(f"refusing PID file {self.path}: it is a symlink") from exc
+            raise RuntimeConfigError(f"cannot open PID file {self.path}: {exc.strerror}") from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise RuntimeConfigError(f"refusing PID file {self.path}: not a regular file")
@@ -135,8 +133,7 @@ class PidFile:
             return None
         except OSError as exc:
             os.close(fd)
-            raise RuntimeConfigError(f"cannot create PID file {self.path}: {exc.strerror}"
-                                     ) from exc
+            raise RuntimeConfigError(f"cannot create PID file {self.path}: {exc.strerror}") from exc
         finally:
             os.unlink(tmp)
         return fd
@@ -172,7 +169,8 @@ class PidFile:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
         except OSError as exc:
             raise RuntimeConfigError(
-                f"cannot create PID file in {directory}: {exc.strerror}") from exc
+                f"cannot create PID file in {directory}: {exc.strerror}"
+            ) from exc
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.fchmod(fd, _PIDFILE_MODE)

@@ -77,8 +77,12 @@ def _open_inet(address: InetAddress | Inet6Address, backlog: int) -> socket.sock
     """Resolve, bind and listen on a TCP endpoint of the address's family."""
     try:
         infos = socket.getaddrinfo(
-            address.host, address.port, address.family, socket.SOCK_STREAM,
-            0, socket.AI_PASSIVE,
+            address.host,
+            address.port,
+            address.family,
+            socket.SOCK_STREAM,
+            0,
+            socket.AI_PASSIVE,
         )
     except socket.gaierror as exc:
         raise RuntimeConfigError(f"cannot resolve {address}: {exc.strerror}") from exc
@@ -114,8 +118,9 @@ def _open_unix(
             os.rename(os.path.join(tmpdir, _SOCKET_NAME_IN_TMPDIR), target)
         except OSError as exc:
             sock.close()
-            raise RuntimeConfigError(f"cannot move socket into place at {path}: "
-                                     f"{exc.strerror}") from exc
+            raise RuntimeConfigError(
+                f"cannot move socket into place at {path}: {exc.strerror}"
+            ) from exc
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     _created[target] = (*identity, os.getpid())
@@ -129,7 +134,8 @@ def _make_private_dir(target: str) -> str:
         tmpdir = tempfile.mkdtemp(prefix=".mk", dir=parent)
     except OSError as exc:
         raise RuntimeConfigError(
-            f"cannot create temporary directory in {parent}: {exc.strerror}") from exc
+            f"cannot create temporary directory in {parent}: {exc.strerror}"
+        ) from exc
     staged = os.path.join(tmpdir, _SOCKET_NAME_IN_TMPDIR)
     if len(staged.encode()) > 107:
         os.rmdir(tmpdir)
@@ -179,7 +185,8 @@ def _check_existing(path: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise RuntimeConfigError(
-            f"refusing to replace {path}: it is {_describe_mode(st.st_mode)}, not a socket")
+            f"refusing to replace {path}: it is {_describe_mode(st.st_mode)}, not a socket"
+        )
     if _is_live(path):
         raise RuntimeConfigError(f"another process is listening on {path}")
 
@@ -197,8 +204,9 @@ def _is_live(path: str) -> bool:
         except (BlockingIOError, TimeoutError):
             return True  # backlog full: definitely alive
         except OSError as exc:
-            raise RuntimeConfigError(f"cannot check existing socket {path}: {exc.strerror}"
-                                     ) from exc
+            raise RuntimeConfigError(
+                f"cannot check existing socket {path}: {exc.strerror}"
+            ) from exc
     return True
 
 
@@ -280,9 +288,7 @@ def inherited_listeners_with_names() -> list[tuple[str, socket.socket]]:
         return []
     names = names_text.split(":") if names_text else []
     names += ["unknown"] * (count - len(names))
-    return [
-        (names[i], socket_from_fd(SD_LISTEN_FDS_START + i)) for i in range(count)
-    ]
+    return [(names[i], socket_from_fd(SD_LISTEN_FDS_START + i)) for i in range(count)]
 
 
 def _env_int(name: str, text: str) -> int:
@@ -290,4 +296,3 @@ def _env_int(name: str, text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise RuntimeConfigError(f"invalid {name}={text!r} in environment")
     return int(text)
-

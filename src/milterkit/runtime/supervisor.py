@@ -233,8 +233,12 @@ class Supervisor:
         """Enter drain mode: SIGTERM everyone and arm the deadline."""
         if self._stopping:
             return
-        self._log.info("%s; stopping %d workers (drain timeout %.1fs)",
-                       reason, len(self.worker_pids), self._drain_timeout)
+        self._log.info(
+            "%s; stopping %d workers (drain timeout %.1fs)",
+            reason,
+            len(self.worker_pids),
+            self._drain_timeout,
+        )
         self._stopping = True
         self._deadline = time.monotonic() + self._drain_timeout
         self._signal_workers(signal.SIGTERM)
@@ -283,14 +287,18 @@ class Supervisor:
                 self._status = self._status or 1
             return
         if code in self._fatal_exit_codes:
-            self._log.error("worker %d (pid %s) %s (fatal); shutting down",
-                            slot.index, pid, reason)
+            self._log.error("worker %d (pid %s) %s (fatal); shutting down", slot.index, pid, reason)
             self._status = code if code is not None else 1
             self._begin_stop("fatal worker exit")
             return
         delay = self._schedule_restart(slot)
-        self._log.warning("worker %d (pid %s) %s unexpectedly; restarting in %.1fs",
-                          slot.index, pid, reason, delay)
+        self._log.warning(
+            "worker %d (pid %s) %s unexpectedly; restarting in %.1fs",
+            slot.index,
+            pid,
+            reason,
+            delay,
+        )
 
     def _schedule_restart(self, slot: _Slot) -> float:
         """Apply the crash-loop back-off; return the restart delay."""
@@ -300,8 +308,9 @@ class Supervisor:
         else:
             slot.fast_failures = 0
         excess = slot.fast_failures - self._max_fast_restarts
-        delay = 0.0 if excess <= 0 else min(self._max_backoff,
-                                             self._restart_window * 2 ** (excess - 1))
+        delay = (
+            0.0 if excess <= 0 else min(self._max_backoff, self._restart_window * 2 ** (excess - 1))
+        )
         slot.restart_at = now + delay
         return delay
 
