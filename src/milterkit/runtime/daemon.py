@@ -195,7 +195,7 @@ class _Daemon:
             try:
                 status = supervisor.run()
             finally:
-                systemd.stopping()
+                systemd.stopping()  # again, for exits that did not begin with a drain
             _log.info("milterkit stopped (status %d)", status)
             return status
         raise AssertionError("unreachable")  # pragma: no cover
@@ -237,6 +237,7 @@ class _Daemon:
             workers,
             drain_timeout=self.config.drain_timeout + _KILL_GRACE,
             on_reopen=reopen_logs,
+            on_stop=systemd.stopping,
             logger=_log,
         )
 

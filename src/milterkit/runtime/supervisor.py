@@ -7,6 +7,7 @@ fork), replaces children that die, and coordinates shutdown:
 * SIGTERM / SIGINT: forward SIGTERM to every worker, wait up to
   ``drain_timeout`` seconds for them to finish their sessions, then SIGKILL
   the rest.
+* SIGTERM/SIGINT also run the ``on_stop`` hook first (sd_notify STOPPING=1).
 * SIGHUP: run the ``on_reopen`` hook in the supervisor (e.g. reopen log files)
   and forward SIGHUP to the workers.
 * SIGCHLD: reap and, unless shutting down, restart.
@@ -96,6 +97,7 @@ class Supervisor:
         max_backoff: float = 30.0,
         fatal_exit_codes: Iterable[int] = (EX_CONFIG,),
         on_reopen: Callable[[], None] | None = None,
+        on_stop: Callable[[], object] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         count = (os.cpu_count() or 1) if workers is None else workers
@@ -112,6 +114,7 @@ class Supervisor:
         self._max_backoff = max_backoff
         self._fatal_exit_codes = frozenset(fatal_exit_codes)
         self._on_reopen = on_reopen
+        self._on_stop = on_stop
         self._log = logger or logging.getLogger("milterkit.runtime.supervisor")
         self._pending: list[int] = []
         self._stopping = False
@@ -241,6 +244,11 @@ class Supervisor:
         )
         self._stopping = True
         self._deadline = time.monotonic() + self._drain_timeout
+        if self._on_stop is not None:
+            try:  # e.g. sd_notify STOPPING=1, which systemd wants when the drain begins
+                self._on_stop()
+            except Exception:
+                self._log.exception("stop hook failed")
         self._signal_workers(signal.SIGTERM)
 
     def _signal_workers(self, signum: int) -> None:
