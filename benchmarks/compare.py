@@ -667,8 +667,8 @@ def write_report(
     out.write("\n## How it was run\n\n```\n")
     out.write(shlex.join([Path(sys.executable).name, *argv]) + "\n```\n\nServers:\n\n```\n")
     for server in servers:
-        cmd = [Path(a).name if a.startswith(str(VENV)) else a for a in server.argv]
-        text = shlex.join(cmd).replace(str(REPO) + "/", "").replace(sys.executable, "python3")
+        text = shlex.join(server.argv).replace(sys.executable, "python3")
+        text = text.replace(str(REPO) + "/", "").replace(str(server.port), "PORT")
         out.write(f"{server.spec.name}: {text}\n")
     out.write(
         "```\n\nDriver, per cell: `benchmarks/build/milterload 127.0.0.1 PORT CONNS SECONDS 0 "
