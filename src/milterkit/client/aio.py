@@ -24,7 +24,7 @@ from milterkit.client.session import ClientInfo, Exchange, MTASession
 from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.errors import RemoteProtocolError
 from milterkit.protocol.negotiate import Negotiated
-from milterkit.result import CheckResult, MessageInput, ParsedMessage, envelope_from_headers
+from milterkit.result import CheckResult, MessageInput
 from milterkit.runtime.address import Inet6Address, InetAddress, UnixAddress, parse_address
 from milterkit.runtime.errors import RuntimeConfigError
 
@@ -132,10 +132,6 @@ class AsyncMilterClient:
     ) -> CheckResult:
         """Run one message; sender/recipients default to the From/To(/Cc) headers."""
         await self.connect()
-        if sender is None or recipients is None:
-            header_sender, header_rcpts = envelope_from_headers(ParsedMessage.parse(message))
-            sender = header_sender if sender is None else sender
-            recipients = header_rcpts if recipients is None else recipients
         run = self.session.message(
             message,
             sender,

@@ -94,6 +94,7 @@ from milterkit.result import (
     SmtpReply,
     StageResult,
     bare_address,
+    envelope_from_headers,
 )
 
 __all__ = ["ClientInfo", "Exchange", "MTASession", "MessageRun", "Opening", "decision_of"]
@@ -191,15 +192,22 @@ class MTASession:
     def message(
         self,
         message: MessageInput,
-        sender: str,
-        recipients: Sequence[str],
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
         *,
         sender_args: Sequence[str] = (),
         recipient_args: Mapping[str, Sequence[str]] | None = None,
     ) -> MessageRun:
-        """One message from MAIL to the end-of-message reply."""
+        """One message from MAIL to the end-of-message reply.
+
+        Sender and recipients default to the message's From and To/Cc headers.
+        """
         if not self.opened:
             raise LocalProtocolError("run session.opening() before the first message")
+        if sender is None or recipients is None:
+            header_sender, header_rcpts = envelope_from_headers(ParsedMessage.parse(message))
+            sender = header_sender if sender is None else sender
+            recipients = header_rcpts if recipients is None else recipients
         return MessageRun(self, message, sender, recipients, sender_args, recipient_args or {})
 
     def abort(self) -> bytes:

@@ -85,6 +85,107 @@ from milterkit.protocol.constants import (
 )
 from milterkit.protocol.errors import LocalProtocolError
 from milterkit.protocol.macros import MacroStore
+from milterkit.protocol.names import (
+    SMFIF_ADDHDRS as SMFIF_ADDHDRS,
+)
+from milterkit.protocol.names import (
+    SMFIF_ADDRCPT as SMFIF_ADDRCPT,
+)
+from milterkit.protocol.names import (
+    SMFIF_ADDRCPT_PAR as SMFIF_ADDRCPT_PAR,
+)
+from milterkit.protocol.names import (
+    SMFIF_CHGBODY as SMFIF_CHGBODY,
+)
+from milterkit.protocol.names import (
+    SMFIF_CHGFROM as SMFIF_CHGFROM,
+)
+from milterkit.protocol.names import (
+    SMFIF_CHGHDRS as SMFIF_CHGHDRS,
+)
+from milterkit.protocol.names import (
+    SMFIF_DELRCPT as SMFIF_DELRCPT,
+)
+from milterkit.protocol.names import (
+    SMFIF_MODBODY as SMFIF_MODBODY,
+)
+
+# Action and protocol flags: the very IntFlag members of the native API (protocol.names).
+from milterkit.protocol.names import (
+    SMFIF_NONE as SMFIF_NONE,
+)
+from milterkit.protocol.names import (
+    SMFIF_QUARANTINE as SMFIF_QUARANTINE,
+)
+from milterkit.protocol.names import (
+    SMFIF_SETSYMLIST as SMFIF_SETSYMLIST,
+)
+from milterkit.protocol.names import (
+    SMFIP_HDR_LEADSPC as SMFIP_HDR_LEADSPC,
+)
+from milterkit.protocol.names import (
+    SMFIP_NOBODY as SMFIP_NOBODY,
+)
+from milterkit.protocol.names import (
+    SMFIP_NOCONNECT as SMFIP_NOCONNECT,
+)
+from milterkit.protocol.names import (
+    SMFIP_NODATA as SMFIP_NODATA,
+)
+from milterkit.protocol.names import (
+    SMFIP_NOEOH as SMFIP_NOEOH,
+)
+from milterkit.protocol.names import (
+    SMFIP_NOHDRS as SMFIP_NOHDRS,
+)
+from milterkit.protocol.names import (
+    SMFIP_NOHELO as SMFIP_NOHELO,
+)
+from milterkit.protocol.names import (
+    SMFIP_NOHREPL as SMFIP_NOHREPL,
+)
+from milterkit.protocol.names import (
+    SMFIP_NOMAIL as SMFIP_NOMAIL,
+)
+from milterkit.protocol.names import (
+    SMFIP_NORCPT as SMFIP_NORCPT,
+)
+from milterkit.protocol.names import (
+    SMFIP_NOUNKNOWN as SMFIP_NOUNKNOWN,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_BODY as SMFIP_NR_BODY,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_CONN as SMFIP_NR_CONN,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_DATA as SMFIP_NR_DATA,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_EOH as SMFIP_NR_EOH,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_HDR as SMFIP_NR_HDR,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_HELO as SMFIP_NR_HELO,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_MAIL as SMFIP_NR_MAIL,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_RCPT as SMFIP_NR_RCPT,
+)
+from milterkit.protocol.names import (
+    SMFIP_NR_UNKN as SMFIP_NR_UNKN,
+)
+from milterkit.protocol.names import (
+    SMFIP_RCPT_REJ as SMFIP_RCPT_REJ,
+)
+from milterkit.protocol.names import (
+    SMFIP_SKIP as SMFIP_SKIP,
+)
 from milterkit.protocol.negotiate import build_filter_reply
 
 __all__ = [
@@ -138,41 +239,6 @@ SMFIR_REJECT = "r"
 SMFIR_SKIP = "s"
 SMFIR_TEMPFAIL = "t"
 SMFIR_REPLYCODE = "y"
-
-SMFIF_NONE = Action.NONE
-SMFIF_ADDHDRS = Action.ADD_HEADERS
-SMFIF_CHGBODY = Action.CHANGE_BODY
-SMFIF_MODBODY = Action.CHANGE_BODY
-SMFIF_ADDRCPT = Action.ADD_RCPT
-SMFIF_DELRCPT = Action.DELETE_RCPT
-SMFIF_CHGHDRS = Action.CHANGE_HEADERS
-SMFIF_QUARANTINE = Action.QUARANTINE
-SMFIF_CHGFROM = Action.CHANGE_FROM
-SMFIF_ADDRCPT_PAR = Action.ADD_RCPT_PAR
-SMFIF_SETSYMLIST = Action.SETSYMLIST
-
-SMFIP_NOCONNECT = ProtocolFlag.NOCONNECT
-SMFIP_NOHELO = ProtocolFlag.NOHELO
-SMFIP_NOMAIL = ProtocolFlag.NOMAIL
-SMFIP_NORCPT = ProtocolFlag.NORCPT
-SMFIP_NOBODY = ProtocolFlag.NOBODY
-SMFIP_NOHDRS = ProtocolFlag.NOHDRS
-SMFIP_NOEOH = ProtocolFlag.NOEOH
-SMFIP_NR_HDR = ProtocolFlag.NR_HDR
-SMFIP_NOHREPL = ProtocolFlag.NR_HDR
-SMFIP_NOUNKNOWN = ProtocolFlag.NOUNKNOWN
-SMFIP_NODATA = ProtocolFlag.NODATA
-SMFIP_SKIP = ProtocolFlag.SKIP
-SMFIP_RCPT_REJ = ProtocolFlag.RCPT_REJ
-SMFIP_NR_CONN = ProtocolFlag.NR_CONN
-SMFIP_NR_HELO = ProtocolFlag.NR_HELO
-SMFIP_NR_MAIL = ProtocolFlag.NR_MAIL
-SMFIP_NR_RCPT = ProtocolFlag.NR_RCPT
-SMFIP_NR_DATA = ProtocolFlag.NR_DATA
-SMFIP_NR_UNKN = ProtocolFlag.NR_UNKN
-SMFIP_NR_EOH = ProtocolFlag.NR_EOH
-SMFIP_NR_BODY = ProtocolFlag.NR_BODY
-SMFIP_HDR_LEADSPC = ProtocolFlag.HDR_LEADSPC
 
 SMFIA_UNKNOWN = "U"
 SMFIA_UNIX = "L"

@@ -23,7 +23,7 @@ from milterkit.client.session import ClientInfo, Exchange, MTASession
 from milterkit.milter import Milter
 from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.constants import Action, ProtocolFlag
-from milterkit.result import CheckResult, MessageInput, ParsedMessage, envelope_from_headers
+from milterkit.result import CheckResult, MessageInput
 from milterkit.session import MilterSession
 
 MilterFactory = type[Milter] | Callable[[], Milter]
@@ -99,10 +99,6 @@ class MilterHarness:
         Sender and recipients default to the From and To/Cc headers.
         """
         self._open()
-        if sender is None or recipients is None:
-            from_header, to_headers = envelope_from_headers(ParsedMessage.parse(message))
-            sender = from_header if sender is None else sender
-            recipients = to_headers if recipients is None else recipients
         run = self.mta.message(
             message,
             sender,
