@@ -168,26 +168,6 @@ class FilterConnection:
             # decode_command inlined (one call less per packet)
             unpack = COMMAND_TYPES.get(code)
             message = decode_command(*frame) if unpack is None else unpack(frame[1])
-            new = _POSITION.get(code)
-            if (
-                new is not None
-                and self.awaiting is None
-                and self._connected
-                and not self._closed
-                and self.negotiated is not None
-                and self.negotiated is self._answers_for
-                and (2 <= self._position < new or (new == self._position and code in _REPEATABLE))
-            ):
-                # Performance: a message step after RCPT arriving in order (DATA,
-                # HEADER, EOH, BODY, EOM, more RCPTs) on a connected, negotiated
-                # connection: what _accept -> _on_message_step -> _expect_reply
-                # would do, without the three calls. Anything else (MAIL, the
-                # first RCPT, out of order, stale answers) takes the general path.
-                self._position = new
-                if code in self._replied:
-                    step = message.code  # the class's Command member: no Enum call
-                    self.awaiting = step if isinstance(step, Command) else Command(step)
-                return message
             event = self._accept(message)
             if event is not None:
                 return event
