@@ -215,4 +215,3 @@ class MTAConnection:
                 raise RemoteProtocolError(f"SKIP in reply to {awaiting.name}")
         if reply == Reply.DISCARD and awaiting in _NO_DISCARD:
             raise RemoteProtocolError(f"DISCARD is not a valid reply to {awaiting.name}")
-
