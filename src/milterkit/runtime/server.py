@@ -230,6 +230,7 @@ class Server:
     def release(self, conn: _Connection) -> None:
         """A connection is completely finished; its slot is free again."""
         self.connections.discard(conn)
+        conn.session = None  # the session's write hook points back at conn: break the cycle
         if not self.connections and self._idle is not None:
             self._idle.set()
         if not self.draining:
