@@ -267,10 +267,15 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def tree_rss(pid: int) -> tuple[float, int]:
-    """Max VmHWM (MiB) over the tree, and how many processes it has."""
+    """Max VmHWM (MiB) over the serving processes, and how many processes the tree has.
+
+    When the server forked workers, the root is a supervisor that never reads
+    mail; the target is RSS per *worker*, so only the children count then.
+    """
     procs = process_tree(pid)
+    serving = procs[1:] or procs
     peak = 0
-    for proc in procs:
+    for proc in serving:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{proc}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -638,7 +643,9 @@ def write_report(
         f"({HEADERS} headers, {RCPTS} recipient, Postfix's macros before each command, one "
         "message per connection, about 20 round trips per message) over loopback TCP. "
         f"Each cell ran {args.repeats} time(s) for {args.seconds:g} s, rotating through the "
-        "servers; figures are medians (peak RSS: max). CPU ms/msg is the server's "
+        "servers; figures are medians (peak RSS: the max VmHWM of a serving process; a "
+        "supervisor that forks workers and never reads mail is left out). CPU ms/msg is the "
+        "server's "
         "utime+stime (all its processes) divided by the messages; the driver's own CPU is "
         "shown because it shares the 2 cores.\n\n"
     )
