@@ -53,6 +53,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import string
+from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -376,7 +377,7 @@ def _parse_overrides(
 # ------------------------------------------------------------------- exchanges
 
 
-class Exchange:
+class Exchange(ABC):
     """Base of the sans-I/O exchanges: a script of commands, paused at each reply."""
 
     def __init__(self, session: MTASession) -> None:
@@ -421,15 +422,16 @@ class Exchange:
             self.done = True
             return b""
 
+    @abstractmethod
     def _run(self) -> _Script:
-        raise NotImplementedError
-        yield b""  # pragma: no cover
+        """The exchange's commands, as a generator paused at each awaited reply."""
 
     def _modification(self, message: Message) -> None:
         raise RemoteProtocolError(f"modification {Reply(message.code).name} outside a message")
 
+    @abstractmethod
     def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
-        raise NotImplementedError
+        """Keep the filter's answer at one step."""
 
     def _ask(self, message: Message, stage: str, detail: str = "") -> _Ask:
         """Queue a command; if it needs a reply, flush and wait for it."""
