@@ -6,11 +6,14 @@ with a clear message instead of hanging CI.
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -126,3 +129,78 @@ def maildir_messages(maildir: Path) -> list[bytes]:
     ]
     files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
     return [p.read_bytes() for p in files]
+
+
+_Server = TypeVar("_Server", bound="MailServer")
+
+
+class MailServer(ABC):
+    """What both private MTAs offer a test: start/stop, SMTP in, maildirs out.
+
+    Subclasses set ``host``, ``port`` and ``mail_dir`` and implement
+    :meth:`start`, :meth:`stop` and :meth:`diagnostics` (shown when a wait
+    for delivery times out).
+    """
+
+    host: str
+    port: int
+    mail_dir: Path
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def diagnostics(self) -> str:
+        """What to show when mail did not arrive: log tail or queue listing."""
+
+    def __enter__(self: _Server) -> _Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def smtp(self, timeout: float = 60.0) -> smtplib.SMTP:
+        """A connected smtplib client (caller closes it), for multi-step sessions."""
+        return smtplib.SMTP(
+            self.host, self.port, local_hostname="client.test.example", timeout=timeout
+        )
+
+    def send(
+        self, sender: str, recipients: Iterable[str], message: bytes, timeout: float = 60.0
+    ) -> dict[str, tuple[int, bytes]]:
+        """Submit over SMTP; returns smtplib's refused-recipient dict.
+
+        smtplib raises SMTPRecipientsRefused/SMTPDataError/... on rejections,
+        which tests can catch to inspect codes and texts.
+        """
+        with self.smtp(timeout) as client:
+            return client.sendmail(sender, list(recipients), message)
+
+    def maildir(self, localpart: str, domain: str = "example.com") -> Path:
+        return self.mail_dir / domain / localpart
+
+    def delivered(self, localpart: str, domain: str = "example.com") -> list[bytes]:
+        return maildir_messages(self.maildir(localpart, domain))
+
+    def wait_delivered(
+        self, localpart: str, count: int = 1, timeout: float = 30.0, domain: str = "example.com"
+    ) -> list[bytes]:
+        """Wait until ``count`` messages sit in the maildir; return them oldest first."""
+
+        def check() -> list[bytes] | None:
+            msgs = self.delivered(localpart, domain)
+            return msgs if len(msgs) >= count else None
+
+        try:
+            return wait_until(check, timeout, f"{count} message(s) for {localpart}@{domain}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.diagnostics()}") from None

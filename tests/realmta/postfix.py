@@ -28,22 +28,19 @@ import os
 import pwd
 import shutil
 import signal
-import smtplib
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from ._util import (
     DELIVER_SH,
+    MailServer,
     Unavailable,
     free_port,
-    maildir_messages,
     run,
     wait_for_port,
-    wait_until,
 )
 
 POSTFIX = "/usr/sbin/postfix"
@@ -96,7 +93,7 @@ def postfix_available() -> str | None:
     return None
 
 
-class PostfixInstance:
+class PostfixInstance(MailServer):
     """Context manager running a private Postfix; see the module docstring."""
 
     def __init__(
@@ -257,36 +254,7 @@ class PostfixInstance:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
 
-    def __enter__(self) -> PostfixInstance:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- mail in -------------------------------------------------------
-
-    def smtp(self, timeout: float = 60.0) -> smtplib.SMTP:
-        """A connected smtplib client (caller closes it), for multi-step sessions."""
-        return smtplib.SMTP(
-            self.host, self.port, local_hostname="client.test.example", timeout=timeout
-        )
-
-    def send(
-        self, sender: str, recipients: Iterable[str], message: bytes, timeout: float = 60.0
-    ) -> dict[str, tuple[int, bytes]]:
-        """Submit over SMTP; returns smtplib's refused-recipient dict.
-
-        smtplib raises SMTPRecipientsRefused/SMTPDataError/... on rejections,
-        which tests can catch to inspect codes and texts.
-        """
-        with self.smtp(timeout) as client:
-            return client.sendmail(sender, list(recipients), message)
 
     def sendmail_command(
         self, sender: str, recipients: Iterable[str], message: bytes, timeout: float = 60.0
@@ -298,25 +266,8 @@ class PostfixInstance:
 
     # -- mail out / queue ----------------------------------------------
 
-    def maildir(self, localpart: str, domain: str = "example.com") -> Path:
-        return self.mail_dir / domain / localpart
-
-    def delivered(self, localpart: str, domain: str = "example.com") -> list[bytes]:
-        return maildir_messages(self.maildir(localpart, domain))
-
-    def wait_delivered(
-        self, localpart: str, count: int = 1, timeout: float = 30.0, domain: str = "example.com"
-    ) -> list[bytes]:
-        """Wait until ``count`` messages sit in the maildir; return them oldest first."""
-
-        def check() -> list[bytes] | None:
-            msgs = self.delivered(localpart, domain)
-            return msgs if len(msgs) >= count else None
-
-        try:
-            return wait_until(check, timeout, f"{count} message(s) for {localpart}@{domain}")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n--- maillog tail ---\n{self.logs()[-3000:]}") from None
+    def diagnostics(self) -> str:
+        return f"--- maillog tail ---\n{self.logs()[-3000:]}"
 
     def queue(self) -> list[dict[str, Any]]:
         """All queued messages as ``postqueue -j`` JSON objects (queue_name, queue_id...)."""

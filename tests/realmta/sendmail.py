@@ -31,19 +31,16 @@ import pwd
 import re
 import shutil
 import signal
-import smtplib
 import subprocess
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 
 from . import _sendmail_cf as cf
 from ._util import (
     DELIVER_SH,
+    MailServer,
     Unavailable,
     free_port,
-    maildir_messages,
     port_listening,
     run,
     wait_until,
@@ -98,7 +95,7 @@ def _namespaces_work() -> bool:
     return proc.returncode == 0
 
 
-class SendmailInstance:
+class SendmailInstance(MailServer):
     """Context manager running a private ``sendmail -bD``; see the module docstring.
 
     ``milter`` is a Sendmail socket spec (``inet:PORT@127.0.0.1``,
@@ -242,52 +239,10 @@ class SendmailInstance:
         if not self.keep_dir:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> SendmailInstance:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- mail in / out -------------------------------------------------
 
-    def smtp(self, timeout: float = 60.0) -> smtplib.SMTP:
-        """A connected smtplib client (caller closes it)."""
-        return smtplib.SMTP(
-            self.host, self.port, local_hostname="client.test.example", timeout=timeout
-        )
-
-    def send(
-        self, sender: str, recipients: Iterable[str], message: bytes, timeout: float = 60.0
-    ) -> dict[str, tuple[int, bytes]]:
-        """Submit over SMTP; smtplib exceptions carry rejection codes."""
-        with self.smtp(timeout) as client:
-            return client.sendmail(sender, list(recipients), message)
-
-    def maildir(self, localpart: str, domain: str = "example.com") -> Path:
-        return self.mail_dir / domain / localpart
-
-    def delivered(self, localpart: str, domain: str = "example.com") -> list[bytes]:
-        return maildir_messages(self.maildir(localpart, domain))
-
-    def wait_delivered(
-        self, localpart: str, count: int = 1, timeout: float = 30.0, domain: str = "example.com"
-    ) -> list[bytes]:
-        """Wait until ``count`` messages were delivered; return them oldest first."""
-
-        def check() -> list[bytes] | None:
-            msgs = self.delivered(localpart, domain)
-            return msgs if len(msgs) >= count else None
-
-        try:
-            return wait_until(check, timeout, f"{count} message(s) for {localpart}@{domain}")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n--- mailq ---\n{self.mailq()}") from None
+    def diagnostics(self) -> str:
+        return f"--- mailq ---\n{self.mailq()}"
 
     # -- queue -----------------------------------------------------------
 
