@@ -41,7 +41,7 @@ from milterkit.runtime.server import (
     serve_sockets,
 )
 from milterkit.runtime.sockets import inherited_listeners, open_listener, remove_unix_socket
-from milterkit.runtime.supervisor import EX_CONFIG, Supervisor
+from milterkit.runtime.supervisor import EX_CONFIG, Supervisor, exit_with_parent
 
 __all__ = ["DaemonConfig", "run", "run_daemon"]
 
@@ -182,6 +182,7 @@ class _Daemon:
         self.listeners: list[socket.socket] = []
         self.unix_path: str | None = None
         self.per_worker: int | None = None
+        self.supervisor_pid = os.getpid()
 
     def run(self) -> int:
         with ExitStack() as stack:
@@ -229,6 +230,7 @@ class _Daemon:
         return self.config.address
 
     def _supervisor(self) -> Supervisor:
+        self.supervisor_pid = os.getpid()
         workers = (os.cpu_count() or 1) if self.config.workers is None else self.config.workers
         limit = self.config.max_connections
         self.per_worker = None if limit is None else math.ceil(limit / max(workers, 1))
@@ -251,6 +253,8 @@ class _Daemon:
         if self.config.user is not None and os.geteuid() == 0:
             _log.error("worker %d: still root after dropping privileges; refusing to serve", index)
             return EX_CONFIG
+        if os.getpid() != self.supervisor_pid:  # forked (not --workers 0): die with the parent
+            exit_with_parent(self.supervisor_pid)
         loop = new_event_loop(self.config.use_uvloop)
         try:
             loop.run_until_complete(self._serve(index))

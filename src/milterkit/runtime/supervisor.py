@@ -27,6 +27,7 @@ help": the supervisor then shuts everything down and returns that code.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import selectors
@@ -376,3 +377,26 @@ def _flush_before_exit() -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
     logging.shutdown()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> bool:
+    """Have the kernel send ``signum`` to this worker when its supervisor dies.
+
+    Without it, a supervisor killed with SIGKILL (or by the OOM killer) leaves
+    its workers running: they keep accepting mail with nobody to restart them,
+    and a restarted daemon finds the unix socket still listening. Linux clears
+    this setting when a process changes its user or group, so call it after
+    dropping privileges. Returns False where prctl is not available.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signum)
+    return True
