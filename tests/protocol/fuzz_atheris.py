@@ -22,26 +22,14 @@ from pathlib import Path
 
 import atheris  # type: ignore[import-untyped]
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 with atheris.instrument_imports():
-    from milterkit.protocol import (
-        MAX_DATA_SIZE,
-        NEED_DATA,
-        Action,
-        AddHeader,
-        Command,
-        ConnectionClosed,
-        Continue,
-        FilterConnection,
-        LocalProtocolError,
-        Message,
-        OptNeg,
-        Progress,
-        ProtocolError,
-        ProtocolFlag,
-        ReplaceBody,
-        Skip,
-    )
-    from milterkit.protocol.constants import V1_ACTIONS
+    from milterkit.protocol import LocalProtocolError, ProtocolError, ProtocolFlag
+    from milterkit.protocol.constants import Action
+
+    # The permissive filter of the Hypothesis fuzz tests: one answering logic for both.
+    from tests.protocol.test_fuzz import FilterDriver
 
 _PROTOCOLS = [
     ProtocolFlag(0),
@@ -53,54 +41,19 @@ _PROTOCOLS = [
 _ACTIONS = [Action(0), Action.ADD_HEADERS | Action.CHANGE_BODY]
 
 
-def _answer(conn: FilterConnection, event: Message, proto: ProtocolFlag, acts: Action) -> None:
-    if isinstance(event, OptNeg):
-        offered = Action(int(event.actions) or int(V1_ACTIONS))
-        conn.negotiate(actions=acts & offered, protocol=proto)
-        return
-    if conn.awaiting is None:
-        return
-    negotiated = conn.negotiated
-    assert negotiated is not None
-    replies: list[Message] = []
-    if conn.awaiting == Command.BODYEOB:
-        replies.append(Progress())
-        if negotiated.actions & Action.ADD_HEADERS:
-            replies.append(AddHeader(b"X-Fuzz", b"1"))
-        if negotiated.actions & Action.CHANGE_BODY:
-            replies.append(ReplaceBody(b"new\r\n"))
-    elif conn.awaiting == Command.BODY and negotiated.protocol & ProtocolFlag.SKIP:
-        conn.send(Skip())
-        return
-    replies.append(Continue())
-    conn.send_all(replies)
-
-
-def _pump(conn: FilterConnection, proto: ProtocolFlag, acts: Action) -> None:
-    while True:
-        event = conn.next_event()
-        if event is NEED_DATA or isinstance(event, ConnectionClosed):
-            break
-        assert isinstance(event, Message)
-        _answer(conn, event, proto, acts)
-    limit = conn.negotiated.max_data_size if conn.negotiated else MAX_DATA_SIZE
-    if conn.buffered > limit + 5:
-        raise AssertionError(f"buffered {conn.buffered} > {limit} + 5")
-
-
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     proto = _PROTOCOLS[fdp.ConsumeIntInRange(0, len(_PROTOCOLS) - 1)]
     acts = _ACTIONS[fdp.ConsumeIntInRange(0, len(_ACTIONS) - 1)]
     step = fdp.ConsumeIntInRange(1, 257)
     stream = fdp.ConsumeBytes(fdp.remaining_bytes())
-    conn = FilterConnection()
+    driver = FilterDriver(proto, acts)
     try:
         for start in range(0, len(stream), step):
-            conn.receive_data(stream[start : start + step])
-            _pump(conn, proto, acts)
-        conn.receive_data(b"")
-        _pump(conn, proto, acts)
+            driver.conn.receive_data(stream[start : start + step])
+            driver.pump()
+        driver.conn.receive_data(b"")
+        driver.pump()
     except LocalProtocolError:
         raise
     except ProtocolError:
@@ -109,7 +62,6 @@ def test_one_input(data: bytes) -> None:
 
 def _seed_corpus() -> str:
     """A directory holding each recorded session's MTA stream behind a 3-byte header."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.protocol.vectors import all_vector_files, load
 
     corpus = Path(tempfile.mkdtemp(prefix="milterkit-fuzz-"))
