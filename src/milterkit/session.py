@@ -19,7 +19,7 @@ import logging
 import tempfile
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode, text
 from milterkit.protocol import messages as msg
@@ -40,7 +40,15 @@ Pending = Coroutine[Any, Any, None]
 _CONTINUE = msg.Continue()
 
 
-class SessionLogger(logging.LoggerAdapter[logging.Logger]):
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    # LoggerAdapter is subscriptable at runtime only from Python 3.11 (typeshed
+    # declares it generic on every version, so mypy cannot see the difference).
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class SessionLogger(_LoggerAdapter):
     """Prefixes every line with the connection id, so one session's lines can be grepped."""
 
     def process(self, message: Any, kwargs: Any) -> tuple[Any, Any]:
