@@ -20,6 +20,7 @@ from milterkit.milter import (
     ReplyCode,
     Skip,
     TempFail,
+    blocking,
 )
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
 
@@ -44,6 +45,7 @@ __all__ = [
     "Skip",
     "TempFail",
     "__version__",
+    "blocking",
     "run",
 ]
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
+from milterkit.execution import current_scope
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError
@@ -162,6 +163,15 @@ class Milter:
       ``body_memory_limit`` bytes (1 MiB), so memory per session stays bounded;
     * ``max_body_bytes``: body bytes collected per message (64 MiB; only with
       ``collect_body``).
+
+    How sync callbacks run (docs/running.md, "How callbacks run"):
+
+    * ``execution``: ``"auto"`` (default: inline until a callback is seen to
+      take longer than 20 ms, then in the worker's thread pool), ``"inline"``
+      or ``"threads"``; the daemon's ``--execution`` setting overrides it;
+    * ``blocking_callbacks``: names of callbacks that block (network, disk),
+      run in the pool from the first call, like those decorated with
+      :func:`blocking`.
     """
 
     actions: ClassVar[Action] = Action.NONE
@@ -174,6 +184,8 @@ class Milter:
     body_memory_limit: ClassVar[int] = 1024 * 1024
     max_body_bytes: ClassVar[int | None] = 64 * 1024 * 1024
     body_spool_dir: ClassVar[str | None] = None
+    execution: ClassVar[str | None] = None
+    blocking_callbacks: ClassVar[Iterable[str]] = ()
 
     _session: MilterSession
     connection_id: str
@@ -250,38 +262,73 @@ class Milter:
         """Body bytes collected for the current message."""
         return self._session.body_size
 
+    # ------------------------------------------------------- worker lifecycle
+
+    @classmethod
+    def setup(cls) -> Awaitable[None] | None:
+        """Once per worker process, after the fork and the privilege drop, before serving.
+
+        Open what the connections of the worker share (a database pool, an HTTP
+        session) here, as class attributes; may be ``async``. An exception stops
+        the daemon with a one-line error instead of failing every connection.
+        """
+        return None
+
+    @classmethod
+    def teardown(cls) -> Awaitable[None] | None:
+        """Once per worker process, after its drain: close what :meth:`setup` opened."""
+        return None
+
     # --------------------------------------------------------------- callbacks
+    # Each returns a decision or None (continue); each may be ``async def``. A
+    # plain ``def`` that blocks is safe: see ``execution`` and :func:`blocking`.
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
     ) -> CallbackResult:
+        """An SMTP client connected: its host name (or ``[ip]``), the address family
+        (``Family.INET``, ``INET6``, ``UNIX`` or ``UNKNOWN``), its address and port
+        (None when the MTA does not know them)."""
         return None
 
     def helo(self, name: str) -> CallbackResult:
+        """The client said HELO/EHLO ``name`` (may come again, e.g. after STARTTLS)."""
         return None
 
     def mail_from(self, sender: str, params: list[str]) -> CallbackResult:
+        """MAIL FROM: ``sender`` as given (with angle brackets) and its ESMTP parameters
+        (``["SIZE=1234", "BODY=8BITMIME"]``). A new message starts here."""
         return None
 
     def rcpt_to(self, recipient: str, params: list[str]) -> CallbackResult:
+        """RCPT TO, once per recipient; a rejection here refuses this recipient only."""
         return None
 
     def data(self) -> CallbackResult:
+        """The client sent DATA (protocol v4 and later)."""
         return None
 
     def header(self, name: str, value: str) -> CallbackResult:
+        """One header field of the message, in order; ``value`` without the line break
+        (and, unless ``leading_space`` is set, without the space after the colon)."""
         return None
 
     def end_of_headers(self) -> CallbackResult:
+        """All headers have been sent."""
         return None
 
     def body(self, chunk: bytes) -> CallbackResult:
+        """A piece of the body (CRLF line ends, up to the negotiated size); return
+        ``Skip`` to receive no more of it. Set ``collect_body`` to get it whole."""
         return None
 
     def end_of_message(self) -> CallbackResult:
+        """The message is complete: the one place where actions reach the MTA, and
+        where :attr:`body_file` holds the collected body. Return the final decision."""
         return None
 
     def unknown(self, command: str) -> CallbackResult:
+        """The client sent an SMTP command the MTA does not know (``command`` verbatim)."""
         return None
 
     def abort(self) -> Awaitable[None] | None:
@@ -301,7 +348,16 @@ class Milter:
 
     def _queue(self, action: Action, what: str, message: msg.Message) -> None:
         self._require(action, what)
-        self._session.pending.append(message)
+        self._pending().append(message)
+
+    def _pending(self) -> list[msg.Message]:
+        """Where an action goes: the session's list, or the pooled call's own.
+
+        A callback running in the thread pool queues into its call scope, which
+        the session applies when the call returns in time, and drops otherwise.
+        """
+        scope = current_scope()
+        return self._session.pending if scope is None else scope.actions
 
     def add_header(self, name: str, value: str) -> None:
         self._queue(Action.ADD_HEADERS, "add_header", msg.AddHeader(wire(name), _lf(value)))
@@ -344,14 +400,17 @@ class Milter:
         self._require(Action.CHANGE_BODY, "replace_body")
         size = self.negotiated.max_data_size
         stream = io.BytesIO(body) if isinstance(body, bytes | bytearray) else body
+        pending = self._pending()
         first = True
         while True:
+            # A raw stream (a pipe, a socket file) may return short reads long
+            # before its end: read until it says end of file (b"").
             chunk = stream.read(size)
             if not chunk and not first:
                 break
-            self._session.pending.append(msg.ReplaceBody(chunk))
+            pending.append(msg.ReplaceBody(chunk))
             first = False
-            if len(chunk) < size:
+            if not chunk:
                 break
 
     def quarantine(self, reason: str) -> None:
@@ -360,8 +419,22 @@ class Milter:
         self._queue(Action.QUARANTINE, "quarantine", msg.Quarantine(wire(reason)))
 
     def progress(self) -> None:
-        """Tell the MTA we are still working (sent at once)."""
-        self._session.send_now(msg.Progress())
+        """Tell the MTA we are still working; sent at once, from sync or async code.
+
+        From a callback running in the thread pool the packet is handed to the
+        event loop; it is dropped if the call has already timed out.
+        """
+        self._session.progress()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def blocking(function: F) -> F:
+    """Declare a sync callback blocking: it runs in the worker's thread pool from its
+    first call (``auto`` mode would otherwise learn it from one slow call)."""
+    function.__milterkit_blocking__ = True  # type: ignore[attr-defined]
+    return function
 
 
 def _inherited_macros(cls: type[Milter]) -> Mapping[Any, Any]:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import tempfile
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from milterkit.execution import CallbackRunner, CallScope, ExecutionSettings, current_scope
 from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode, text
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Command
@@ -57,7 +60,15 @@ class SessionLogger(_LoggerAdapter):
 
 
 class MilterSession:
-    """Serves one MTA connection with instances made by ``factory``."""
+    """Serves one MTA connection with instances made by ``factory``.
+
+    ``settings`` carries the daemon's callback settings (error decision,
+    timeouts, keepalive, execution mode); ``runner`` is the worker's thread pool
+    and routing table (None: every callback runs inline, as in the harness
+    without one). ``write`` takes replies that may be batched with others of
+    the same read; ``write_now`` must send at once (PROGRESS while a callback
+    works), after anything batched before it.
+    """
 
     def __init__(
         self,
@@ -66,13 +77,15 @@ class MilterSession:
         *,
         connection_id: str = "-",
         logger: logging.Logger | None = None,
-        error_decision: str = "tempfail",
-        callback_timeout: float | None = None,
-        progress_interval: float | None = None,
+        settings: ExecutionSettings | None = None,
+        runner: CallbackRunner | None = None,
+        write_now: Callable[[bytes], None] | None = None,
     ) -> None:
-        if error_decision not in ERROR_DECISIONS:
+        settings = settings or _DEFAULT_SETTINGS
+        if settings.error_decision not in ERROR_DECISIONS:
             raise ValueError(
-                f"error_decision must be one of {sorted(ERROR_DECISIONS)}, not {error_decision!r}"
+                f"error_decision must be one of {sorted(ERROR_DECISIONS)}, "
+                f"not {settings.error_decision!r}"
             )
         self.conn = FilterConnection()
         self.pending: list[msg.Message] = []
@@ -84,9 +97,16 @@ class MilterSession:
         self.log = SessionLogger(logger or logging.getLogger("milterkit"), {"conn": connection_id})
         self._factory = factory
         self._write = write
-        self._error_reply = ERROR_DECISIONS[error_decision]
-        self._callback_timeout = callback_timeout
-        self._progress_interval = progress_interval
+        self._write_now = write_now or write
+        self._runner = runner
+        self._error_reply = ERROR_DECISIONS[settings.error_decision]
+        self._callback_timeout = settings.callback_timeout
+        self._progress_interval = settings.progress_interval
+        # Inline sync calls longer than this are looked at (auto switch, timeout).
+        self._watch_after = min(
+            settings.slow_callback if runner is not None else math.inf,
+            settings.callback_timeout or math.inf,
+        )
         # Per-message resource accounting (limits: Milter class attributes).
         self._headers = 0
         self._header_bytes = 0
@@ -105,6 +125,10 @@ class MilterSession:
         milter.macros = MacroView(self.conn.macros)
         self._overridden = _overridden_callbacks(type(milter))
         cls = type(milter)
+        runner = self._runner
+        self._pooled = (
+            _INLINE if runner is None else runner.routes(cls, _DECISION_CALLBACKS, cls.overridden)
+        )
         self._max_headers = cls.max_headers
         self._max_header_bytes = cls.max_header_bytes
         self._collect_body = cls.collect_body
@@ -194,7 +218,21 @@ class MilterSession:
         return None
 
     def send_now(self, message: msg.Message) -> None:
-        self._write(self.conn.send(message))
+        """Send ``message`` at once, not batched with the reply still to come."""
+        self._write_now(self.conn.send(message))
+
+    def progress(self) -> None:
+        """PROGRESS now, from the loop thread or from a callback in the pool."""
+        scope = current_scope()
+        if scope is None:
+            self.send_now(msg.Progress())
+        else:
+            scope.progress(scope)
+
+    def _progress_for(self, scope: CallScope) -> None:
+        """On the loop: a pooled call asked for PROGRESS; only while it is still answered."""
+        if scope.live and not self.closed and self.conn.awaiting is not None:
+            self.send_now(msg.Progress())
 
     # --------------------------------------------------------------- callbacks
 
@@ -203,11 +241,25 @@ class MilterSession:
         if not self._overridden[name]:
             self._reply(_CONTINUE)
             return None
+        function = getattr(self.milter, name)
+        if self._pooled[name]:
+            return self._await_pooled(name, function, args)
+        runner = self._runner
+        mark = len(self.pending)
+        if runner is not None:
+            runner.current = (self.connection_id, name)
+        started = time.perf_counter()
         try:
-            result = getattr(self.milter, name)(*args)
+            result = function(*args)
         except Exception:
             self.log.exception("callback %s raised; answering %s", name, self._error_name())
             self._reply(self._error_reply, failed=True)
+            return None
+        finally:
+            elapsed = time.perf_counter() - started
+            if runner is not None:
+                runner.current = None
+        if elapsed >= self._watch_after and self._ran_long(name, elapsed, mark):
             return None
         if result is None:
             # Performance: the common answer; what _reply_decision does for None
@@ -215,22 +267,41 @@ class MilterSession:
             self._reply(_CONTINUE)
             return None
         if inspect.isawaitable(result):
-            return self._await_decision(name, result)
+            return self._await_decision(name, result, mark)
         self._reply_decision(name, result)
         return None
 
-    async def _await_decision(self, name: str, awaitable: Awaitable[Any]) -> None:
+    def _ran_long(self, name: str, elapsed: float, mark: int) -> bool:
+        """An inline sync call took long: maybe over its timeout (True: answered)."""
+        timeout = self._callback_timeout
+        if timeout is not None and elapsed > timeout:
+            self._timed_out(name, elapsed, mark)
+            return True
+        if self._runner is not None:
+            self._runner.note_inline_duration(type(self.milter), name, elapsed, self.connection_id)
+        return False
+
+    def _timed_out(self, name: str, elapsed: float, mark: int) -> None:
+        """Past callback_timeout: error decision now, drop what the call queued, then close."""
+        del self.pending[mark:]
+        self.log.error(
+            "callback %s ran %.0f ms, over callback_timeout %gs; answering %s, discarding its "
+            "result and actions, and closing the connection",
+            name,
+            elapsed * 1000,
+            self._callback_timeout,
+            self._error_name(),
+        )
+        self._reply(self._error_reply, failed=True)
+        self.closed = True
+
+    async def _await_decision(self, name: str, awaitable: Awaitable[Any], mark: int) -> None:
         keepalive = self._start_keepalive()
+        started = time.perf_counter()
         try:
             result = await self._with_timeout(awaitable)
         except asyncio.TimeoutError:
-            self.log.error(
-                "callback %s took longer than %ss; answering %s",
-                name,
-                self._callback_timeout,
-                self._error_name(),
-            )
-            self._reply(self._error_reply, failed=True)
+            self._timed_out(name, time.perf_counter() - started, mark)
             return
         except Exception:
             self.log.exception("callback %s raised; answering %s", name, self._error_name())
@@ -239,6 +310,32 @@ class MilterSession:
         finally:
             if keepalive is not None:
                 keepalive.cancel()
+        self._reply_decision(name, result)
+
+    async def _await_pooled(self, name: str, function: Callable[..., Any], args: Any) -> None:
+        """One hop to the worker's pool; the decision and actions come back together."""
+        assert self._runner is not None
+        loop = asyncio.get_running_loop()
+        scope = CallScope(lambda s: loop.call_soon_threadsafe(self._progress_for, s))
+        keepalive = self._start_keepalive()
+        started = time.perf_counter()
+        try:
+            result = await self._with_timeout(self._runner.submit(scope, function, args))
+        except asyncio.TimeoutError:
+            self._timed_out(name, time.perf_counter() - started, len(self.pending))
+            return
+        except Exception:
+            self.log.exception("callback %s raised; answering %s", name, self._error_name())
+            self._reply(self._error_reply, failed=True)
+            return
+        finally:
+            scope.live = False  # late actions and progress of an abandoned call are dropped
+            if keepalive is not None:
+                keepalive.cancel()
+        self.pending.extend(scope.actions)
+        if inspect.isawaitable(result):  # a def that returned a coroutine
+            await self._await_decision(name, result, len(self.pending))
+            return
         self._reply_decision(name, result)
 
     async def _with_timeout(self, awaitable: Awaitable[Any]) -> Any:
@@ -260,9 +357,12 @@ class MilterSession:
             self.send_now(msg.Progress())
 
     def _notify(self, name: str) -> Pending | None:
-        """Run abort/close, which answer nothing."""
+        """Run abort/close, which answer nothing (in the pool when routed there)."""
+        function = getattr(self.milter, name)
+        if self._pooled.get(name, False):
+            return self._await_notify_pooled(name, function)
         try:
-            result = getattr(self.milter, name)()
+            result = function()
         except Exception:
             self.log.exception("callback %s raised", name)
             return None
@@ -275,6 +375,16 @@ class MilterSession:
             await self._with_timeout(awaitable)
         except Exception:
             self.log.exception("callback %s failed", name)
+
+    async def _await_notify_pooled(self, name: str, function: Callable[[], Any]) -> None:
+        assert self._runner is not None
+        scope = CallScope(_no_progress)
+        try:
+            await self._with_timeout(self._runner.submit(scope, function, ()))
+        except Exception:
+            self.log.exception("callback %s failed", name)
+        finally:
+            scope.live = False
 
     # ----------------------------------------------------------------- replies
 
@@ -440,15 +550,16 @@ class MilterSession:
             await closing
 
 
-_DECISION_TYPES = (
-    msg.Continue,
-    msg.Accept,
-    msg.Reject,
-    msg.TempFail,
-    msg.Discard,
-    msg.Skip,
-    msg.ReplyCode,
-)
+_DECISION_CALLBACKS = [*CALLBACK_NO_FLAG, "end_of_message", "abort", "close"]
+#: Routing table of a session without a runner: everything inline.
+_INLINE: dict[str, bool] = dict.fromkeys(_DECISION_CALLBACKS, False)
+_DEFAULT_SETTINGS = ExecutionSettings()
+
+
+def _no_progress(scope: CallScope) -> None:
+    """abort/close answer nothing, so there is no reply for PROGRESS to precede."""
+
+
 _OVERRIDDEN_CACHE: dict[type[Milter], dict[str, bool]] = {}
 
 

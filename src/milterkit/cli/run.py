@@ -12,9 +12,11 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from milterkit.execution import EXECUTION_MODES
 from milterkit.milter import Milter
 from milterkit.runtime.daemon import DaemonConfig, run_daemon
 from milterkit.runtime.errors import RuntimeConfigError
@@ -121,6 +123,37 @@ def _add_session_options(parser: argparse.ArgumentParser) -> None:
         help="reply when a callback fails (tempfail)",
     )
     parser.add_argument("--no-uvloop", action="store_true", help="do not use uvloop")
+    _add_execution_options(parser)
+
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--execution",
+        choices=EXECUTION_MODES,
+        help="how sync callbacks run: auto (inline until seen slow, then in the thread "
+        "pool), inline, or threads (default: the class's execution attribute, else auto)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=64,
+        metavar="N",
+        help="thread pool size per worker for blocking callbacks (64)",
+    )
+    parser.add_argument(
+        "--slow-callback-ms",
+        type=float,
+        default=20.0,
+        metavar="MS",
+        help="auto mode: a sync callback slower than this moves to the pool (20)",
+    )
+    parser.add_argument(
+        "--loop-block-warning-ms",
+        type=float,
+        default=100.0,
+        metavar="MS",
+        help="warn when a worker's event loop is held this long; 0 turns it off (100)",
+    )
 
 
 def _octal(text: str) -> int:
@@ -156,12 +189,21 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         drain_timeout=args.drain_timeout,
         use_uvloop=False if args.no_uvloop else None,
+        execution=args.execution,
+        threads=args.threads,
+        slow_callback=args.slow_callback_ms / 1000,
+        loop_block_warning=args.loop_block_warning_ms / 1000,
     )
     return run_daemon(factory, config)
 
 
-def load_target(target: str) -> type[Milter]:
-    """Resolve ``module:Class`` or ``path/to/file.py:Class`` to a Milter subclass."""
+def load_target(target: str) -> Callable[[], Milter]:
+    """Resolve ``module:NAME`` or ``path/to/file.py:NAME`` to a Milter factory.
+
+    NAME is a Milter subclass or any callable that returns a Milter when called
+    with no arguments (a function reading its configuration, a
+    ``functools.partial``); what it returns is checked when a worker starts.
+    """
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
         raise RuntimeConfigError(f"target {target!r} must look like module:ClassName")
@@ -170,9 +212,13 @@ def load_target(target: str) -> type[Milter]:
         obj = getattr(module, attr)
     except AttributeError:
         raise RuntimeConfigError(f"{module_name} has no attribute {attr!r}") from None
-    if not (isinstance(obj, type) and issubclass(obj, Milter)):
-        raise RuntimeConfigError(f"{target} is not a milterkit.Milter subclass")
-    return obj
+    if isinstance(obj, type) and not issubclass(obj, Milter):
+        raise RuntimeConfigError(f"{target} is a class but not a milterkit.Milter subclass")
+    if not callable(obj):
+        raise RuntimeConfigError(
+            f"{target} is neither a milterkit.Milter subclass nor a factory returning one"
+        )
+    return cast(Callable[[], Milter], obj)
 
 
 def _load_module(name: str) -> Any:

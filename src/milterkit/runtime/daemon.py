@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from milterkit.execution import ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.runtime import systemd
 from milterkit.runtime.address import UnixAddress, parse_address
@@ -36,6 +37,7 @@ from milterkit.runtime.privileges import drop_privileges, resolve_group, resolve
 from milterkit.runtime.server import (
     DEFAULT_READ_TIMEOUT,
     DEFAULT_TIMEOUT,
+    MilterStartupError,
     Server,
     new_event_loop,
     serve_sockets,
@@ -73,6 +75,22 @@ class DaemonConfig:
     log_level: str = "info"
     drain_timeout: float = 30.0
     use_uvloop: bool | None = None
+    execution: str | None = None
+    threads: int = 64
+    slow_callback: float = 0.020
+    loop_block_warning: float = 0.100
+
+    def execution_settings(self) -> ExecutionSettings:
+        """The part every session needs (raises ValueError on an invalid value)."""
+        return ExecutionSettings(
+            mode=self.execution,
+            threads=self.threads,
+            slow_callback=self.slow_callback,
+            loop_block_warning=self.loop_block_warning,
+            callback_timeout=self.callback_timeout,
+            progress_interval=self.progress_interval,
+            error_decision=self.error_decision,
+        )
 
 
 def run(
@@ -96,13 +114,19 @@ def run(
     drain_timeout: float = 30.0,
     progress_interval: float | None = None,
     use_uvloop: bool | None = None,
+    execution: str | None = None,
+    threads: int = 64,
+    slow_callback: float = 0.020,
+    loop_block_warning: float = 0.100,
 ) -> int:
     """Run ``milter_class`` as a daemon in the foreground; return the exit status.
 
     ``address`` is ``unix:/path``, ``inet:PORT@HOST``, ``inet6:PORT@HOST`` or
     ``fd:N``; sockets passed by systemd socket activation take precedence.
     ``workers`` processes (default: one per CPU, 0 = no fork) share the
-    socket; ``max_connections`` is the total across them. Configuration
+    socket; ``max_connections`` is the total across them. ``execution``
+    (``auto``, ``inline``, ``threads``), ``threads``, ``slow_callback`` and
+    ``loop_block_warning`` say how sync callbacks run (docs/running.md). Configuration
     errors are logged in one line and give exit status 78 (EX_CONFIG).
     """
     config = DaemonConfig(
@@ -124,6 +148,10 @@ def run(
         log_level=log_level,
         drain_timeout=drain_timeout,
         use_uvloop=use_uvloop,
+        execution=execution,
+        threads=threads,
+        slow_callback=slow_callback,
+        loop_block_warning=loop_block_warning,
     )
     return run_daemon(milter_class, config)
 
@@ -164,6 +192,10 @@ def _check_config(config: DaemonConfig) -> None:
             f"invalid error decision {config.error_decision!r}: "
             "expected tempfail, accept, reject or continue"
         )
+    try:
+        config.execution_settings()
+    except ValueError as exc:
+        raise RuntimeConfigError(f"invalid execution setting: {exc}") from None
 
 
 def _report_config_error(config: DaemonConfig, exc: RuntimeConfigError) -> None:
@@ -258,6 +290,9 @@ class _Daemon:
         loop = new_event_loop(self.config.use_uvloop)
         try:
             loop.run_until_complete(self._serve(index))
+        except MilterStartupError as exc:
+            _log.error("worker %d: %s; the daemon stops", index, exc)
+            return EX_CONFIG
         finally:
             loop.close()
         return 0
@@ -271,9 +306,7 @@ class _Daemon:
             max_connections=self.per_worker,
             timeout=config.timeout,
             read_timeout=config.read_timeout,
-            callback_timeout=config.callback_timeout,
-            progress_interval=config.progress_interval,
-            error_decision=config.error_decision,
+            execution=config.execution_settings(),
             logger=_log,
         )
         await serve_sockets(server, drain_timeout=config.drain_timeout, on_reopen=reopen_logs)

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
+import inspect
 import logging
 import os
 import signal
@@ -36,8 +38,10 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from milterkit.execution import CallbackRunner, ExecutionSettings, LoopWatchdog
 from milterkit.milter import Milter
 from milterkit.protocol.errors import ProtocolError
+from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.logsetup import safe
 from milterkit.session import MilterSession, Pending
 
@@ -45,6 +49,7 @@ __all__ = [
     "BUFFER_HIGH_WATER",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "MilterStartupError",
     "Server",
     "new_event_loop",
     "serve_sockets",
@@ -62,6 +67,57 @@ BUFFER_HIGH_WATER = 256 * 1024
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 MilterFactory = Callable[[], Milter]
+
+
+class MilterStartupError(RuntimeConfigError):
+    """The milter cannot be built or set up: no connection could be served."""
+
+
+def _settings(
+    execution: ExecutionSettings | None,
+    callback_timeout: float | None,
+    progress_interval: float | None,
+    error_decision: str | None,
+) -> ExecutionSettings:
+    """``execution``, with the single settings given beside it taking precedence."""
+    settings = execution or ExecutionSettings()
+    changes: dict[str, Any] = {}
+    if callback_timeout is not None:
+        changes["callback_timeout"] = callback_timeout
+    if progress_interval is not None:
+        changes["progress_interval"] = progress_interval
+    if error_decision is not None:
+        changes["error_decision"] = error_decision
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+async def _run_hook(milter_class: type[Milter], name: str) -> None:
+    """Run a class hook (sync or async); a failing setup is a start-up error."""
+    try:
+        result = getattr(milter_class, name)()
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        if name == "setup":
+            raise MilterStartupError(
+                f"{milter_class.__name__}.setup() failed: {_one_line(exc)}"
+            ) from exc
+        logging.getLogger("milterkit").exception("%s.%s() failed", milter_class.__name__, name)
+
+
+def _describe_factory(factory: Callable[..., Any]) -> str:
+    return getattr(factory, "__qualname__", None) or repr(factory)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` and where it was raised, for a one-line start-up error."""
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        where = f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
+    return safe(f"{type(exc).__name__}: {exc}{where}", 500)
 
 
 def uvloop_wanted(use_uvloop: bool | None) -> bool:
@@ -109,9 +165,10 @@ class Server:
         max_connections: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        execution: ExecutionSettings | None = None,
         callback_timeout: float | None = None,
         progress_interval: float | None = None,
-        error_decision: str = "tempfail",
+        error_decision: str | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if max_connections is not None and max_connections < 1:
@@ -124,10 +181,10 @@ class Server:
         self.max_connections = max_connections
         self.timeout = timeout
         self.read_timeout = min(read_timeout, timeout)
-        self.callback_timeout = callback_timeout
-        self.progress_interval = progress_interval
-        self.error_decision = error_decision
+        self.execution = _settings(execution, callback_timeout, progress_interval, error_decision)
         self.log = logger or logging.getLogger("milterkit")
+        self.runner = CallbackRunner(self.execution, self.log)
+        self._watchdog: LoopWatchdog | None = None
         self.connections: set[_Connection] = set()
         self.draining = False
         self._counter = 0
@@ -149,16 +206,60 @@ class Server:
         self._idle = asyncio.Event()
         self._stopped = asyncio.Event()
         self._started = True
+        self._start_watchdog()
         for sock in self.listeners:
             sock.setblocking(False)
         self._resume_accepting()
 
     async def serve_forever(self) -> None:
-        """Start (if needed) and wait until :meth:`drain` or :meth:`close` finished."""
+        """Set the milter up, serve until :meth:`drain` or :meth:`close`, tear it down.
+
+        The milter's class hooks run here, in the serving process: ``setup``
+        before the first connection is accepted, ``teardown`` after the last one
+        finished. A milter that cannot be built or set up raises
+        :class:`MilterStartupError` before anything is accepted.
+        """
+        milter_class = self.milter_class()
+        await _run_hook(milter_class, "setup")
         if not self._started:
             self.start()
         assert self._stopped is not None
-        await self._stopped.wait()
+        try:
+            await self._stopped.wait()
+        finally:
+            self._stop_execution()
+            await _run_hook(milter_class, "teardown")
+
+    def milter_class(self) -> type[Milter]:
+        """The class the factory makes; building one instance proves the factory works."""
+        try:
+            milter = self.factory()
+        except Exception as exc:
+            raise MilterStartupError(
+                f"cannot create the milter {_describe_factory(self.factory)}: {_one_line(exc)}"
+            ) from exc
+        if not isinstance(milter, Milter):
+            raise MilterStartupError(
+                f"{_describe_factory(self.factory)} returned {type(milter).__name__}, "
+                "not a milterkit.Milter"
+            )
+        return type(milter)
+
+    def _start_watchdog(self) -> None:
+        threshold = self.execution.loop_block_warning
+        if threshold and self._watchdog is None and self._loop is not None:
+            self._watchdog = LoopWatchdog(self._loop, threshold, self.log, self._blocking_now)
+            self._watchdog.start()
+
+    def _blocking_now(self) -> str | None:
+        current = self.runner.current
+        return None if current is None else f"callback {current[1]} [{current[0]}]"
+
+    def _stop_execution(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        self.runner.shutdown()
 
     def _resume_accepting(self) -> None:
         if self._reading or self.draining or self._full():
@@ -319,9 +420,9 @@ class _Connection(asyncio.Protocol):
                 self._write,
                 connection_id=self.cid,
                 logger=server.log,
-                error_decision=server.error_decision,
-                callback_timeout=server.callback_timeout,
-                progress_interval=server.progress_interval,
+                settings=server.execution,
+                runner=server.runner,
+                write_now=self._write_now,
             )
         except Exception:
             self.log.exception("[%s] cannot create the milter for %s", self.cid, self.peer)
@@ -392,6 +493,15 @@ class _Connection(asyncio.Protocol):
         if batch is not None:
             batch.append(data)
         elif not self.lost and self.transport is not None:
+            self.transport.write(data)
+
+    def _write_now(self, data: bytes) -> None:
+        """Send at once, behind whatever this read's batch already holds (PROGRESS)."""
+        batch = self._batch
+        if batch:
+            data = b"".join([*batch, data])
+            batch.clear()
+        if not self.lost and self.transport is not None:
             self.transport.write(data)
 
     def _flush(self, batch: list[bytes]) -> None:

@@ -9,7 +9,8 @@ real MTA would see from the milter, and gets the same
 :class:`~milterkit.result.CheckResult`, ``apply()`` included.
 
 It is synchronous, for plain pytest tests; async callbacks run on a private
-event loop owned by the harness.
+event loop owned by the harness, and sync callbacks as the daemon runs them
+(``execution``: inline while fast, in a thread pool once slow or declared blocking).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from milterkit.client.session import ClientInfo, Exchange, MTASession
+from milterkit.execution import CallbackRunner, ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.constants import Action, ProtocolFlag
@@ -56,17 +58,24 @@ class MilterHarness:
         protocol: ProtocolFlag | None = None,
         error_decision: str = "tempfail",
         callback_timeout: float | None = None,
+        execution: str | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        settings = ExecutionSettings(
+            mode=execution, error_decision=error_decision, callback_timeout=callback_timeout
+        )
         self._loop = asyncio.new_event_loop()
         self._replies: list[bytes] = []
+        # The daemon's execution model, so blocking callbacks, timeouts and
+        # actions from the thread pool behave here as they will in production.
+        self._runner = CallbackRunner(settings, logger or logging.getLogger("milterkit"))
         self.filter = MilterSession(
             milter,
             self._replies.append,
             connection_id="harness",
             logger=logger,
-            error_decision=error_decision,
-            callback_timeout=callback_timeout,
+            settings=settings,
+            runner=self._runner,
         )
         client = ClientInfo(client_address, client_port, hostname, helo)
         self.mta = MTASession(
@@ -123,6 +132,7 @@ class MilterHarness:
             if not self.filter.closed:
                 self._run(self.filter.connection_lost())
         finally:
+            self._runner.shutdown()
             self._loop.close()
 
     def __enter__(self) -> MilterHarness:

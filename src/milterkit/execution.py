@@ -1,0 +1,272 @@
+"""How a worker runs milter callbacks: inline on its event loop, or in a thread pool.
+
+Most milters are plain ``def`` callbacks, and many of them block (DNS, HTTP, a
+database). Inline on the event loop such a callback stalls every other
+connection of the worker; handing *every* callback to a thread costs about
+half the throughput of a fast milter (GIL hand-offs on each call). So the
+default, ``auto``, runs sync callbacks inline while they are fast and moves a
+callback to a bounded per-worker pool for the rest of the worker's life the
+first time it is seen to run longer than ``slow_callback`` seconds. A callback
+declared blocking (:func:`milterkit.blocking`, or ``Milter.blocking_callbacks``)
+goes to the pool from its first call; ``async def`` callbacks never do.
+
+One hop per callback: the pooled call returns its decision and the actions it
+queued (collected in a :class:`CallScope`, never touching the session from
+the thread); the session applies them on the loop. A call that outlived its
+timeout has its scope closed, so what it queues or returns later is dropped.
+
+The :class:`LoopWatchdog` thread (started in the worker, after the fork)
+reports anything that holds the event loop longer than ``loop_block_warning``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from milterkit.protocol import messages as msg
+
+__all__ = [
+    "EXECUTION_MODES",
+    "CallScope",
+    "CallbackRunner",
+    "ExecutionSettings",
+    "LoopWatchdog",
+    "current_scope",
+]
+
+#: ``auto``: inline until seen slow; ``inline``: never a thread; ``threads``: every sync callback.
+EXECUTION_MODES = ("auto", "inline", "threads")
+
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """The callback-execution part of the daemon settings, carried to every session.
+
+    ``mode`` None means: the milter class's ``execution`` attribute (``auto`` by
+    default). ``threads`` bounds the per-worker pool; calls past the bound wait
+    for a free thread (their connections stay open). ``slow_callback`` is the
+    ``auto`` threshold; ``loop_block_warning`` (0 turns it off) is when the
+    watchdog reports a blocked loop.
+    """
+
+    mode: str | None = None
+    threads: int = 64
+    slow_callback: float = 0.020
+    loop_block_warning: float = 0.100
+    callback_timeout: float | None = None
+    progress_interval: float | None = None
+    error_decision: str = "tempfail"
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in EXECUTION_MODES:
+            raise ValueError(f"execution mode must be one of {EXECUTION_MODES}, not {self.mode!r}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, not {self.threads}")
+        if self.slow_callback <= 0:
+            raise ValueError(f"slow_callback must be positive, not {self.slow_callback}")
+        if self.loop_block_warning < 0:
+            raise ValueError(f"loop_block_warning must be >= 0, not {self.loop_block_warning}")
+        if self.callback_timeout is not None and self.callback_timeout <= 0:
+            raise ValueError(f"callback_timeout must be positive, not {self.callback_timeout}")
+        if self.progress_interval is not None and self.progress_interval <= 0:
+            raise ValueError(f"progress_interval must be positive, not {self.progress_interval}")
+
+
+@dataclass(eq=False)
+class CallScope:
+    """One callback call in the pool: what it queued, and whether anyone still listens.
+
+    ``progress`` is how a pooled call reaches the MTA at once: it is handed to
+    the loop thread, which sends PROGRESS only while the scope is live.
+    """
+
+    progress: Callable[[CallScope], object]
+    actions: list[msg.Message] = field(default_factory=list)
+    live: bool = True
+
+
+def current_scope() -> CallScope | None:
+    """The scope of the pooled call running on this thread, None on the loop thread."""
+    scope: CallScope | None = getattr(_local, "scope", None)
+    return scope
+
+
+def _call_in_scope(scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    _local.scope = scope
+    try:
+        return function(*args)
+    finally:
+        _local.scope = None
+
+
+def _is_async(function: Any) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+
+
+def _declared_blocking(cls: type, name: str) -> bool:
+    function = getattr(cls, name, None)
+    if getattr(function, "__milterkit_blocking__", False):
+        return True
+    return name in getattr(cls, "blocking_callbacks", ())
+
+
+class CallbackRunner:
+    """One per worker: the thread pool, and where each callback of each class runs.
+
+    ``routes(cls)`` is a dict shared by every session of that class: callback
+    name → True when it runs in the pool. ``auto`` flips an entry the first
+    time the callback is seen slow, for every connection at once.
+    """
+
+    def __init__(self, settings: ExecutionSettings, logger: logging.Logger) -> None:
+        self.settings = settings
+        self.log = logger
+        self._pool: ThreadPoolExecutor | None = None
+        self._routes: dict[type, dict[str, bool]] = {}
+        self._modes: dict[type, str] = {}
+        #: (connection id, callback name) of the sync callback running inline now.
+        self.current: tuple[str, str] | None = None
+
+    def mode(self, cls: type) -> str:
+        mode = self._modes.get(cls)
+        if mode is None:
+            mode = self.settings.mode or getattr(cls, "execution", None) or "auto"
+            if mode not in EXECUTION_MODES:
+                raise ValueError(
+                    f"{cls.__name__}.execution must be one of {EXECUTION_MODES}, not {mode!r}"
+                )
+            self._modes[cls] = mode
+        return mode
+
+    def routes(
+        self, cls: type, names: list[str], overridden: Callable[[str], bool]
+    ) -> dict[str, bool]:
+        """The shared name → in-pool table for ``cls`` (built once per class).
+
+        A callback the class does not override never takes the hop. With a
+        keepalive configured, a sync ``end_of_message`` always runs in the pool
+        (except in ``inline`` mode): the loop must be free to send PROGRESS.
+        """
+        table = self._routes.get(cls)
+        if table is None:
+            mode = self.mode(cls)
+            table = {name: self._pooled(cls, name, mode) and overridden(name) for name in names}
+            self._routes[cls] = table
+        return table
+
+    def _pooled(self, cls: type, name: str, mode: str) -> bool:
+        if mode == "inline" or _is_async(getattr(cls, name)):
+            return False
+        if mode == "threads" or _declared_blocking(cls, name):
+            return True
+        return name == "end_of_message" and self.settings.progress_interval is not None
+
+    def note_inline_duration(self, cls: type, name: str, seconds: float, cid: str) -> None:
+        """``auto``: a sync callback ran longer than the threshold; send it to the pool."""
+        if seconds < self.settings.slow_callback or self.mode(cls) != "auto":
+            return
+        table = self._routes.get(cls)
+        if table is None or table.get(name, True):
+            return
+        table[name] = True
+        self.log.warning(
+            "[%s] callback %s.%s ran %.0f ms on the event loop (over %.0f ms): it runs in "
+            "the thread pool from now on; declare it blocking to skip this first slow call",
+            cid,
+            cls.__name__,
+            name,
+            seconds * 1000,
+            self.settings.slow_callback * 1000,
+        )
+
+    def submit(
+        self, scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        """Run ``function(*args)`` in the pool, its actions going to ``scope``."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.settings.threads, thread_name_prefix="milterkit-cb"
+            )
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, _call_in_scope, scope, function, args)
+
+    def shutdown(self) -> None:
+        """Stop taking work; threads still running a callback are left to finish."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+class LoopWatchdog:
+    """A thread that notices when something holds the event loop too long.
+
+    Every ``threshold / 2`` it asks the loop to run a no-op; when that has not
+    run after ``threshold``, the loop is blocked. One warning when the block
+    ends (with its length and the callback running inline, if one was), and
+    one every ``_STILL_BLOCKED`` seconds while it lasts, so a callback that
+    never returns is visible.
+    """
+
+    _STILL_BLOCKED = 5.0
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        threshold: float,
+        logger: logging.Logger,
+        describe: Callable[[], str | None],
+    ) -> None:
+        self.loop = loop
+        self.threshold = threshold
+        self.log = logger
+        self.describe = describe
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="milterkit-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.threshold / 2):
+            beat = threading.Event()
+            started = time.monotonic()
+            try:
+                self.loop.call_soon_threadsafe(beat.set)
+            except RuntimeError:  # the loop is closed
+                return
+            if not beat.wait(self.threshold):
+                self._report_block(beat, started)
+
+    def _report_block(self, beat: threading.Event, started: float) -> None:
+        where = self.describe()
+        while not beat.wait(self._STILL_BLOCKED):
+            if self._stop.is_set():
+                return
+            self.log.warning(
+                "event loop still blocked after %.0f ms%s; this worker serves no other "
+                "connection meanwhile",
+                (time.monotonic() - started) * 1000,
+                _in(where),
+            )
+        self.log.warning(
+            "event loop blocked for %.0f ms%s (other connections of this worker waited)",
+            (time.monotonic() - started) * 1000,
+            _in(where),
+        )
+
+
+def _in(where: str | None) -> str:
+    return f" in {where}" if where else ""
