@@ -141,9 +141,10 @@ def python_servers(venv_python: str) -> list[ServerSpec]:
     def bare(loop: str) -> Callable[[int], list[str]]:
         return lambda port: [py, str(PEERS / "bare_milter.py"), str(port), loop]
 
-    def mk(loop: str, workers: int) -> Callable[[int], list[str]]:
+    def mk(loop: str, workers: int, execution: str = "auto") -> Callable[[int], list[str]]:
         script = str(PEERS / "milterkit_canonical.py")
-        return lambda port: [py, script, str(port), "--workers", str(workers), "--loop", loop]
+        options = ["--workers", str(workers), "--loop", loop, "--execution", execution]
+        return lambda port: [py, script, str(port), *options]
 
     def peer(script: str) -> Callable[[int], list[str]]:
         return lambda port: [venv_python, str(PEERS / script), str(port)]
@@ -154,6 +155,10 @@ def python_servers(venv_python: str) -> list[ServerSpec]:
         ServerSpec("milterkit-asyncio-1w", mk("asyncio", 1), "asyncio", "milterkit"),
         ServerSpec("milterkit-uvloop-1w", mk("uvloop", 1), "uvloop", "milterkit"),
         ServerSpec("milterkit-uvloop-2w", mk("uvloop", 2), "uvloop", "milterkit"),
+        # every sync callback handed to the thread pool: the price of "always a thread"
+        ServerSpec(
+            "milterkit-uvloop-1w-threads", mk("uvloop", 1, "threads"), "uvloop", "milterkit"
+        ),
         ServerSpec("libmilter-C", lambda port: [str(C_PEER), str(port)], None, "peer", "libmilter"),
         ServerSpec("pymilter", peer("pymilter_canonical.py"), None, "peer", "venv"),
         ServerSpec("purepythonmilter", peer("ppm_canonical.py"), "asyncio", "peer", "venv"),

@@ -5,6 +5,7 @@ negotiation asks the MTA for each step with a reply; end of message adds one
 header and accepts.
 
 Usage: python milterkit_canonical.py PORT [--workers N] [--loop asyncio|uvloop]
+                                   [--execution auto|inline|threads]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main() -> None:
     # every worker, which is the script's cost, not the library's
     args = sys.argv[1:]
     options = dict(zip(args[1::2], args[2::2], strict=False))
-    if not args or set(options) - {"--workers", "--loop"} or len(args) % 2 == 0:
+    if not args or set(options) - {"--workers", "--loop", "--execution"} or len(args) % 2 == 0:
         raise SystemExit(__doc__)
     loop = options.get("--loop", "asyncio")
     if loop not in ("asyncio", "uvloop"):
@@ -66,6 +67,7 @@ def main() -> None:
             workers=int(options.get("--workers", "1")),
             use_uvloop=loop == "uvloop",
             log_level="warning",
+            execution=options.get("--execution"),
         )
     )
 
