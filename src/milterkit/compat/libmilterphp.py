@@ -78,10 +78,8 @@ from milterkit.protocol.constants import (
     V2_ACTIONS,
     V2_PROTOCOL,
     Action,
-    Command,
     Family,
     ProtocolFlag,
-    Reply,
 )
 from milterkit.protocol.errors import LocalProtocolError
 from milterkit.protocol.macros import MacroStore
@@ -664,8 +662,3 @@ def adapter_class(template: Milter) -> type[mk.Milter]:
         "__module__": __name__,
     }
     return type(name, (_Adapter,), attrs)
-
-
-#: Command/reply names as ints too, for code that compares wire bytes.
-COMMAND_CODES = {f"SMFIC_{c.name}": int(c) for c in Command}
-REPLY_CODES = {f"SMFIR_{r.name}": int(r) for r in Reply if r is not Reply.OPTNEG}

@@ -210,20 +210,6 @@ REPLY_ACTION: dict[Reply, Action] = {
     Reply.QUARANTINE: Action.QUARANTINE,
 }
 
-FINAL_REPLIES = frozenset(
-    {
-        Reply.CONTINUE,
-        Reply.ACCEPT,
-        Reply.REJECT,
-        Reply.TEMPFAIL,
-        Reply.DISCARD,
-        Reply.REPLYCODE,
-        Reply.SKIP,
-        Reply.SHUTDOWN,
-        Reply.CONN_FAIL,
-    }
-)
-
 #: Macro stage letter (of a SMFIC_MACRO packet) for each macro-list stage id.
 STAGE_LETTER: dict[MacroStage, Command] = {
     MacroStage.CONNECT: Command.CONNECT,
