@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from milterkit.milter import (
     Accept,
     ActionNotNegotiatedError,
+    BodyNotCollectedError,
     Continue,
     Decision,
     Discard,
@@ -33,6 +34,7 @@ __all__ = [
     "Accept",
     "Action",
     "ActionNotNegotiatedError",
+    "BodyNotCollectedError",
     "Continue",
     "Decision",
     "Discard",

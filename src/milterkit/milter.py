@@ -8,19 +8,23 @@ Each callback may be a plain function or ``async``; it returns a decision
 Callbacks the class does not override are never requested from the MTA
 (negotiation sets the matching ``SMFIP_NO*`` bit), which saves a round trip
 per step. Actions (header and envelope changes, body replacement,
-quarantine) may be called at any stage; they are checked against what the MTA
-granted at once, queued, and sent at end of message in the order called.
+quarantine) may be called at any step of a message, from ``mail_from()`` to
+``end_of_message()``; they are checked against what the MTA granted at once,
+queued, and sent at end of message in the order called. Outside a message
+(``connect()``, ``helo()``, ``abort()``, ``close()``) they raise
+:class:`ActionOutsideMessageError`, as libmilter refuses them there.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
 from milterkit.execution import current_scope
+from milterkit.headers import HeaderEdit, plan_header_edits
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError
@@ -138,6 +142,28 @@ class ActionNotNegotiatedError(LocalProtocolError):
     """An action was used that the negotiation did not grant."""
 
 
+class BodyNotCollectedError(RuntimeError):
+    """body_bytes/body_file/body_size was read by a milter without ``collect_body = True``."""
+
+
+class ActionOutsideMessageError(LocalProtocolError):
+    """A modification was requested outside a message (connect(), helo(), abort() ...)."""
+
+
+#: The callback that handles each event, for errors naming the stage.
+_STAGE_OF_EVENT: dict[type, str] = {
+    msg.OptNeg: "negotiate()",
+    msg.Connect: "connect()",
+    msg.Helo: "helo()",
+    msg.Unknown: "unknown()",
+    msg.Abort: "abort()",
+    msg.Quit: "close()",
+    msg.QuitNoClose: "close()",
+    msg.EndOfMessage: "end_of_message() after its reply",
+}
+_NEVER_IN_MESSAGE = frozenset({msg.OptNeg, msg.Connect, msg.Helo, msg.Abort, msg.Quit})
+
+
 class Milter:
     """Base class of a milter; override the callbacks you need.
 
@@ -244,11 +270,13 @@ class Milter:
         Memory-resident up to ``body_memory_limit`` bytes, then a temporary
         file; valid until the message ends (next MAIL, ABORT or close).
         """
+        self._require_collected("body_file")
         return self._session.body_file()
 
     @property
     def body_bytes(self) -> bytes:
         """The whole collected body as bytes (reads :attr:`body_file` into memory)."""
+        self._require_collected("body_bytes")
         stream = self.body_file
         position = stream.tell()
         stream.seek(0)
@@ -260,7 +288,16 @@ class Milter:
     @property
     def body_size(self) -> int:
         """Body bytes collected for the current message."""
+        self._require_collected("body_size")
         return self._session.body_size
+
+    def _require_collected(self, what: str) -> None:
+        """Without collect_body there is no body to read: an empty one would pass all mail."""
+        if not type(self).collect_body:
+            raise BodyNotCollectedError(
+                f"{what} needs collect_body = True on {type(self).__name__} (the body is not "
+                "kept otherwise; body() receives it chunk by chunk)"
+            )
 
     # ------------------------------------------------------- worker lifecycle
 
@@ -340,6 +377,17 @@ class Milter:
     # ----------------------------------------------------------------- actions
 
     def _require(self, action: Action, what: str) -> None:
+        scope = current_scope()
+        if scope is not None and not scope.live:
+            return  # a pooled call past its timeout: its actions are dropped, not checked
+        event = type(self._session.current_event)
+        if event in _NEVER_IN_MESSAGE or not self._session.conn.in_message:
+            stage = _STAGE_OF_EVENT.get(event, "outside a message")
+            raise ActionOutsideMessageError(
+                f"{what}() called in {stage}: modifications belong to one message and may "
+                "only be requested from mail_from() (or the first message step) to "
+                "end_of_message()"
+            )
         if not self.negotiated.actions & action:
             raise ActionNotNegotiatedError(
                 f"{what} needs Action.{describe_actions(action)} (SMFIF), which was not "
@@ -379,6 +427,25 @@ class Milter:
 
     def delete_header(self, name: str, index: int = 1) -> None:
         self.change_header(name, index, "")
+
+    def rewrite_headers(
+        self, current: Sequence[tuple[str, str]], wanted: Sequence[tuple[str, str]]
+    ) -> list[HeaderEdit]:
+        """Make the message's headers ``wanted``: the index-correct change, delete, insert
+        and add calls are computed (:func:`milterkit.headers.plan_header_edits`) and queued.
+
+        ``current`` is the headers as :meth:`header` received them, in order. Returns
+        the planned edits (for logging).
+        """
+        edits = plan_header_edits(current, wanted)
+        for edit in edits:
+            if edit.kind == "add":
+                self.add_header(edit.name, edit.value)
+            elif edit.kind == "insert":
+                self.insert_header(edit.index, edit.name, edit.value)
+            else:
+                self.change_header(edit.name, edit.index, edit.value)
+        return edits
 
     def add_recipient(self, address: str, esmtp_args: str | Iterable[str] | None = None) -> None:
         args = _args(esmtp_args)

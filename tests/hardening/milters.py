@@ -51,7 +51,8 @@ class Hardened(Milter):
     def end_of_message(self) -> object:
         COUNT[0] += 1
         self.add_header("X-Worker", str(os.getpid()))
-        self.add_header("X-Body-Size", str(self.body_size))
+        if self.collect_body:  # body_size without collect_body raises BodyNotCollectedError
+            self.add_header("X-Body-Size", str(self.body_size))
         return Accept()
 
 

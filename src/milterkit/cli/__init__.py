@@ -11,14 +11,28 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from milterkit import __version__
 
 SUBCOMMANDS = ("run", "check", "bench", "demo")
 
 
+#: sysexits.h EX_USAGE: what a usage error exits with (argparse's own default is 2,
+#: which ``milterkit check`` uses for "tempfailed").
+EX_USAGE = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors exiting 64, for every subcommand's parser too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="milterkit",
         description="Run, check and load-test milters (Sendmail/Postfix mail filters).",
     )
@@ -35,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
-        return 64
+        return EX_USAGE
     status: int = args.func(args)
     return status
 

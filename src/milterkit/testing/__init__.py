@@ -22,6 +22,8 @@ from milterkit.testing.assertions import (
     assert_quarantined,
     assert_recipient_added,
     assert_recipient_deleted,
+    assert_recipient_rejected,
+    assert_reply,
     describe,
 )
 from milterkit.testing.harness import HarnessError, MilterHarness, check
@@ -40,6 +42,8 @@ __all__ = [
     "assert_quarantined",
     "assert_recipient_added",
     "assert_recipient_deleted",
+    "assert_recipient_rejected",
+    "assert_reply",
     "check",
     "describe",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from milterkit.protocol import messages as msg
-from milterkit.result import CheckResult, bare_address
+from milterkit.result import CheckResult, SmtpReply, bare_address
 
 __all__ = [
     "assert_body_replaced",
@@ -25,6 +25,8 @@ __all__ = [
     "assert_quarantined",
     "assert_recipient_added",
     "assert_recipient_deleted",
+    "assert_recipient_rejected",
+    "assert_reply",
     "describe",
 ]
 
@@ -152,3 +154,32 @@ def assert_quarantined(result: CheckResult, reason: str | None = None) -> None:
 def assert_no_modifications(result: CheckResult) -> None:
     if result.modifications:
         raise _fail("expected no modifications", result)
+
+
+def _reply_matches(reply: SmtpReply | None, code: int, text: str | None) -> bool:
+    """``text`` is found in the reply (any line), so callers need not repeat the code."""
+    if reply is None or reply.code != code:
+        return False
+    return text is None or text in reply.text
+
+
+def assert_reply(result: CheckResult, code: int, text: str | None = None) -> None:
+    """The SMTP client got ``code`` (and a reply containing ``text``, when given)."""
+    if not _reply_matches(result.smtp_reply, code, text):
+        wanted = f"{code}" + (f" with {text!r}" if text is not None else "")
+        raise _fail(f"expected the SMTP reply {wanted}, got {result.smtp_reply}", result)
+
+
+def assert_recipient_rejected(
+    result: CheckResult, address: str, code: int | None = None, text: str | None = None
+) -> None:
+    """The milter refused ``address`` at RCPT (with ``code`` / a reply containing ``text``)."""
+    wanted = bare_address(address)
+    for recipient, reply in result.rejected_recipients.items():
+        if bare_address(recipient) != wanted:
+            continue
+        if code is None or _reply_matches(reply, code, text):
+            return
+        raise _fail(f"recipient {address} was rejected with {reply}, expected {code}", result)
+    refused = ", ".join(result.rejected_recipients) or "none"
+    raise _fail(f"expected recipient {address} rejected; rejected: {refused}", result)

@@ -40,7 +40,10 @@ class MilterHarness:
 
     ``profile`` picks the MTA to imitate (:data:`~milterkit.mtaprofile.POSTFIX`,
     :data:`~milterkit.mtaprofile.SENDMAIL`, :data:`~milterkit.mtaprofile.V2_ONLY`);
-    ``version``/``actions``/``protocol`` override what it offers.
+    ``version``/``actions``/``protocol`` override what it offers. With
+    ``reraise=True`` an exception raised by a callback fails the test with its
+    own traceback, instead of being answered with ``error_decision`` (what the
+    daemon does, and what a test of that behaviour wants).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class MilterHarness:
         error_decision: str = "tempfail",
         callback_timeout: float | None = None,
         execution: str | None = None,
+        reraise: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
         settings = ExecutionSettings(
@@ -88,6 +92,7 @@ class MilterHarness:
         )
         self._opened = False
         self._closed = False
+        self._reraise = reraise
 
     @property
     def milter(self) -> Milter:
@@ -159,6 +164,7 @@ class MilterHarness:
         out = exchange.start()
         while True:
             self._feed(out)
+            self._raise_callback_error()
             if exchange.done:
                 return
             replies = b"".join(self._replies)
@@ -166,6 +172,13 @@ class MilterHarness:
             if not replies and not self.filter.closed:
                 raise HarnessError(f"the milter sent no reply at stage {exchange.stage!r}")
             out = exchange.receive_data(replies)
+
+    def _raise_callback_error(self) -> None:
+        errors = self.filter.callback_errors
+        if self._reraise and errors:
+            error = errors[0]
+            errors.clear()
+            raise error
 
     def _feed(self, data: bytes) -> None:
         if data and not self.filter.closed:
