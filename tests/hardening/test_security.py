@@ -180,4 +180,5 @@ def test_formatter_escapes_controls_but_keeps_tracebacks() -> None:
 
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     text = formatter.format(record)
-    assert text.startswith("ERROR failed\nTraceback")
+    assert text.startswith("ERROR failed\n    Traceback")  # continuation lines are indented
+    assert text.endswith("\n    ValueError: boom\n    line")

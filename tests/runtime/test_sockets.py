@@ -155,8 +155,12 @@ def test_symlink_refused(sock_dir: Path) -> None:
 
 
 def test_missing_directory_is_error(sock_dir: Path) -> None:
-    with pytest.raises(RuntimeConfigError, match="cannot create temporary directory"):
-        open_listener(UnixAddress(str(sock_dir / "missing" / "m.sock")))
+    path = sock_dir / "missing" / "m.sock"
+    with pytest.raises(RuntimeConfigError) as caught:
+        open_listener(UnixAddress(str(path)))
+    assert str(caught.value) == (
+        f"cannot create socket {path}: directory {sock_dir}/missing does not exist"
+    )
 
 
 def test_remove_unix_socket_only_if_ours(sock_dir: Path) -> None:

@@ -34,7 +34,7 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
@@ -93,6 +93,7 @@ class Supervisor:
         *,
         fork: bool = True,
         drain_timeout: float = 10.0,
+        kill_grace: float = 0.0,
         restart_window: float = 1.0,
         max_fast_restarts: int = 3,
         max_backoff: float = 30.0,
@@ -100,6 +101,8 @@ class Supervisor:
         on_reopen: Callable[[], None] | None = None,
         on_stop: Callable[[], object] | None = None,
         logger: logging.Logger | None = None,
+        after_fork: Callable[[int], None] | None = None,
+        readers: Mapping[int, Callable[[], None]] | None = None,
     ) -> None:
         count = (os.cpu_count() or 1) if workers is None else workers
         if count < 0:
@@ -110,12 +113,17 @@ class Supervisor:
         self._inline = count == 0 or not fork
         self._slots = [_Slot(index) for index in range(max(count, 1))]
         self._drain_timeout = drain_timeout
+        self._kill_grace = kill_grace  # SIGKILL only this long after drain_timeout
         self._restart_window = restart_window
         self._max_fast_restarts = max_fast_restarts
         self._max_backoff = max_backoff
         self._fatal_exit_codes = frozenset(fatal_exit_codes)
         self._on_reopen = on_reopen
         self._on_stop = on_stop
+        # after_fork(index) runs first in each child (close what workers must not hold);
+        # readers: fd -> callback, run in the loop when fd is readable (workers' logs).
+        self._after_fork = after_fork
+        self._readers = dict(readers or {})
         self._log = logger or logging.getLogger("milterkit.runtime.supervisor")
         self._pending: list[int] = []
         self._stopping = False
@@ -196,15 +204,34 @@ class Supervisor:
         self._log.info("supervisor %d starting %d workers", os.getpid(), len(self._slots))
         with selectors.DefaultSelector() as selector:
             selector.register(self._wakeup_r, selectors.EVENT_READ)
+            for fd in self._readers:
+                selector.register(fd, selectors.EVENT_READ)
             while True:
                 self._handle_signals()
                 self._reap()
                 self._tick()
                 if self._stopping and not self.worker_pids:
                     break
-                if selector.select(self._timeout()):
-                    self._drain_wakeup()
+                for key, _ in selector.select(self._timeout()):
+                    self._on_readable(key.fd)
+        self._call_readers()  # what the last workers wrote before exiting
         self._log.info("supervisor %d stopped", os.getpid())
+
+    def _on_readable(self, fd: int) -> None:
+        """Empty the wakeup pipe, or let a reader consume its fd."""
+        if fd == self._wakeup_r:
+            self._drain_wakeup()
+        else:
+            self._call_readers(fd)
+
+    def _call_readers(self, only: int | None = None) -> None:
+        """Run reader callbacks; one that fails is logged, not fatal."""
+        for fd, callback in self._readers.items():
+            if only is None or fd == only:
+                try:
+                    callback()
+                except Exception:
+                    self._log.exception("reading file descriptor %d failed", fd)
 
     def _timeout(self) -> float | None:
         """Seconds until the next timer, or None to sleep until a signal."""
@@ -238,13 +265,13 @@ class Supervisor:
         if self._stopping:
             return
         self._log.info(
-            "%s; stopping %d workers (drain timeout %.1fs)",
+            "%s; stopping %d workers (drain timeout %gs)",
             reason,
             len(self.worker_pids),
             self._drain_timeout,
         )
         self._stopping = True
-        self._deadline = time.monotonic() + self._drain_timeout
+        self._deadline = time.monotonic() + self._drain_timeout + self._kill_grace
         if self._on_stop is not None:
             try:  # e.g. sd_notify STOPPING=1, which systemd wants when the drain begins
                 self._on_stop()
@@ -345,6 +372,8 @@ class Supervisor:
         """Child side of fork: reset inherited state, run the worker, exit."""
         code = 70  # EX_SOFTWARE if anything below escapes
         try:
+            if self._after_fork is not None:
+                self._after_fork(index)
             self._reset_child_signals(old_mask)
             code = self._call_worker(index)
         finally:
