@@ -184,8 +184,13 @@ def _check_config(config: DaemonConfig) -> None:
 
 
 def _report_config_error(config: DaemonConfig, exc: RuntimeConfigError) -> None:
-    """One line in the log; also on stderr when the log does not go there."""
-    _log.error("%s", exc)
+    """One line in the log; also on stderr when the log does not go there.
+
+    Without a handler (the log destination itself was the error) only stderr:
+    logging's last-resort handler would print the same line a second time.
+    """
+    if _log.handlers:
+        _log.error("%s", exc)
     if config.log != "console" or not _log.handlers:
         print(f"milterkit: {exc}", file=sys.stderr)
 

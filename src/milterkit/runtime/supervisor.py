@@ -132,6 +132,7 @@ class Supervisor:
         self._status = 0
         self._wakeup_r = -1
         self._wakeup_w = -1
+        self._selector: selectors.BaseSelector | None = None
 
     @property
     def worker_pids(self) -> list[int]:
@@ -203,6 +204,7 @@ class Supervisor:
         """Start workers, then react to signals, deaths and timers."""
         self._log.info("supervisor %d starting %d workers", os.getpid(), len(self._slots))
         with selectors.DefaultSelector() as selector:
+            self._selector = selector
             selector.register(self._wakeup_r, selectors.EVENT_READ)
             for fd in self._readers:
                 selector.register(fd, selectors.EVENT_READ)
@@ -385,6 +387,8 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
+        if self._selector is not None:  # an epoll fd is shared: a worker could edit ours
+            self._selector.close()
         for sig in _HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
