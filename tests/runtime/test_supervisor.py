@@ -84,10 +84,13 @@ def record(events: Path, *fields: object) -> None:
 
 def _default_dispositions() -> str:
     """Describe whether the inherited signal state was reset."""
-    dfl = all(
-        signal.getsignal(s) == signal.SIG_DFL
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-    )
+    dfl = (
+        all(
+            signal.getsignal(s) == signal.SIG_DFL
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+        )
+        and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    )  # until the worker's own handler
     wakeup = signal.set_wakeup_fd(-1)
     return f"dfl={dfl} wakeup={wakeup}"
 

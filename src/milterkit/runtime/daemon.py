@@ -285,9 +285,6 @@ class _Daemon:
             self.pid_file.forget_in_child()
         if self.log_forwarder is not None:
             self.log_forwarder.in_worker(_log)
-        set_process_name(
-            f"milterkit-w{index}", f"milterkit: worker {index} serving {self._describe()}"
-        )
 
     def _worker_main(self, index: int) -> int:
         """Body of one worker: drop privileges, then serve until told to stop."""
@@ -302,6 +299,9 @@ class _Daemon:
         if os.getpid() != self.supervisor_pid:  # forked (not --workers 0): die with the parent
             exit_with_parent(self.supervisor_pid)
             confine_worker(self.config.user, self.config.keep_env)
+            set_process_name(
+                f"milterkit-w{index}", f"milterkit: worker {index} serving {self._describe()}"
+            )
         loop = new_event_loop(self.config.use_uvloop)
         try:
             loop.run_until_complete(self._serve(index))

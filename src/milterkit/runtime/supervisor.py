@@ -391,6 +391,9 @@ class Supervisor:
             self._selector.close()
         for sig in _HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # A reload request that arrives before the worker has set up its own
+        # SIGHUP handler has nothing to reopen yet; by default it would kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def _call_worker(self, index: int) -> int:
