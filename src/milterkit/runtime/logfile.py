@@ -48,7 +48,12 @@ def open_log_file(path: str) -> int:
     try:
         fd = os.open(name, _OPEN_FLAGS, LOG_FILE_MODE, dir_fd=dir_fd)
     except OSError as exc:
-        reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        if exc.errno == errno.ELOOP:
+            reason = "it is a symbolic link"
+        elif exc.errno == errno.ENXIO:  # a FIFO nobody reads (O_NONBLOCK: no hang)
+            reason = "it is not a regular file"
+        else:
+            reason = exc.strerror or str(exc)
         raise RuntimeConfigError(f"{action}: {reason}") from exc
     finally:
         os.close(dir_fd)
