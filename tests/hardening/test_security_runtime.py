@@ -548,6 +548,25 @@ def test_workers_start_from_a_clean_slate(
     assert (st.st_uid, st.st_gid) == (service_user.pw_uid, service_user.pw_gid)
 
 
+def test_full_process_titles_with_setproctitle(shared: Path, daemons: list[Daemon]) -> None:
+    pytest.importorskip("setproctitle", reason="the optional extra 'proctitle' is not installed")
+    sock = f"{shared}/m.sock"
+    daemon = Daemon(shared, SPAMTRAP, "--socket", f"unix:{sock}", "--workers", "2")
+    daemons.append(daemon)
+    wait_connectable(sock, daemon)
+
+    def titles() -> list[str]:
+        pids = [daemon.proc.pid, *children(daemon.proc.pid)]
+        return [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode() for pid in pids]
+
+    expected = [f"milterkit: supervisor serving unix:{sock}"] + [
+        f"milterkit: worker {index} serving unix:{sock}" for index in range(2)
+    ]
+    assert wait_for(lambda: sorted(titles()) == sorted(expected), 20), titles()
+    comms = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in children(daemon.proc.pid)]
+    assert sorted(comms) == ["milterkit-w0", "milterkit-w1"]
+
+
 def test_no_fork_with_user_removes_pid_file_and_socket(
     shared: Path, service_user: pwd.struct_passwd, daemons: list[Daemon]
 ) -> None:

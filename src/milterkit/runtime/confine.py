@@ -80,10 +80,9 @@ def set_process_name(short: str, title: str | None = None) -> None:
     With the optional ``setproctitle`` package (extra ``proctitle``) the whole
     command line shown by ``ps`` becomes ``title`` as well.
     """
-    _prctl(_PR_SET_NAME, short.encode()[:15])
-    if title is None:
-        return
-    with contextlib.suppress(ImportError):
-        import setproctitle  # type: ignore[import-not-found,unused-ignore]
+    if title is not None:
+        with contextlib.suppress(ImportError):
+            import setproctitle  # type: ignore[import-not-found,unused-ignore]
 
-        setproctitle.setproctitle(title)
+            setproctitle.setproctitle(title)
+    _prctl(_PR_SET_NAME, short.encode()[:15])  # after: setproctitle sets it to the title's start
