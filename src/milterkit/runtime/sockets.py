@@ -208,7 +208,11 @@ def _fd_path(dir_fd: int, name: str) -> str:
 def _bind_private(
     staging_fd: int, staged: str, want: _Ownership, backlog: int
 ) -> tuple[socket.socket, tuple[int, int]]:
-    """Bind with the final mode (umask), fchownat without following, listen."""
+    """Bind with the final mode (umask), fchownat without following, listen.
+
+    The umask is process-wide: a file another thread creates during the
+    bind() gets at most the socket's permissions, never more.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old_umask = os.umask(0o777 & ~want.mode)

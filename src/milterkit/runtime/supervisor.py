@@ -11,6 +11,13 @@ fork), replaces children that die, and coordinates shutdown:
 * SIGHUP: run the ``on_reopen`` hook in the supervisor (e.g. reopen log files)
   and forward SIGHUP to the workers.
 * SIGCHLD: reap and, unless shutting down, restart.
+* ``after_fork(index)`` runs first in each new child, before its signals are
+  reset: the place to close what a worker must not hold (the root-owned PID
+  and log files). The supervisor's epoll descriptor is closed there too (an
+  epoll instance is shared across fork, so a worker could edit ours).
+* ``readers`` maps descriptors to callbacks run from the same loop when the
+  descriptor is readable (the workers' log records), so the supervisor stays
+  single-threaded.
 
 The loop sleeps in a selector on a pipe registered with
 :func:`signal.set_wakeup_fd`, so it wakes exactly when a signal arrives or a
