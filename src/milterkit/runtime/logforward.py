@@ -9,10 +9,11 @@ formatted records over a ``SOCK_DGRAM`` socket pair created before the fork:
 
 * one datagram is one record, delivered whole or not at all, so records of
   different workers never interleave and no framing is needed;
-* the worker's end is non-blocking: when the supervisor falls behind, records
-  are dropped and counted (the count is reported with the next record that
-  gets through) rather than stalling mail; when the supervisor is gone, the
-  send fails at once and the worker writes to its stderr instead;
+* the worker's end is non-blocking: when the supervisor's queue is full the
+  worker waits at most :data:`FULL_QUEUE_WAIT_MS` for room, then drops the
+  record and counts it (the count is reported with the next record that gets
+  through) rather than stalling mail; when the supervisor is gone, the send
+  fails at once and the worker writes to its stderr instead;
 * the supervisor reads in its existing select() loop (no thread) and treats
   the text as untrusted: control characters are escaped and every line after
   the first is indented, so a compromised worker cannot forge other records'
@@ -23,18 +24,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import sys
 
 from milterkit.runtime.logfile import ReopenableFileHandler
 from milterkit.runtime.logsetup import CONTINUATION_INDENT, as_continuation, safe
 
-__all__ = ["MAX_RECORD", "ForwardingHandler", "LogForwarder"]
+__all__ = ["FULL_QUEUE_WAIT_MS", "MAX_RECORD", "ForwardingHandler", "LogForwarder"]
 
 #: Longest record a worker sends (bytes of UTF-8); longer ones are cut and
 #: marked. Well below the default socket buffer, which bounds a datagram.
 MAX_RECORD = 65536
 _TRUNCATED = " ...[record truncated]"
+#: How long a worker waits for room when the supervisor's queue is full before
+#: it drops the record: long enough to ride out a burst, short enough that a
+#: stopped supervisor does not noticeably slow down mail.
+FULL_QUEUE_WAIT_MS = 10
 
 
 class ForwardingHandler(logging.Handler):
@@ -43,7 +49,8 @@ class ForwardingHandler(logging.Handler):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
-        self.dropped = 0
+        self.dropped = 0  # since the last record that got through (reported with it)
+        self.dropped_total = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -57,14 +64,26 @@ class ForwardingHandler(logging.Handler):
         if len(data) > MAX_RECORD:
             data = data[: MAX_RECORD - len(_TRUNCATED)] + _TRUNCATED.encode()
         try:
-            self._sock.send(data)
+            self._send(data)
         except BlockingIOError:
             self.dropped += 1
+            self.dropped_total += 1
             return
         except OSError:
             self._to_stderr(text)
             return
         self.dropped = 0
+
+    def _send(self, data: bytes) -> None:
+        """Send; if the supervisor's queue is full, give it a moment, then give up."""
+        try:
+            self._sock.send(data)
+        except BlockingIOError:
+            poller = select.poll()
+            poller.register(self._sock, select.POLLOUT)
+            if not poller.poll(FULL_QUEUE_WAIT_MS):
+                raise
+            self._sock.send(data)
 
     @staticmethod
     def _to_stderr(text: str) -> None:
