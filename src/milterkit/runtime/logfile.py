@@ -67,9 +67,10 @@ def open_log_file(path: str) -> int:
 class ReopenableFileHandler(logging.Handler):
     """Appends formatted records to a log file that root opened safely."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, encoding: str = "utf-8") -> None:
         super().__init__()
         self.path = os.path.abspath(path)
+        self.encoding = encoding
         self._fd = -1
         self._identity: tuple[int, int] | None = None
         self._open()
@@ -91,7 +92,7 @@ class ReopenableFileHandler(logging.Handler):
 
     def write_line(self, text: str) -> None:
         """Append one record (already formatted) as one write()."""
-        data = (text + "\n").encode("utf-8", "backslashreplace")
+        data = (text + "\n").encode(self.encoding, "backslashreplace")
         self.acquire()
         try:
             self._reopen_if_moved()
