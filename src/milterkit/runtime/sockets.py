@@ -160,7 +160,12 @@ def _create_in(
 ) -> tuple[socket.socket, tuple[int, int]]:
     """Stage the socket in a private directory below ``parent_fd``, then rename it to ``name``."""
     staging = _make_private_dir(parent_fd, want.path)
-    staging_fd = os.open(staging, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        staging_fd = os.open(staging, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:  # replaced by something else (not by a user: the directory is safe)
+        raise RuntimeConfigError(
+            f"cannot create socket {want.path}: its temporary directory changed ({exc.strerror})"
+        ) from exc
     staged = f"s{staging}"  # unique, so getsockname() tells our listeners apart
     try:
         sock, identity = _bind_private(staging_fd, staged, want, backlog)
