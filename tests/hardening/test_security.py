@@ -80,6 +80,7 @@ def test_workers_run_as_nobody(daemon_factory: Callable[..., Daemon]) -> None:
     daemon = daemon_factory("Hardened", "--user", "nobody", inet=True)
     nobody = 65534
     for pid in daemon.workers():
+        wait_for(lambda pid=pid: proc_ids(pid)["Uid"][0] != 0, 10)  # forked, not yet dropped
         ids = proc_ids(pid)
         assert ids["Uid"] == [nobody] * 4, ids  # real, effective, saved, filesystem
         assert ids["Gid"] == [nobody] * 4, ids
@@ -180,4 +181,5 @@ def test_formatter_escapes_controls_but_keeps_tracebacks() -> None:
 
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     text = formatter.format(record)
-    assert text.startswith("ERROR failed\nTraceback")
+    assert text.startswith("ERROR failed\n    Traceback")  # continuation lines are indented
+    assert text.endswith("\n    ValueError: boom\n    line")

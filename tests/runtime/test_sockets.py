@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -155,8 +156,12 @@ def test_symlink_refused(sock_dir: Path) -> None:
 
 
 def test_missing_directory_is_error(sock_dir: Path) -> None:
-    with pytest.raises(RuntimeConfigError, match="cannot create temporary directory"):
-        open_listener(UnixAddress(str(sock_dir / "missing" / "m.sock")))
+    path = sock_dir / "missing" / "m.sock"
+    with pytest.raises(RuntimeConfigError) as caught:
+        open_listener(UnixAddress(str(path)))
+    assert str(caught.value) == (
+        f"cannot create socket {path}: directory {sock_dir}/missing does not exist"
+    )
 
 
 def test_remove_unix_socket_only_if_ours(sock_dir: Path) -> None:
@@ -329,3 +334,62 @@ def test_inherited_listeners_bad_env(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeConfigError, match="invalid LISTEN_FDS='two'"):
         inherited_listeners()
     assert "LISTEN_FDS" not in os.environ
+
+
+#: Exchanges every staging directory in DIR with a symlink to a directory whose
+#: entries all point at the victim, as fast as it can (a separate process, so
+#: it really runs between the creator's system calls).
+SWAPPER = textwrap.dedent(
+    """
+    import ctypes, os, sys, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    directory, victim = sys.argv[1], sys.argv[2]
+    evil = os.path.join(directory, "evil")
+    link = os.path.join(directory, "lnk")
+    os.mkdir(evil)
+    os.symlink(evil, link)
+    print("ready", flush=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for name in os.listdir(directory):
+            if name.startswith(".mk"):
+                for staged in ("s", "s" + name):
+                    try:
+                        os.symlink(victim, os.path.join(evil, staged))
+                    except OSError:
+                        pass
+                libc.renameat2(-100, link.encode(), -100,
+                               os.path.join(directory, name).encode(), 2)
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the socket to uid 65534 needs root")
+def test_swapping_names_never_redirects_the_chown(sock_dir: Path) -> None:
+    """Even where someone can swap names (root here, in the safe directory), nothing is followed.
+
+    Before the fix, chown/chmod by path followed the swapped-in symlink and gave
+    the victim away within a few hundred rounds. Now every step after mkdir
+    goes through the staging directory's descriptor: a round may fail, but
+    only with a RuntimeConfigError, and the victim keeps its owner and mode.
+    """
+    victim = sock_dir / "victim"
+    victim.write_text("keep\n")
+    victim.chmod(0o600)
+    swapper = subprocess.Popen(
+        [sys.executable, "-c", SWAPPER, str(sock_dir), str(victim)], stdout=subprocess.PIPE
+    )
+    try:
+        assert swapper.stdout is not None and swapper.stdout.readline() == b"ready\n"
+        for _ in range(300):
+            with contextlib.suppress(RuntimeConfigError):
+                open_listener(
+                    UnixAddress(str(sock_dir / "m.sock")), owner=65534, group=65534
+                ).close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock_dir / "m.sock")
+            st = victim.stat()
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600), "victim redirected"
+    finally:
+        swapper.kill()
+        swapper.wait(10)

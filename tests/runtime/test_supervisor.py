@@ -84,12 +84,24 @@ def record(events: Path, *fields: object) -> None:
 
 def _default_dispositions() -> str:
     """Describe whether the inherited signal state was reset."""
-    dfl = all(
-        signal.getsignal(s) == signal.SIG_DFL
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-    )
+    dfl = (
+        all(
+            signal.getsignal(s) == signal.SIG_DFL
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+        )
+        and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    )  # until the worker's own handler
     wakeup = signal.set_wakeup_fd(-1)
-    return f"dfl={dfl} wakeup={wakeup}"
+    return f"dfl={dfl} wakeup={wakeup} epoll={_epoll_fds()}"
+
+
+def _epoll_fds() -> int:
+    """Epoll instances open here: the supervisor's must not reach its workers."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventpoll]"
+    return count
 
 
 def worker(events: Path, behaviour: str, index: int) -> int:
@@ -185,7 +197,7 @@ def test_workers_start_with_default_signal_state(start: Callable[..., Run]) -> N
     wait_for(lambda: len(run.events("start")) == 3, 5, "3 workers")
     assert sorted(row[1] for row in run.events("start")) == ["0", "1", "2"]
     for row in run.events("start"):
-        assert row[3:] == ["dfl=True", "wakeup=-1"]
+        assert row[3:] == ["dfl=True", "wakeup=-1", "epoll=0"]
     os.kill(run.pid, signal.SIGTERM)
     assert run.wait_exit(5) == 0
     assert run.events("supervisor-done") == [["supervisor-done", "0", "restored=True"]]

@@ -3,6 +3,13 @@
 The target may name an importable module (``mypkg.filters:SpamTrap``) or a
 Python file (``examples/spamtrap.py:SpamTrap``), so a one-file milter needs no
 packaging. The options mirror :func:`milterkit.runtime.run` one to one.
+
+Modules are never looked up in the current directory: the daemon is usually
+started as root, and a module planted in whatever directory root happens to
+be in (``/tmp``, a user's home) would run as root. Python itself puts the
+current directory first on ``sys.path`` for ``python -m`` and ``python -c``;
+that entry is removed before the target is imported. Use a file path or
+``--pythonpath DIR`` to say where the code is.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import importlib
 import importlib.util
 import os
 import sys
+import sysconfig
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +49,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         required=True,
         metavar="ADDR",
         help="unix:/path, inet:PORT@HOST, inet6:PORT@HOST or fd:N",
+    )
+    parser.add_argument(
+        "--pythonpath",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="import MODULE from DIR (repeatable); the current directory is never searched",
     )
     _add_daemon_options(parser)
     _add_session_options(parser)
@@ -71,8 +87,17 @@ def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
         metavar="MODE",
         help="unix socket permissions, octal (660)",
     )
-    parser.add_argument("--socket-owner", metavar="USER")
-    parser.add_argument("--socket-group", metavar="GROUP")
+    parser.add_argument("--socket-owner", metavar="USER", help="default: --user, if given")
+    parser.add_argument(
+        "--socket-group", metavar="GROUP", help="default: --group, else the --user's group"
+    )
+    parser.add_argument(
+        "--keep-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --user, workers keep this environment variable (repeatable)",
+    )
     parser.add_argument(
         "--log", default="console", help="console, syslog, null or file:/path (console)"
     )
@@ -166,7 +191,7 @@ def _octal(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Load the target and run the daemon; returns the exit status."""
     try:
-        factory = load_target(args.target)
+        factory = load_target(args.target, args.pythonpath)
     except RuntimeConfigError as exc:
         print(f"milterkit run: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -193,20 +218,28 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         slow_callback=args.slow_callback_ms / 1000,
         loop_block_warning=args.loop_block_warning_ms / 1000,
+        keep_env=tuple(args.keep_env),
     )
     return run_daemon(factory, config)
 
 
-def load_target(target: str) -> Callable[[], Milter]:
+def load_target(target: str, pythonpath: list[str] | None = None) -> Callable[[], Milter]:
     """Resolve ``module:NAME`` or ``path/to/file.py:NAME`` to a Milter factory.
 
     NAME is a Milter subclass or any callable that returns a Milter when called
     with no arguments (a function reading its configuration, a
     ``functools.partial``); what it returns is checked when a worker starts.
+    ``pythonpath`` directories are searched first for ``module``; the current
+    directory is not searched (see the module docstring).
     """
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
         raise RuntimeConfigError(f"target {target!r} must look like module:ClassName")
+    _forget_current_directory()
+    for directory in reversed(pythonpath or []):
+        if not os.path.isdir(directory):
+            raise RuntimeConfigError(f"--pythonpath {directory}: not a directory")
+        sys.path.insert(0, os.path.abspath(directory))
     module = _load_module(module_name)
     try:
         obj = getattr(module, attr)
@@ -221,15 +254,24 @@ def load_target(target: str) -> Callable[[], Milter]:
     return cast(Callable[[], Milter], obj)
 
 
+def _forget_current_directory() -> None:
+    """Drop the entry Python adds for ``-m``/``-c`` ("" or the cwd) from sys.path[0]."""
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+
+
 def _load_module(name: str) -> Any:
     if name.endswith(".py") or os.sep in name:
         return _load_file(Path(name))
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise RuntimeConfigError(f"cannot import {name}: {exc}") from exc
+        raise RuntimeConfigError(
+            f"cannot import {name}: {exc} (the current directory is not searched; "
+            "give a file path or --pythonpath DIR)"
+        ) from exc
+    except Exception as exc:
+        raise RuntimeConfigError(f"error while importing {name}: {_describe_error(exc)}") from exc
 
 
 def _load_file(path: Path) -> Any:
@@ -246,5 +288,19 @@ def _load_file(path: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(path.stem, None)
-        raise RuntimeConfigError(f"error while loading {path}: {exc}") from exc
+        raise RuntimeConfigError(f"error while loading {path}: {_describe_error(exc)}") from exc
     return module
+
+
+def _describe_error(exc: BaseException) -> str:
+    """``KeyError: 'FILTER_CFG' (at /etc/m.py line 3)``: type, text and where it was raised."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, SyntaxError):
+        return text  # its text already says file and line
+    frames = traceback.extract_tb(exc.__traceback__)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    # the innermost frame in the milter's own code, not in os.environ's __getitem__
+    own = [f for f in frames if not f.filename.startswith(("<", stdlib))]
+    if not own:
+        return text
+    return f"{text} (at {own[-1].filename} line {own[-1].lineno})"

@@ -10,7 +10,13 @@ Start-up order, and why:
 4. the worker processes, each of which drops privileges to ``user``/``group``
    before it reads a single byte of mail. The supervisor keeps its identity:
    it never parses mail, and it must be able to remove the PID file and the
-   unix socket from root-owned ``/run`` at exit and to restart workers;
+   unix socket from root-owned ``/run`` at exit and to restart workers (so
+   with a ``user`` there is always a forked worker, even for ``workers=0``).
+   Right after the fork a worker closes the root-owned PID file and log file
+   and from then on sends its log records to the supervisor
+   (:mod:`milterkit.runtime.logforward`); after the drop it moves to ``/``,
+   trims its environment and sets PR_SET_NO_NEW_PRIVS
+   (:mod:`milterkit.runtime.confine`);
 5. READY=1 to systemd; SIGTERM/SIGINT drain, SIGHUP reopens log files;
 6. at exit STOPPING=1, the unix socket and the PID file are removed.
 """
@@ -29,8 +35,11 @@ from dataclasses import dataclass
 from milterkit.execution import ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.runtime import systemd
-from milterkit.runtime.address import UnixAddress, parse_address
+from milterkit.runtime.address import Inet6Address, InetAddress, UnixAddress, parse_address
+from milterkit.runtime.confine import confine_worker, set_process_name
 from milterkit.runtime.errors import RuntimeConfigError
+from milterkit.runtime.logfile import ReopenableFileHandler
+from milterkit.runtime.logforward import LogForwarder
 from milterkit.runtime.logsetup import configure_logging, reopen_logs
 from milterkit.runtime.pidfile import PidFile
 from milterkit.runtime.privileges import drop_privileges, resolve_group, resolve_user
@@ -42,7 +51,12 @@ from milterkit.runtime.server import (
     new_event_loop,
     serve_sockets,
 )
-from milterkit.runtime.sockets import inherited_listeners, open_listener, remove_unix_socket
+from milterkit.runtime.sockets import (
+    describe_listener,
+    inherited_listeners,
+    open_listener,
+    remove_unix_socket,
+)
 from milterkit.runtime.supervisor import EX_CONFIG, Supervisor, exit_with_parent
 
 __all__ = ["DaemonConfig", "run", "run_daemon"]
@@ -92,6 +106,8 @@ class DaemonConfig:
             error_decision=self.error_decision,
         )
 
+    keep_env: tuple[str, ...] = ()
+
 
 def run(
     milter_class: Callable[[], Milter],
@@ -118,6 +134,7 @@ def run(
     threads: int = 64,
     slow_callback: float = 0.020,
     loop_block_warning: float = 0.100,
+    keep_env: tuple[str, ...] = (),
 ) -> int:
     """Run ``milter_class`` as a daemon in the foreground; return the exit status.
 
@@ -152,6 +169,7 @@ def run(
         threads=threads,
         slow_callback=slow_callback,
         loop_block_warning=loop_block_warning,
+        keep_env=keep_env,
     )
     return run_daemon(milter_class, config)
 
@@ -199,8 +217,13 @@ def _check_config(config: DaemonConfig) -> None:
 
 
 def _report_config_error(config: DaemonConfig, exc: RuntimeConfigError) -> None:
-    """One line in the log; also on stderr when the log does not go there."""
-    _log.error("%s", exc)
+    """One line in the log; also on stderr when the log does not go there.
+
+    Without a handler (the log destination itself was the error) only stderr:
+    logging's last-resort handler would print the same line a second time.
+    """
+    if _log.handlers:
+        _log.error("%s", exc)
     if config.log != "console" or not _log.handlers:
         print(f"milterkit: {exc}", file=sys.stderr)
 
@@ -215,14 +238,19 @@ class _Daemon:
         self.unix_path: str | None = None
         self.per_worker: int | None = None
         self.supervisor_pid = os.getpid()
+        self.pid_file: PidFile | None = None
+        self.log_forwarder: LogForwarder | None = None
 
     def run(self) -> int:
         with ExitStack() as stack:
             if self.config.pid_file:
-                stack.enter_context(PidFile(self.config.pid_file))
+                self.pid_file = stack.enter_context(PidFile(self.config.pid_file))
             stack.callback(self._close_listeners)
             self._bind()
             supervisor = self._supervisor()
+            if self.log_forwarder is not None:
+                stack.callback(self.log_forwarder.close)
+            set_process_name("milterkit-sup", f"milterkit: supervisor serving {self._describe()}")
             systemd.ready(f"serving on {self._describe()}")
             _log.info("milterkit serving %s on %s", _name(self.milter_class), self._describe())
             try:
@@ -244,36 +272,52 @@ class _Daemon:
             )
             return
         address = parse_address(self.config.address)
+        owner, group = _socket_ownership(self.config)
         self.listeners = [
-            open_listener(
-                address,
-                mode=self.config.socket_mode,
-                owner=self.config.socket_owner,
-                group=self.config.socket_group,
-            )
+            open_listener(address, mode=self.config.socket_mode, owner=owner, group=group)
         ]
         if isinstance(address, UnixAddress):
             self.unix_path = address.path
+        _warn_if_every_interface(address)
 
     def _describe(self) -> str:
-        if self.unix_path is None and self.listeners:
-            names = [str(s.getsockname()) for s in self.listeners]
-            return ", ".join(names)
-        return self.config.address
+        return ", ".join(describe_listener(sock) for sock in self.listeners)
 
     def _supervisor(self) -> Supervisor:
         self.supervisor_pid = os.getpid()
         workers = (os.cpu_count() or 1) if self.config.workers is None else self.config.workers
+        if workers == 0 and self.config.user is not None:
+            _log.info(
+                "workers 0 with user %s: serving in one forked worker, so that the "
+                "supervisor keeps the right to remove the PID file and socket at exit",
+                self.config.user,
+            )
+            workers = 1
         limit = self.config.max_connections
         self.per_worker = None if limit is None else math.ceil(limit / max(workers, 1))
+        readers = {}
+        if workers > 0:
+            self.log_forwarder = _log_forwarder()
+            if self.log_forwarder is not None:
+                readers[self.log_forwarder.fileno()] = self.log_forwarder.drain
         return Supervisor(
             self._worker_main,
             workers,
-            drain_timeout=self.config.drain_timeout + _KILL_GRACE,
+            drain_timeout=self.config.drain_timeout,
+            kill_grace=_KILL_GRACE,
             on_reopen=reopen_logs,
             on_stop=systemd.stopping,
             logger=_log,
+            after_fork=self._after_fork,
+            readers=readers,
         )
+
+    def _after_fork(self, index: int) -> None:
+        """First thing in a new worker: let go of the supervisor's root-owned files."""
+        if self.pid_file is not None:
+            self.pid_file.forget_in_child()
+        if self.log_forwarder is not None:
+            self.log_forwarder.in_worker(_log)
 
     def _worker_main(self, index: int) -> int:
         """Body of one worker: drop privileges, then serve until told to stop."""
@@ -287,6 +331,10 @@ class _Daemon:
             return EX_CONFIG
         if os.getpid() != self.supervisor_pid:  # forked (not --workers 0): die with the parent
             exit_with_parent(self.supervisor_pid)
+            confine_worker(self.config.user, self.config.keep_env)
+            set_process_name(
+                f"milterkit-w{index}", f"milterkit: worker {index} serving {self._describe()}"
+            )
         loop = new_event_loop(self.config.use_uvloop)
         try:
             loop.run_until_complete(self._serve(index))
@@ -319,6 +367,46 @@ class _Daemon:
                 remove_unix_socket(self.unix_path)
             except OSError as exc:
                 _log.warning("cannot remove socket %s: %s", self.unix_path, exc)
+
+
+def _socket_ownership(config: DaemonConfig) -> tuple[str | int | None, str | int | None]:
+    """Owner and group of a unix socket: as asked, else the run user and group.
+
+    libmilter daemons (opendkim, ...) create their socket as the user they
+    run as; ``--user spamtrap --group postfix`` thus yields spamtrap:postfix.
+    """
+    if config.user is None:
+        return config.socket_owner, config.socket_group
+    owner = config.user if config.socket_owner is None else config.socket_owner
+    if config.socket_group is not None:
+        return owner, config.socket_group
+    if config.group is not None:
+        return owner, config.group
+    return owner, resolve_user(config.user).pw_gid
+
+
+def _warn_if_every_interface(address: object) -> None:
+    """inet:PORT means every interface (as in libmilter): say so, loudly."""
+    if isinstance(address, (InetAddress, Inet6Address)) and address.host in ("0.0.0.0", "::"):
+        local = "127.0.0.1" if isinstance(address, InetAddress) else "[::1]"
+        scheme = "inet" if isinstance(address, InetAddress) else "inet6"
+        _log.warning(
+            "listening on every network interface (%s): any host that can reach port %d "
+            "can send mail decisions to this milter; use %s:%d@%s if the MTA runs on this host",
+            address,
+            address.port,
+            scheme,
+            address.port,
+            local,
+        )
+
+
+def _log_forwarder() -> LogForwarder | None:
+    """A forwarder when the log is a file: workers must not hold it (see module doc)."""
+    for handler in logging.getLogger("milterkit").handlers:
+        if isinstance(handler, ReopenableFileHandler):
+            return LogForwarder(handler)
+    return None
 
 
 def _name(factory: Callable[[], Milter]) -> str:

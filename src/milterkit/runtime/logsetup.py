@@ -16,18 +16,25 @@ import logging
 import logging.handlers
 import os
 import sys
+from types import TracebackType
+from typing import TypeAlias
 
 from milterkit.runtime.errors import RuntimeConfigError
+from milterkit.runtime.logfile import ReopenableFileHandler
 
 __all__ = [
     "LOGGER_NAME",
     "OneLineFormatter",
     "ReopenableFileHandler",
+    "as_continuation",
     "configure_logging",
     "reopen_logs",
     "safe",
 ]
 
+_ExcInfo: TypeAlias = (
+    "tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]"
+)
 LOGGER_NAME = "milterkit"
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -38,47 +45,6 @@ _LEVELS = {
     "critical": logging.CRITICAL,
 }
 _NAMED_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}
-
-
-class ReopenableFileHandler(logging.handlers.WatchedFileHandler):
-    """A file handler that can be told to reopen its file (SIGHUP).
-
-    WatchedFileHandler already notices a renamed file on the next write;
-    :meth:`reopen` additionally reopens unconditionally, which is what
-    logrotate's ``postrotate`` kill -HUP expects.
-    """
-
-    def reopenIfNeeded(self) -> None:  # noqa: N802 (logging API)
-        """Check for rotation, unless the path cannot be stat()ed any more.
-
-        After the privilege drop a worker may not be allowed to look into the
-        log file's directory (the file was opened by root before the fork).
-        The stat() then fails with EACCES on every record; the open stream
-        still works, so keep writing to it instead of failing the record.
-        """
-        try:
-            super().reopenIfNeeded()
-        except PermissionError:
-            return
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Never raise into the code that logs (a callback, the server): report and go on."""
-        try:
-            super().emit(record)
-        except Exception:
-            self.handleError(record)
-
-    def reopen(self) -> None:
-        """Close and reopen the log file under the handler lock."""
-        self.acquire()
-        try:
-            if self.stream is not None:
-                self.stream.flush()
-                self.stream.close()
-            self.stream = self._open()
-            self._statstream()
-        finally:
-            self.release()
 
 
 def configure_logging(
@@ -129,8 +95,11 @@ class OneLineFormatter(logging.Formatter):
     The library passes peer-supplied values through :func:`safe`; this is the
     backstop for everything else (a milter's own ``self.log.info("%s", helo)``,
     an exception text quoting a header): one record is one line, whatever its
-    arguments hold. Backslashes are left alone (``safe`` output stays readable);
-    a traceback (``exc_info``) keeps its own lines.
+    arguments hold. Backslashes are left alone (``safe`` output stays readable).
+    A traceback (``exc_info``, ``stack_info``) keeps its lines, but each is
+    escaped the same way and indented (:func:`as_continuation`): the exception
+    text often quotes peer data (``ValueError(f"bad HELO {name}")``), and an
+    indented line can never pass for a record of its own.
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging API)
@@ -140,6 +109,30 @@ class OneLineFormatter(logging.Formatter):
                 char if char.isprintable() else _escape_char(char) for char in message
             )
         return super().formatMessage(record)
+
+    def formatException(self, ei: _ExcInfo) -> str:  # noqa: N802 (logging API)
+        return as_continuation(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 (logging API)
+        return as_continuation(super().formatStack(stack_info))
+
+
+#: How continuation lines (tracebacks) of a record start in the log.
+CONTINUATION_INDENT = "    "
+
+
+def as_continuation(text: str) -> str:
+    """Escape non-printables in every line of ``text`` and indent each line.
+
+    Only LF separates lines; a CR, ESC or Unicode line separator inside a line
+    is shown escaped, so the result is exactly as many lines as it claims.
+    """
+    lines = text.split("\n")
+    return "\n".join(
+        CONTINUATION_INDENT
+        + (line if line.isprintable() else "".join(_escape_char(char) for char in line))
+        for line in lines
+    )
 
 
 def _text_format(ident: str) -> logging.Formatter:
@@ -175,7 +168,7 @@ def _console_handler(ident: str) -> logging.Handler:
 def _file_handler(path: str, ident: str) -> logging.Handler:
     """Reopenable file handler; opening errors are configuration errors."""
     try:
-        handler = ReopenableFileHandler(path, encoding="utf-8")
+        handler = ReopenableFileHandler(path)
     except OSError as exc:
         raise RuntimeConfigError(f"cannot open log file {path}: {exc.strerror}") from exc
     handler.setFormatter(_text_format(ident))

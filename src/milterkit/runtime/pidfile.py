@@ -101,6 +101,21 @@ class PidFile:
             self._fd = None
             self._identity = None
 
+    def forget_in_child(self) -> None:
+        """In a forked child: close our copy of the descriptor, leave the file alone.
+
+        A worker runs as the service user; with the root-owned PID file open
+        read-write it could write another PID into it and have root signal a
+        process of its choice. The lock is not affected: lockf locks belong to
+        the process that took them (the supervisor), not to descriptors a
+        child inherited.
+        """
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        self._identity = None
+
     def _refuse_held_here(self) -> None:
         """Opening+closing our own locked file would drop our lock: refuse."""
         identity = _path_identity(self.path)

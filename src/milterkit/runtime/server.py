@@ -43,6 +43,7 @@ from milterkit.milter import Milter
 from milterkit.protocol.errors import ProtocolError
 from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.logsetup import safe
+from milterkit.runtime.sockets import public_name
 from milterkit.session import MilterSession, Pending
 
 __all__ = [
@@ -665,7 +666,7 @@ def _peer_name(transport: asyncio.BaseTransport) -> str:
         return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family == socket.AF_UNIX:
-        return f"unix:{sock.getsockname() or '?'}"
+        return f"unix:{public_name(sock) or '?'}"
     return str(peer or "?")
 
 

@@ -2,26 +2,30 @@
 
 Unix-domain sockets get special care because their permissions are the access
 control of the milter: anyone who can connect can inject or alter mail
-decisions.  ``bind()`` creates the socket file with ``0777 & ~umask`` and a
-later ``chmod()`` leaves a window in which a local user could connect.  We
-therefore bind inside a fresh ``0700`` directory next to the target (nobody but
-us can reach the socket there), fix mode and ownership, start listening, and
-only then ``rename()`` the finished socket onto the target path.  The rename is
-atomic, so the path goes directly from "absent or stale" to "our socket with
-the final permissions".
+decisions.  ``bind()`` creates the socket file with ``0777 & ~umask``, so we
+bind with the umask that yields the final mode, inside a fresh ``0700``
+directory next to the target (nobody but us can reach the socket there), give
+it its owner and group, start listening, and only then ``rename()`` the
+finished socket onto the target path.  The rename is atomic, so the path goes
+directly from "absent or stale" to "our socket with the final permissions".
 
-Because the temporary directory lives in the target's directory, the rename
-never crosses filesystems.
+The supervisor does this as root, often in a directory the service uses, so
+no step goes through a path that someone else could redirect with a symlink:
+the parent directory must pass :func:`~milterkit.runtime.safepath.open_safe_directory`,
+and every later call is relative to a directory descriptor (``fchownat``
+with ``AT_SYMLINK_NOFOLLOW``, ``renameat``; ``bind`` through
+``/proc/self/fd/N``).  There is no chmod by path at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-import shutil
+import secrets
 import socket
 import stat
-import tempfile
+from dataclasses import dataclass
 
 from milterkit.runtime.address import (
     Address,
@@ -32,24 +36,30 @@ from milterkit.runtime.address import (
 )
 from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.privileges import resolve_group, resolve_user
+from milterkit.runtime.safepath import open_safe_directory
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "describe_listener",
     "inherited_listeners",
     "inherited_listeners_with_names",
     "open_listener",
+    "public_name",
     "remove_unix_socket",
     "socket_from_fd",
 ]
 
 DEFAULT_BACKLOG = 128
 SD_LISTEN_FDS_START = 3
-_SOCKET_NAME_IN_TMPDIR = "s"
 
 # Unix sockets this process created: absolute path -> (st_dev, st_ino, pid).
 # Used so clean-up never deletes a socket that another instance has since
 # put at the same path, and never from a forked worker.
 _created: dict[str, tuple[int, int, int]] = {}
+# getsockname() of a listener we created -> the path it was moved to, so that
+# logs name the socket operators configured, not the staging path.
+_public_names: dict[str, str] = {}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def open_listener(
@@ -104,62 +114,145 @@ def _open_inet(address: InetAddress | Inet6Address, backlog: int) -> socket.sock
 def _open_unix(
     path: str, mode: int, owner: str | int | None, group: str | int | None, backlog: int
 ) -> socket.socket:
-    """Create a unix listener at ``path`` without a permission window."""
-    if not 0 <= mode <= 0o7777:
-        raise RuntimeConfigError(f"invalid socket mode {mode:#o} for {path}")
-    uid = -1 if owner is None else resolve_user(owner).pw_uid
-    gid = -1 if group is None else resolve_group(group).gr_gid
+    """Create a unix listener at ``path`` without a permission window.
+
+    Everything happens relative to a descriptor of the checked parent
+    directory (see :mod:`milterkit.runtime.safepath`), so nobody can redirect
+    root's chown to another file by swapping a name for a symlink.
+    """
+    if not 0 <= mode <= 0o777:
+        raise RuntimeConfigError(f"invalid socket mode {mode:#o} for {path}: expected 0-777")
+    want = _Ownership(
+        path=path,
+        mode=mode,
+        uid=-1 if owner is None else resolve_user(owner).pw_uid,
+        gid=-1 if group is None else resolve_group(group).gr_gid,
+        owner=owner,
+        group=group,
+    )
     target = os.path.abspath(path)
-    _check_existing(target)
-    tmpdir = _make_private_dir(target)
+    parent, name = os.path.split(target)
+    parent_fd = open_safe_directory(parent, f"cannot create socket {path}")
     try:
-        sock, identity = _bind_private(tmpdir, mode, uid, gid, backlog)
-        try:
-            os.rename(os.path.join(tmpdir, _SOCKET_NAME_IN_TMPDIR), target)
-        except OSError as exc:
-            sock.close()
-            raise RuntimeConfigError(
-                f"cannot move socket into place at {path}: {exc.strerror}"
-            ) from exc
+        _check_existing(parent_fd, name, path)
+        sock, identity = _create_in(parent_fd, name, want, backlog)
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        os.close(parent_fd)
     _created[target] = (*identity, os.getpid())
+    _public_names[sock.getsockname()] = target
     return sock
 
 
-def _make_private_dir(target: str) -> str:
-    """Create the 0700 staging directory next to ``target``."""
-    parent = os.path.dirname(target)
+@dataclass(frozen=True)
+class _Ownership:
+    """What the finished socket file must look like (and the names for messages)."""
+
+    path: str
+    mode: int
+    uid: int
+    gid: int
+    owner: str | int | None
+    group: str | int | None
+
+
+def _create_in(
+    parent_fd: int, name: str, want: _Ownership, backlog: int
+) -> tuple[socket.socket, tuple[int, int]]:
+    """Stage the socket in a private directory below ``parent_fd``, then rename it to ``name``."""
+    staging = _make_private_dir(parent_fd, want.path)
     try:
-        tmpdir = tempfile.mkdtemp(prefix=".mk", dir=parent)
-    except OSError as exc:
+        staging_fd = os.open(staging, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:  # replaced by something else (not by a user: the directory is safe)
         raise RuntimeConfigError(
-            f"cannot create temporary directory in {parent}: {exc.strerror}"
+            f"cannot create socket {want.path}: its temporary directory changed ({exc.strerror})"
         ) from exc
-    staged = os.path.join(tmpdir, _SOCKET_NAME_IN_TMPDIR)
-    if len(staged.encode()) > 107:
-        os.rmdir(tmpdir)
-        raise RuntimeConfigError(f"socket directory path too long for a unix socket: {parent}")
-    return tmpdir
+    staged = f"s{staging}"  # unique, so getsockname() tells our listeners apart
+    try:
+        sock, identity = _bind_private(staging_fd, staged, want, backlog)
+        try:
+            os.rename(staged, name, src_dir_fd=staging_fd, dst_dir_fd=parent_fd)
+        except OSError as exc:
+            sock.close()
+            raise RuntimeConfigError(
+                f"cannot move socket into place at {want.path}: {exc.strerror}"
+            ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staged, dir_fd=staging_fd)
+        os.close(staging_fd)
+        with contextlib.suppress(OSError):
+            os.rmdir(staging, dir_fd=parent_fd)
+    return sock, identity
+
+
+def _make_private_dir(parent_fd: int, path: str) -> str:
+    """Create a fresh 0700 staging directory below ``parent_fd``; return its name."""
+    for _ in range(100):
+        name = f".mk{secrets.token_hex(8)}"
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RuntimeConfigError(
+                f"cannot create socket {path}: {exc.strerror} in its directory"
+            ) from exc
+        return name
+    raise RuntimeConfigError(f"cannot create socket {path}: no free temporary name")
+
+
+def _fd_path(dir_fd: int, name: str) -> str:
+    """A path that reaches ``name`` through the open directory ``dir_fd``.
+
+    bind() has no ``*at`` variant; /proc/self/fd/N names the directory we
+    hold, whatever happens to its path meanwhile.
+    """
+    return f"/proc/self/fd/{dir_fd}/{name}"
 
 
 def _bind_private(
-    tmpdir: str, mode: int, uid: int, gid: int, backlog: int
+    staging_fd: int, staged: str, want: _Ownership, backlog: int
 ) -> tuple[socket.socket, tuple[int, int]]:
-    """Bind, chown, chmod and listen inside the private directory."""
-    staged = os.path.join(tmpdir, _SOCKET_NAME_IN_TMPDIR)
+    """Bind with the final mode (umask), fchownat without following, listen.
+
+    The umask is process-wide: a file another thread creates during the
+    bind() gets at most the socket's permissions, never more.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(staged)
-        os.chown(staged, uid, gid)
-        os.chmod(staged, mode)
+        old_umask = os.umask(0o777 & ~want.mode)
+        try:
+            sock.bind(_fd_path(staging_fd, staged))
+        finally:
+            os.umask(old_umask)
+        _give_away(staging_fd, staged, want)
         sock.listen(backlog)
         sock.setblocking(False)
-        st = os.lstat(staged)
+        st = os.stat(staged, dir_fd=staging_fd, follow_symlinks=False)
     except OSError as exc:
         sock.close()
-        raise RuntimeConfigError(f"cannot set up unix socket in {tmpdir}: {exc}") from exc
+        raise RuntimeConfigError(f"cannot create socket {want.path}: {exc.strerror}") from exc
+    except RuntimeConfigError:
+        sock.close()
+        raise
+    if not stat.S_ISSOCK(st.st_mode) or stat.S_IMODE(st.st_mode) != want.mode:
+        sock.close()
+        raise RuntimeConfigError(f"cannot create socket {want.path}: it changed while created")
     return sock, (st.st_dev, st.st_ino)
+
+
+def _give_away(staging_fd: int, staged: str, want: _Ownership) -> None:
+    """Set owner and group of the staged socket; explain the usual EPERM."""
+    if want.uid == -1 and want.gid == -1:
+        return
+    try:
+        os.chown(staged, want.uid, want.gid, dir_fd=staging_fd, follow_symlinks=False)
+    except PermissionError as exc:
+        if want.uid not in (-1, os.geteuid()):
+            reason = f"cannot give the socket {want.path} to user {want.owner}: not running as root"
+        else:
+            reason = f"cannot give the socket {want.path} to group {want.group}: not a member"
+        raise RuntimeConfigError(reason) from exc
 
 
 def _describe_mode(st_mode: int) -> str:
@@ -177,26 +270,26 @@ def _describe_mode(st_mode: int) -> str:
     return "not a socket"
 
 
-def _check_existing(path: str) -> None:
-    """Allow only a missing path or a stale socket at ``path``."""
+def _check_existing(parent_fd: int, name: str, path: str) -> None:
+    """Allow only a missing name or a stale socket at ``name`` below ``parent_fd``."""
     try:
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise RuntimeConfigError(
             f"refusing to replace {path}: it is {_describe_mode(st.st_mode)}, not a socket"
         )
-    if _is_live(path):
+    if _is_live(_fd_path(parent_fd, name), path):
         raise RuntimeConfigError(f"another process is listening on {path}")
 
 
-def _is_live(path: str) -> bool:
+def _is_live(address: str, path: str) -> bool:
     """Probe a socket file: ECONNREFUSED means nobody listens (stale)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
-            probe.connect(path)
+            probe.connect(address)
         except ConnectionRefusedError:
             return False
         except FileNotFoundError:
@@ -208,6 +301,22 @@ def _is_live(path: str) -> bool:
                 f"cannot check existing socket {path}: {exc.strerror}"
             ) from exc
     return True
+
+
+def public_name(sock: socket.socket) -> str:
+    """The path a unix listener is reachable at (bind() saw a staging path)."""
+    bound = sock.getsockname()
+    return _public_names.get(bound, bound) if isinstance(bound, str) else str(bound)
+
+
+def describe_listener(sock: socket.socket) -> str:
+    """A listener in the spelling ``--socket`` takes: unix:/path, inet:PORT@HOST, ..."""
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{public_name(sock)}"
+    host, port = sock.getsockname()[:2]
+    if sock.family == socket.AF_INET6:
+        return str(Inet6Address(host, port))
+    return str(InetAddress(host, port))
 
 
 def remove_unix_socket(path: str) -> bool:

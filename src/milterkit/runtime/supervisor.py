@@ -11,6 +11,13 @@ fork), replaces children that die, and coordinates shutdown:
 * SIGHUP: run the ``on_reopen`` hook in the supervisor (e.g. reopen log files)
   and forward SIGHUP to the workers.
 * SIGCHLD: reap and, unless shutting down, restart.
+* ``after_fork(index)`` runs first in each new child, before its signals are
+  reset: the place to close what a worker must not hold (the root-owned PID
+  and log files). The supervisor's epoll descriptor is closed there too (an
+  epoll instance is shared across fork, so a worker could edit ours).
+* ``readers`` maps descriptors to callbacks run from the same loop when the
+  descriptor is readable (the workers' log records), so the supervisor stays
+  single-threaded.
 
 The loop sleeps in a selector on a pipe registered with
 :func:`signal.set_wakeup_fd`, so it wakes exactly when a signal arrives or a
@@ -34,7 +41,7 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
@@ -93,6 +100,7 @@ class Supervisor:
         *,
         fork: bool = True,
         drain_timeout: float = 10.0,
+        kill_grace: float = 0.0,
         restart_window: float = 1.0,
         max_fast_restarts: int = 3,
         max_backoff: float = 30.0,
@@ -100,6 +108,8 @@ class Supervisor:
         on_reopen: Callable[[], None] | None = None,
         on_stop: Callable[[], object] | None = None,
         logger: logging.Logger | None = None,
+        after_fork: Callable[[int], None] | None = None,
+        readers: Mapping[int, Callable[[], None]] | None = None,
     ) -> None:
         count = (os.cpu_count() or 1) if workers is None else workers
         if count < 0:
@@ -110,12 +120,17 @@ class Supervisor:
         self._inline = count == 0 or not fork
         self._slots = [_Slot(index) for index in range(max(count, 1))]
         self._drain_timeout = drain_timeout
+        self._kill_grace = kill_grace  # SIGKILL only this long after drain_timeout
         self._restart_window = restart_window
         self._max_fast_restarts = max_fast_restarts
         self._max_backoff = max_backoff
         self._fatal_exit_codes = frozenset(fatal_exit_codes)
         self._on_reopen = on_reopen
         self._on_stop = on_stop
+        # after_fork(index) runs first in each child (close what workers must not hold);
+        # readers: fd -> callback, run in the loop when fd is readable (workers' logs).
+        self._after_fork = after_fork
+        self._readers = dict(readers or {})
         self._log = logger or logging.getLogger("milterkit.runtime.supervisor")
         self._pending: list[int] = []
         self._stopping = False
@@ -124,6 +139,7 @@ class Supervisor:
         self._status = 0
         self._wakeup_r = -1
         self._wakeup_w = -1
+        self._selector: selectors.BaseSelector | None = None
 
     @property
     def worker_pids(self) -> list[int]:
@@ -195,16 +211,36 @@ class Supervisor:
         """Start workers, then react to signals, deaths and timers."""
         self._log.info("supervisor %d starting %d workers", os.getpid(), len(self._slots))
         with selectors.DefaultSelector() as selector:
+            self._selector = selector
             selector.register(self._wakeup_r, selectors.EVENT_READ)
+            for fd in self._readers:
+                selector.register(fd, selectors.EVENT_READ)
             while True:
                 self._handle_signals()
                 self._reap()
                 self._tick()
                 if self._stopping and not self.worker_pids:
                     break
-                if selector.select(self._timeout()):
-                    self._drain_wakeup()
+                for key, _ in selector.select(self._timeout()):
+                    self._on_readable(key.fd)
+        self._call_readers()  # what the last workers wrote before exiting
         self._log.info("supervisor %d stopped", os.getpid())
+
+    def _on_readable(self, fd: int) -> None:
+        """Empty the wakeup pipe, or let a reader consume its fd."""
+        if fd == self._wakeup_r:
+            self._drain_wakeup()
+        else:
+            self._call_readers(fd)
+
+    def _call_readers(self, only: int | None = None) -> None:
+        """Run reader callbacks; one that fails is logged, not fatal."""
+        for fd, callback in self._readers.items():
+            if only is None or fd == only:
+                try:
+                    callback()
+                except Exception:
+                    self._log.exception("reading file descriptor %d failed", fd)
 
     def _timeout(self) -> float | None:
         """Seconds until the next timer, or None to sleep until a signal."""
@@ -238,13 +274,13 @@ class Supervisor:
         if self._stopping:
             return
         self._log.info(
-            "%s; stopping %d workers (drain timeout %.1fs)",
+            "%s; stopping %d workers (drain timeout %gs)",
             reason,
             len(self.worker_pids),
             self._drain_timeout,
         )
         self._stopping = True
-        self._deadline = time.monotonic() + self._drain_timeout
+        self._deadline = time.monotonic() + self._drain_timeout + self._kill_grace
         if self._on_stop is not None:
             try:  # e.g. sd_notify STOPPING=1, which systemd wants when the drain begins
                 self._on_stop()
@@ -345,6 +381,8 @@ class Supervisor:
         """Child side of fork: reset inherited state, run the worker, exit."""
         code = 70  # EX_SOFTWARE if anything below escapes
         try:
+            if self._after_fork is not None:
+                self._after_fork(index)
             self._reset_child_signals(old_mask)
             code = self._call_worker(index)
         finally:
@@ -356,8 +394,13 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
+        if self._selector is not None:  # an epoll fd is shared: a worker could edit ours
+            self._selector.close()
         for sig in _HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # A reload request that arrives before the worker has set up its own
+        # SIGHUP handler has nothing to reopen yet; by default it would kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def _call_worker(self, index: int) -> int:
