@@ -263,7 +263,7 @@ class _Worker:
                 continue
             writer.write(data)
             await writer.drain()
-            conn.awaiting = command
+            conn.sent_encoded(command)
             reply = await _final_reply(conn, reader, self.config.timeout)
             if isinstance(reply, Skip):
                 skipping = stage

@@ -92,6 +92,16 @@ class MTAConnection:
             self.awaiting = code
         return message.encode()
 
+    def sent_encoded(self, command: Command) -> None:
+        """Bytes for ``command`` went out pre-encoded (a load generator's cached batch):
+        wait for its reply as if :meth:`send` had produced them."""
+        if self.awaiting is not None:
+            raise LocalProtocolError(
+                f"cannot send {command.name} while waiting for the reply to {self.awaiting.name}"
+            )
+        self._require_negotiated(command)
+        self.awaiting = command
+
     def _send_optneg(self, message: OptNeg) -> bytes:
         if self.offer is not None:
             raise LocalProtocolError("OPTNEG was already sent on this connection")
