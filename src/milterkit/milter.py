@@ -8,8 +8,11 @@ Each callback may be a plain function or ``async``; it returns a decision
 Callbacks the class does not override are never requested from the MTA
 (negotiation sets the matching ``SMFIP_NO*`` bit), which saves a round trip
 per step. Actions (header and envelope changes, body replacement,
-quarantine) may be called at any stage; they are checked against what the MTA
-granted at once, queued, and sent at end of message in the order called.
+quarantine) may be called at any step of a message, from ``mail_from()`` to
+``end_of_message()``; they are checked against what the MTA granted at once,
+queued, and sent at end of message in the order called. Outside a message
+(``connect()``, ``helo()``, ``abort()``, ``close()``) they raise
+:class:`ActionOutsideMessageError`, as libmilter refuses them there.
 """
 
 from __future__ import annotations
@@ -135,6 +138,24 @@ class MacroView(Mapping[str, str]):
 
 class ActionNotNegotiatedError(LocalProtocolError):
     """An action was used that the negotiation did not grant."""
+
+
+class ActionOutsideMessageError(LocalProtocolError):
+    """A modification was requested outside a message (connect(), helo(), abort() ...)."""
+
+
+#: The callback that handles each event, for errors naming the stage.
+_STAGE_OF_EVENT: dict[type, str] = {
+    msg.OptNeg: "negotiate()",
+    msg.Connect: "connect()",
+    msg.Helo: "helo()",
+    msg.Unknown: "unknown()",
+    msg.Abort: "abort()",
+    msg.Quit: "close()",
+    msg.QuitNoClose: "close()",
+    msg.EndOfMessage: "end_of_message() after its reply",
+}
+_NEVER_IN_MESSAGE = frozenset({msg.OptNeg, msg.Connect, msg.Helo, msg.Abort, msg.Quit})
 
 
 class Milter:
@@ -293,6 +314,14 @@ class Milter:
     # ----------------------------------------------------------------- actions
 
     def _require(self, action: Action, what: str) -> None:
+        event = type(self._session.current_event)
+        if event in _NEVER_IN_MESSAGE or not self._session.conn.in_message:
+            stage = _STAGE_OF_EVENT.get(event, "outside a message")
+            raise ActionOutsideMessageError(
+                f"{what}() called in {stage}: modifications belong to one message and may "
+                "only be requested from mail_from() (or the first message step) to "
+                "end_of_message()"
+            )
         if not self.negotiated.actions & action:
             raise ActionNotNegotiatedError(
                 f"{what} needs Action.{describe_actions(action)} (SMFIF), which was not "

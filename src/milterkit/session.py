@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode, text
 from milterkit.protocol import messages as msg
-from milterkit.protocol.constants import Command
+from milterkit.protocol.constants import Command, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
@@ -91,6 +91,7 @@ class MilterSession:
         self._headers = 0
         self._header_bytes = 0
         self._over_limit: str | None = None
+        self._skipping_body = False
         self._body: IO[bytes] | None = None
         self.body_size = 0
         self.milter = self._new_milter()
@@ -117,6 +118,7 @@ class MilterSession:
         """Forget the per-message accounting and the collected body."""
         self._headers = self._header_bytes = self.body_size = 0
         self._over_limit = None
+        self._skipping_body = False
         if self._body is not None:
             self._body.close()
             self._body = None
@@ -293,7 +295,17 @@ class MilterSession:
             self.log.error("callback %s returned an unusable decision: %s", name, exc)
             self._reply(self._error_reply, failed=True)
             return
+        if type(message) is msg.Skip and self._skip_unoffered():
+            message = _CONTINUE  # an MTA without SKIP: continue; body() is not called again
         self._reply(message)
+
+    def _skip_unoffered(self) -> bool:
+        """SKIP from body() and the MTA did not offer SKIP: remember to skip the body here."""
+        negotiated = self.conn.negotiated
+        if self.conn.awaiting != Command.BODY or negotiated is None:
+            return False
+        self._skipping_body = not negotiated.protocol & ProtocolFlag.SKIP
+        return self._skipping_body
 
     def _reply(self, message: msg.Message, *, failed: bool = False) -> None:
         """Send the reply for the current event; at EOM, modifications go first."""
@@ -329,6 +341,7 @@ class MilterSession:
                 macros=cls.macro_request(),
             )
             self._write(self.conn.send(reply))
+            _warn_unoffered_leadspc(self.log, event, reply)
         except LocalProtocolError as exc:
             self.log.error("negotiation failed, closing the connection: %s", exc)
             self.closed = True
@@ -384,6 +397,9 @@ class MilterSession:
     def _on_body(self, event: msg.Body) -> Pending | None:
         if self._over_limit is not None:
             return self._refuse()
+        if self._skipping_body:
+            self._reply(_CONTINUE)
+            return None
         if self._collect_body:
             size = self.body_size + len(event.chunk)
             if self._max_body_bytes is not None and size > self._max_body_bytes:
@@ -438,6 +454,23 @@ class MilterSession:
         closing = self._notify("close")
         if closing is not None:
             await closing
+
+
+_LEADSPC_WARNED: list[bool] = []
+
+
+def _warn_unoffered_leadspc(log: SessionLogger, offer: msg.OptNeg, reply: msg.OptNeg) -> None:
+    """Say once per process that HDR_LEADSPC was asked for although not offered."""
+    flag = ProtocolFlag.HDR_LEADSPC
+    if _LEADSPC_WARNED or not reply.protocol & flag or offer.protocol & flag:
+        return
+    _LEADSPC_WARNED.append(True)
+    log.warning(
+        "the MTA did not offer SMFIP_HDR_LEADSPC (milter protocol %d); asking for it anyway "
+        "so header values stay exact: Postfix honours it, an MTA that does not refuses "
+        "the connection (as with libmilter)",
+        offer.version,
+    )
 
 
 _DECISION_TYPES = (
