@@ -92,7 +92,7 @@ class RawHeader:
         exactly one space after the colon (never a tab); with it the value is
         passed verbatim.
         """
-        value = self.raw[len(self.name) + 1 :]
+        value = self.raw[self.raw.index(b":") + 1 :]  # 'Subject : x' has spaces before ':'
         value = value.rstrip(b"\n").removesuffix(b"\r").replace(b"\r\n", b"\n")
         if not leading_space and value.startswith(b" "):
             value = value[1:]
@@ -173,7 +173,9 @@ def _field_name(line: bytes) -> bytes | None:
     colon = line.find(b":")
     if colon <= 0:
         return None
-    name = line[:colon]
+    # obsolete syntax (RFC 822 3.4.2): white space between name and colon, as
+    # Postfix's is_header_buf() accepts; the name excludes it
+    name = line[:colon].rstrip(b" \t")
     return name if _FIELD_NAME.fullmatch(name) else None
 
 
@@ -516,10 +518,10 @@ class _Envelope:
             if isinstance(mod, AddRecipientPar) and mod.args:
                 self.recipient_args[address] = _text(mod.args)
         elif isinstance(mod, DeleteRecipient):
-            self._delete(bare_address(_text(mod.recipient)).lower())
+            self._delete(bare_address(_text(mod.recipient)))
 
     def _delete(self, address: str) -> None:
-        """Postfix strips ``<>`` and deletes every matching recipient."""
-        self.recipients = [r for r in self.recipients if r.lower() != address]
+        """Postfix strips ``<>`` and deletes every recipient equal to it (strcmp: case counts)."""
+        self.recipients = [r for r in self.recipients if r != address]
         for key in [k for k in self.recipient_args if k.lower() == address]:
             del self.recipient_args[key]

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 import string
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping, Sequence
@@ -84,6 +85,7 @@ from milterkit.protocol.messages import (
     Quarantine,
     Quit,
     Rcpt,
+    ReplaceBody,
     ReplyCode,
 )
 from milterkit.protocol.mta import MTAConnection
@@ -166,7 +168,9 @@ class MTASession:
     ) -> None:
         self.profile = profile
         self.client = client or ClientInfo()
-        self.conn = connection or MTAConnection()
+        self.conn = connection or MTAConnection(
+            keep_unoffered_protocol=profile.keeps_unoffered_protocol
+        )
         self.offer = MTAConnection.default_offer(
             profile.version if version is None else version,
             profile.actions if actions is None else actions,  # type: ignore[arg-type]
@@ -410,9 +414,18 @@ class Exchange(ABC):
             if isinstance(event, Progress):
                 continue
             if Reply(event.code) in REPLY_ACTION:
-                self._modification(event)
-                continue
+                if self._modification(event):
+                    continue
+                return self._give_up()
             return self._resume(event)
+
+    def _give_up(self) -> bytes:
+        """The MTA drops the filter mid-reply (Postfix: a configuration error)."""
+        assert self._script is not None
+        self._script.close()
+        self.done = True
+        self.session.in_message = False
+        return b""
 
     def _resume(self, reply: Message | None) -> bytes:
         assert self._script is not None
@@ -426,7 +439,8 @@ class Exchange(ABC):
     def _run(self) -> _Script:
         """The exchange's commands, as a generator paused at each awaited reply."""
 
-    def _modification(self, message: Message) -> None:
+    def _modification(self, message: Message) -> bool:
+        """Take a modification; False when the MTA gives up on the filter."""
         raise RemoteProtocolError(f"modification {Reply(message.code).name} outside a message")
 
     @abstractmethod
@@ -449,9 +463,14 @@ class Exchange(ABC):
 
 
 def _smtp_reply(reply: Message | None) -> SmtpReply | None:
+    """The reply the SMTP client sees: Postfix turns '%%' into '%' and drops a lone '%'."""
     if isinstance(reply, ReplyCode):
-        return SmtpReply.parse(reply.text.decode("utf-8", "surrogateescape"))
+        text = reply.text.decode("utf-8", "surrogateescape")
+        return SmtpReply.parse(_PERCENT.sub(lambda m: "%" if m.group() == "%%" else "", text))
     return None
+
+
+_PERCENT = re.compile(r"%%?")
 
 
 class Opening(Exchange):
@@ -531,6 +550,7 @@ class MessageRun(Exchange):
         )
         self.context = dict(session.context)
         self._ended = False
+        self._body_run = ""  # "open" while REPLBODY packets come, "over" after
 
     # ----------------------------------------------------------------- script
 
@@ -639,22 +659,23 @@ class MessageRun(Exchange):
         decision = decision_of(reply)
         if decision in ("continue", "skip"):
             return True
-        if stage == "rcpt" and decision in ("reject", "tempfail"):
+        if stage == "rcpt" and decision in ("reject", "tempfail") and not _is_421(reply):
             self.result.rejected_recipients[detail] = self._reply_for(decision, reply)
             return True
         self._finish(decision, reply, stage)
         return False
 
     def _finish(self, decision: str, reply: Message | None, stage: str) -> None:
+        """The message's final word; 421 (or SHUTDOWN) also ends the SMTP session."""
         result = self.result
         self._ended = stage != "eom"
-        if decision == "shutdown" or (isinstance(reply, ReplyCode) and reply.smtp_code == 421):
+        if decision in ("reject", "tempfail", "shutdown"):
+            result.default_reply = self._reply_for(decision, reply)
+        if decision == "shutdown" or _is_421(reply):
             self.session.verdict = ("tempfail", self._reply_for(decision, reply), stage)
             decision = "tempfail"
         result.decision, result.decided_at = decision, stage
         result.reply = _smtp_reply(reply)
-        if decision in ("reject", "tempfail", "shutdown"):
-            result.default_reply = self._reply_for(decision, reply)
 
     def _reply_for(self, decision: str, reply: Message | None) -> SmtpReply:
         explicit = _smtp_reply(reply)
@@ -685,10 +706,34 @@ class MessageRun(Exchange):
         if decision in ("reject", "tempfail"):
             result.default_reply = reply or self._reply_for(decision, None)
 
-    def _modification(self, message: Message) -> None:
+    def _modification(self, message: Message) -> bool:
+        if not self._body_order_ok(message):
+            self._configuration_error(
+                "body replacement requests can't currently be mixed with other requests"
+            )
+            return False
         self.result.modifications.append(message)
         if isinstance(message, Quarantine):
             self.result.quarantine_reason = message.reason.decode("utf-8", "surrogateescape")
+        return True
+
+    def _body_order_ok(self, message: Message) -> bool:
+        """Postfix takes REPLBODY packets only as one run: none after another reply."""
+        if isinstance(message, ReplaceBody):
+            if self._body_run == "over" and self.session.profile.body_replacement_lockout:
+                return False
+            self._body_run = "open"
+        elif self._body_run == "open":
+            self._body_run = "over"
+        return True
+
+    def _configuration_error(self, why: str) -> None:
+        """Postfix closes the filter and answers with its configuration-error reply."""
+        reply = SmtpReply.parse(self.session.profile.config_error_reply)
+        self.result.stages.append(StageResult("eom", "tempfail", reply, f"MTA: {why}"))
+        self.result.decision, self.result.decided_at = "tempfail", "eom"
+        self.result.default_reply = reply
+        self.session.verdict = ("tempfail", reply, "eom")
 
     # ---------------------------------------------------------------- helpers
 
@@ -718,6 +763,11 @@ class MessageRun(Exchange):
 
     def _first_accepted_rcpt(self) -> None:
         self.context["queue_id"] = self._queue_id
+
+
+def _is_421(reply: Message | None) -> bool:
+    """A 421 reply: both MTAs answer it and drop the SMTP connection."""
+    return isinstance(reply, ReplyCode) and reply.smtp_code == 421
 
 
 def _domain(address: str) -> str:

@@ -188,16 +188,22 @@ def check_filter_reply_local(offer: OptNeg, reply: OptNeg) -> None:
         )
 
 
-def accept_filter_reply(offer: OptNeg, reply: OptNeg) -> Negotiated:
+def accept_filter_reply(
+    offer: OptNeg, reply: OptNeg, *, keep_unoffered_protocol: bool = False
+) -> Negotiated:
     """MTA side: validate the filter's reply (RemoteProtocolError) and adopt it.
 
-    Protocol bits beyond the offer are ignored, as Postfix does, so a filter
-    that asks for MDS from an MTA that never offered it still works.
+    Protocol bits beyond the offer are dropped, unless ``keep_unoffered_protocol``:
+    Postfix keeps the filter's bits as sent and acts on NO*, NR_* and
+    HDR_LEADSPC whatever it offered (milter8.c uses the filter's event mask).
+    The body chunk size never goes beyond what was offered (MDS bits).
     """
     offered_actions, offered_protocol = _check_offer(offer)
     problem = _reply_problem(offer, reply, offered_actions)
     if problem:
         raise RemoteProtocolError(problem)
+    if keep_unoffered_protocol:
+        return negotiated(offer, reply)
     trimmed = OptNeg(
         reply.version, reply.actions, ProtocolFlag(reply.protocol & offered_protocol), reply.macros
     )
