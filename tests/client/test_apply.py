@@ -144,8 +144,14 @@ def test_envelope_changes() -> None:
 
 
 def test_delete_recipient_with_brackets_matches_bare() -> None:
-    res = result(DeleteRecipient(b"<Bob@Example.com>"), recipients=["bob@example.com", "c@d.e"])
+    res = result(DeleteRecipient(b"<bob@example.com>"), recipients=["bob@example.com", "c@d.e"])
     assert res.apply(MSG).recipients == ("c@d.e",)
+
+
+def test_delete_recipient_is_case_sensitive_as_in_postfix() -> None:
+    """cleanup_del_rcpt() compares with strcmp(): another spelling deletes nothing."""
+    res = result(DeleteRecipient(b"<Bob@Example.com>"), recipients=["bob@example.com", "c@d.e"])
+    assert res.apply(MSG).recipients == ("bob@example.com", "c@d.e")
 
 
 def test_rejected_recipients_are_not_delivered() -> None:

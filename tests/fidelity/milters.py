@@ -13,11 +13,12 @@ went at each Postfix ``milter_protocol``:
 * ``X-Fid-Connect-Error``: what ``add_header()`` in ``connect()`` raised.
 
 ``abort()`` logs the queue id and sender it still sees, for the log check.
+A recipient starting with ``nl-`` is refused with a reply text ending in a newline.
 """
 
 from __future__ import annotations
 
-from milterkit.milter import Decision, Family, Milter, Skip
+from milterkit.milter import Decision, Family, Milter, ReplyCode, Skip
 from milterkit.protocol.constants import Action
 
 #: The raw value of the header the milter adds; verbatim, so the space is ours.
@@ -49,6 +50,8 @@ class FidelityMilter(Milter):
         return None
 
     def rcpt_to(self, recipient: str, params: list[str]) -> Decision | None:
+        if recipient.startswith("<nl-"):
+            return ReplyCode(550, "rejected by fidelity\n", "5.7.1")  # trailing newline
         return None
 
     def header(self, name: str, value: str) -> Decision | None:

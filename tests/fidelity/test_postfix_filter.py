@@ -108,3 +108,11 @@ def test_abort_sees_the_message_macros(postfix_at: Target, fidelity_milter: Milt
     except TimeoutError:
         raise AssertionError(fidelity_milter.logs()[-3000:]) from None
     assert re.fullmatch(r"[0-9A-F]{6,}", queue_id), queue_id
+
+
+def test_reply_text_with_trailing_newline_is_one_line(postfix_at: Target) -> None:
+    """Item 9: ReplyCode(550, "text\\n") is one line, not a second empty one."""
+    ok, nl = unique("fid"), unique("nl")
+    to = f"{ok}@example.com"
+    refused = postfix_at.send([to, f"{nl}@example.com"], make_message("fidelity", to=to))
+    assert refused == {f"{nl}@example.com": (550, b"5.7.1 rejected by fidelity")}

@@ -549,7 +549,6 @@ class MessageRun(Exchange):
             recipients=list(recipients),
         )
         self.context = dict(session.context)
-        self._ended = False
         self._body_run = ""  # "open" while REPLBODY packets come, "over" after
 
     # ----------------------------------------------------------------- script
@@ -562,8 +561,8 @@ class MessageRun(Exchange):
         session.in_message = True
         self._start_context()
         yield from self._message()
-        if self._ended or session.profile.abort_after_message:
-            session.emit(Abort())
+        if session.profile.abort_after_message:
+            session.emit(Abort())  # Sendmail sends none, even after a message that ended early
         session.in_message = False
 
     def _message(self) -> _Script:
@@ -639,8 +638,13 @@ class MessageRun(Exchange):
     def _step(
         self, letter: str, command: Message, stage: str, detail: str = ""
     ) -> Generator[bytes, Message, bool]:
-        """Macros, the command, and the verdict on its reply (True: go on)."""
-        self.session.emit_macros(letter, self.context)
+        """Macros, the command, and the verdict on its reply (True: go on).
+
+        Both MTAs send a stage's macros even when the filter turned the command
+        off, except for EOH: under NOEOH there is no EOH event, macros included.
+        """
+        if letter != "N" or self.session.conn.sends(Command.EOH):
+            self.session.emit_macros(letter, self.context)
         reply = yield from self._ask(command, stage, detail)
         if reply is None:
             return True
@@ -668,7 +672,6 @@ class MessageRun(Exchange):
     def _finish(self, decision: str, reply: Message | None, stage: str) -> None:
         """The message's final word; 421 (or SHUTDOWN) also ends the SMTP session."""
         result = self.result
-        self._ended = stage != "eom"
         if decision in ("reject", "tempfail", "shutdown"):
             result.default_reply = self._reply_for(decision, reply)
         if decision == "shutdown" or _is_421(reply):
@@ -694,7 +697,6 @@ class MessageRun(Exchange):
         last = list(rejected.values())[-1]
         result = self.result
         result.decision, result.decided_at, result.default_reply = decision, "rcpt", last
-        self._ended = True
         return False
 
     def _session_verdict(self) -> None:
