@@ -120,6 +120,15 @@ class MTAProfile:
     #: What the MTA answers after a filter configuration error (Postfix with
     #: milter_default_action = tempfail).
     config_error_reply: str = "451 4.3.5 Server configuration problem - try again later"
+    #: Sendmail: SKIP at RCPT leaves the filter out for the rest of the SMTP
+    #: session (QUIT aside); Postfix only skips the remaining RCPTs.
+    skip_rcpt_ends_session: bool = False
+    #: Sendmail: SKIP at a header still sends every header and EOH, then no
+    #: body; Postfix skips the remaining headers and still sends the body.
+    skip_header_skips_body: bool = False
+    #: Sendmail picks the EOM macro list by the EOH list's flag: a requested
+    #: EOM list counts only when an EOH list was requested too.
+    eom_list_follows_eoh: bool = False
     reject_reply: str = "550 5.7.1 Command rejected"
     tempfail_reply: str = "451 4.7.1 Service unavailable - try again later"
     shutdown_reply: str = "421 4.7.0 Server closing connection"
@@ -271,6 +280,9 @@ SENDMAIL = MTAProfile(
     quit_after_session_verdict=True,
     keeps_unoffered_protocol=False,
     body_replacement_lockout=False,
+    skip_rcpt_ends_session=True,
+    skip_header_skips_body=True,
+    eom_list_follows_eoh=True,
     daemon_name="MTA",
     mta_version="8.17.1",
     tempfail_reply="451 4.3.2 Please try again later",

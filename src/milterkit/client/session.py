@@ -184,6 +184,8 @@ class MTASession:
         self.verdict: tuple[str, SmtpReply | None, str] | None = None
         self.opened = False
         self.in_message = False
+        #: Sendmail after SKIP at RCPT: the filter gets nothing more but QUIT.
+        self.filter_skipped = False
 
     # --------------------------------------------------------------- exchanges
 
@@ -267,6 +269,13 @@ class MTASession:
                 return None
             base = "N" if letter == "L" else "E"
         names = self._requested(base)
+        if base == "E" and self.profile.eom_list_follows_eoh:
+            # Sendmail tests the EOH list's flag for the EOM list: without an EOH
+            # list the default goes out; with one but no EOM list, no packet
+            if self._requested("N") is None:
+                names = None
+            elif names is None:
+                return None
         if names is None:
             configured = self.profile.macros.get(base)
             names = None if configured is None else list(configured)
@@ -550,6 +559,7 @@ class MessageRun(Exchange):
         )
         self.context = dict(session.context)
         self._body_run = ""  # "open" while REPLBODY packets come, "over" after
+        self._skip_body = False
 
     # ----------------------------------------------------------------- script
 
@@ -558,6 +568,8 @@ class MessageRun(Exchange):
         if session.verdict is not None:
             self._session_verdict()
             return
+        if session.filter_skipped:
+            return  # Sendmail after SKIP at RCPT: the message passes untouched
         session.in_message = True
         self._start_context()
         yield from self._message()
@@ -601,6 +613,9 @@ class MessageRun(Exchange):
                 accepted = True
                 self._first_accepted_rcpt()
             skipping = reply is not None and decision_of(reply) == "skip"
+            if skipping and self.session.profile.skip_rcpt_ends_session:
+                self.session.filter_skipped = True
+                return False
         return accepted or self._all_rcpts_rejected()
 
     def _headers(self) -> Generator[bytes, Message, bool]:
@@ -616,10 +631,15 @@ class MessageRun(Exchange):
             if not self._verdict(reply, "header", ""):
                 return False
             if decision_of(reply) == "skip":
-                break
+                if not self.session.profile.skip_header_skips_body:
+                    break
+                self._skip_body = True  # Sendmail: all headers, then no body
         return True
 
     def _body(self) -> Generator[bytes, Message, bool]:
+        if self._skip_body:
+            self.result.skipped_body = True
+            return True
         conn = self.session.conn
         sends = conn.sends(Command.BODY)
         for chunk in conn.body_chunks(self.parsed.smtp_body()):
