@@ -8,7 +8,6 @@ the Sendmail profile; the packets each sent to the filter must match
 
 from __future__ import annotations
 
-import smtplib
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +16,7 @@ from milterkit.client import MilterClient
 from milterkit.mtaprofile import SENDMAIL
 
 from ..e2e.harness import SENDER, unique
-from ..realmta._util import Unavailable
+from ..realmta._util import Unavailable, wait_until
 from ..realmta.sendmail import SendmailInstance
 from .rawfilter import CONTINUE, RawFilter, commands, frame
 
@@ -88,7 +87,7 @@ def both(
 
 
 def _wait_quit(raw: RawFilter) -> list[str]:
-    from ..realmta._util import wait_until
+    """The packets of Sendmail's filter connection, once its QUIT came."""
 
     def done() -> list[str] | None:
         seen = raw.seen()
