@@ -129,6 +129,10 @@ class MTAProfile:
     #: Sendmail picks the EOM macro list by the EOH list's flag: a requested
     #: EOM list counts only when an EOH list was requested too.
     eom_list_follows_eoh: bool = False
+    #: Whose header edit rules ``CheckResult.apply()`` follows: "postfix", or
+    #: "sendmail" (CHGHEADER deletes by nulling the value, so later indexes of
+    #: that name do not shift).
+    header_edits: str = "postfix"
     reject_reply: str = "550 5.7.1 Command rejected"
     tempfail_reply: str = "451 4.7.1 Service unavailable - try again later"
     shutdown_reply: str = "421 4.7.0 Server closing connection"
@@ -283,6 +287,7 @@ SENDMAIL = MTAProfile(
     skip_rcpt_ends_session=True,
     skip_header_skips_body=True,
     eom_list_follows_eoh=True,
+    header_edits="sendmail",
     daemon_name="MTA",
     mta_version="8.17.1",
     tempfail_reply="451 4.3.2 Please try again later",

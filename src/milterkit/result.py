@@ -258,6 +258,8 @@ class CheckResult:
     sender: str = ""
     sender_args: tuple[str, ...] = ()
     recipients: list[str] = field(default_factory=list)
+    #: Whose header edit rules apply() follows ("postfix" or "sendmail"; see MTAProfile).
+    header_edits: str = "postfix"
 
     @property
     def smtp_reply(self) -> SmtpReply | None:
@@ -287,7 +289,8 @@ class CheckResult:
         """
         parsed = ParsedMessage.parse(message)
         leadspc = bool(self.negotiated and self.negotiated.protocol & ProtocolFlag.HDR_LEADSPC)
-        editor = _HeaderEditor(parsed, leadspc, _received(received_header, parsed.newline))
+        received = _received(received_header, parsed.newline)
+        editor = _HeaderEditor(parsed, leadspc, received, self.header_edits == "sendmail")
         envelope = _Envelope.start(self)
         new_body: list[bytes] | None = None
         for mod in self.modifications:
@@ -439,17 +442,26 @@ def _postfix_body(body: bytes, parsed: ParsedMessage) -> bytes:
 class _Entry:
     header: RawHeader
     received: bool = False
+    deleted: bool = False  # Sendmail: value nulled, still counted by CHGHEADER
 
 
 class _HeaderEditor:
     """The header list under edit; the MTA's Received header is entry 0 if given."""
 
-    def __init__(self, parsed: ParsedMessage, leadspc: bool, received: RawHeader | None) -> None:
+    def __init__(
+        self,
+        parsed: ParsedMessage,
+        leadspc: bool,
+        received: RawHeader | None,
+        null_deletes: bool = False,
+    ) -> None:
         self._entries = [_Entry(h) for h in parsed.headers]
         if received is not None:
             self._entries.insert(0, _Entry(received, received=True))
         self._leadspc = leadspc
         self._newline = parsed.newline
+        #: Sendmail's rule: a deleted header keeps its place in the index count.
+        self.null_deletes = null_deletes
 
     def apply(self, mod: Message) -> bool:
         """Apply a header modification; False if ``mod`` is not one."""
@@ -483,6 +495,8 @@ class _HeaderEditor:
             if seen == index:
                 if mod.value:
                     self._entries[pos] = _Entry(self._field(mod.name, mod.value))
+                elif self.null_deletes:
+                    entry.deleted = True
                 else:
                     del self._entries[pos]
                 return
@@ -490,7 +504,7 @@ class _HeaderEditor:
             self._entries.append(_Entry(self._field(mod.name, mod.value)))
 
     def render(self) -> bytes:
-        return b"".join(e.header.raw for e in self._entries)
+        return b"".join(e.header.raw for e in self._entries if not e.deleted)
 
 
 @dataclass

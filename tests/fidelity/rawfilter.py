@@ -40,6 +40,10 @@ def add_header(name: str, value: str) -> bytes:
     return frame("h", name.encode() + b"\0" + value.encode() + b"\0")
 
 
+def change_header(name: str, index: int, value: str) -> bytes:
+    return frame("m", struct.pack(">I", index) + name.encode() + b"\0" + value.encode() + b"\0")
+
+
 def del_rcpt(address: str) -> bytes:
     return frame("-", address.encode() + b"\0")
 

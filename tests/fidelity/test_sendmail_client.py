@@ -18,7 +18,7 @@ from milterkit.mtaprofile import SENDMAIL
 from ..e2e.harness import SENDER, unique
 from ..realmta._util import Unavailable, wait_until
 from ..realmta.sendmail import SendmailInstance
-from .rawfilter import CONTINUE, RawFilter, commands, frame
+from .rawfilter import CONTINUE, RawFilter, change_header, commands, frame
 
 pytestmark = pytest.mark.realmta
 
@@ -156,3 +156,21 @@ def test_no_eoh_macros_under_noeoh(raw: RawFilter, sendmail: SendmailInstance) -
     got = both(raw, sendmail, [(SENDER, _rcpts(1))])
     assert "N" not in got[0] and "DN" not in got[0]
     assert got[1] == got[0], f"client   {got[1]}\nsendmail {got[0]}"
+
+
+def test_deleted_header_keeps_its_index(raw: RawFilter, sendmail: SendmailInstance) -> None:
+    """Item 12: Sendmail deletes by nulling the value; later indexes do not shift."""
+    raw.script = {
+        "E": [change_header("X-Dup", 1, ""), change_header("X-Dup", 2, "changed"), CONTINUE]
+    }
+    rcpt = unique("hdr")
+    to = f"{rcpt}@example.com"
+    data = message(to).replace(b"X-Two: 2\r\n", b"X-Dup: one\r\nX-Dup: two\r\nX-Dup: three\r\n")
+    assert sendmail.send(SENDER, [to], data) == {}
+    [got] = sendmail.wait_delivered(rcpt, 1, timeout=60)
+    dups = [line for line in got.replace(b"\r\n", b"\n").split(b"\n") if line.startswith(b"X-Dup")]
+    with MilterClient(raw.milterkit_spec, profile=SENDMAIL, timeout=20) as client:
+        result = client.check(data, sender=SENDER, recipients=[to])
+    applied = result.apply(data).message_bytes.split(b"\r\n")
+    assert [line for line in applied if line.startswith(b"X-Dup")] == dups
+    assert dups == [b"X-Dup: changed", b"X-Dup: three"]

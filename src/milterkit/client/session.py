@@ -552,6 +552,7 @@ class MessageRun(Exchange):
         self.result = CheckResult(
             negotiated=session.negotiated,
             profile=session.profile.name,
+            header_edits=session.profile.header_edits,
             stages=list(session.opening_stages),
             sender=sender,
             sender_args=self.sender_args,
