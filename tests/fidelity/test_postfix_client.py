@@ -177,6 +177,22 @@ def test_unoffered_protocol_bits_are_acted_on(raw: RawFilter, postfix2: PostfixI
     assert (b"X-Lead", b"  two") in from_postfix
 
 
+def test_skip_without_negotiation(raw: RawFilter, postfix2: PostfixInstance) -> None:
+    """libmilter sends SKIP from the body callback whatever was agreed; Postfix takes it."""
+    raw.script = {"B": [frame("s")]}
+    rcpt = unique("skip")
+    to = f"{rcpt}@example.com"
+    data = message(to).replace(b"body line\r\n", b"x" * 150_000 + b"\r\n")
+    assert postfix2.send(SENDER, [to], data) == {}
+    postfix2.wait_delivered(rcpt, 1, timeout=60)
+    from_postfix = commands(raw.seen()[-1])
+    raw.reset()
+    result = client_check(raw, data, [to], version=2)
+    assert (result.decision, result.skipped_body) == ("continue", True)
+    assert commands(raw.seen()[-1]) == from_postfix
+    assert from_postfix.count("B") == 1
+
+
 def test_shutdown_reply_text(raw: RawFilter, postfix6: PostfixInstance) -> None:
     """Item 9: SHUTDOWN (at MAIL): the client shows Postfix's 421 text, not 451."""
     raw.script = {"M": [frame("4")]}

@@ -218,7 +218,9 @@ class MTAConnection:
     def _check_final(self, reply: Reply, awaiting: Command) -> None:
         assert self.negotiated is not None
         if reply == Reply.SKIP:
-            if not self.negotiated.protocol & ProtocolFlag.SKIP:
+            # Postfix takes SKIP whatever was negotiated (libmilter sends it regardless)
+            skip_agreed = self.negotiated.protocol & ProtocolFlag.SKIP
+            if not skip_agreed and not self.keep_unoffered_protocol:
                 raise RemoteProtocolError("SKIP without SMFIP_SKIP negotiated")
             if awaiting not in _SKIPPABLE:
                 raise RemoteProtocolError(f"SKIP in reply to {awaiting.name}")
