@@ -463,11 +463,17 @@ class Milter:
         )
 
     def replace_body(self, body: bytes | BinaryIO) -> None:
-        """Replace the whole body; sent in chunks no larger than the negotiated size."""
+        """Replace the whole body; sent in chunks no larger than the negotiated size.
+
+        Several calls append, as ``smfi_replacebody`` does. All REPLBODY packets
+        go out as one run, even with other modifications called in between:
+        Postfix refuses REPLBODY once another reply came after one.
+        """
         self._require(Action.CHANGE_BODY, "replace_body")
         size = self.negotiated.max_data_size
         stream = io.BytesIO(body) if isinstance(body, bytes | bytearray) else body
         pending = self._pending()
+        at = _after_last_body_chunk(pending)
         first = True
         while True:
             # A raw stream (a pipe, a socket file) may return short reads long
@@ -475,7 +481,8 @@ class Milter:
             chunk = stream.read(size)
             if not chunk and not first:
                 break
-            pending.append(msg.ReplaceBody(chunk))
+            pending.insert(at, msg.ReplaceBody(chunk))
+            at += 1
             first = False
             if not chunk:
                 break
@@ -510,6 +517,14 @@ def _inherited_macros(cls: type[Milter]) -> Mapping[Any, Any]:
         if isinstance(value, Mapping):
             return value
     return {}
+
+
+def _after_last_body_chunk(pending: list[msg.Message]) -> int:
+    """Where the next REPLBODY goes: after the last one queued, else at the end."""
+    for pos in range(len(pending) - 1, -1, -1):
+        if isinstance(pending[pos], msg.ReplaceBody):
+            return pos + 1
+    return len(pending)
 
 
 def _lf(value: str) -> bytes:

@@ -111,6 +111,28 @@ class MTAProfile:
     daemon_addr: str = "127.0.0.1"
     daemon_port: str = "25"
     mta_version: str = ""
+    #: Postfix acts on NO*, NR_* and HDR_LEADSPC bits the filter set even when
+    #: they were not offered (milter8.c keeps the filter's event mask).
+    keeps_unoffered_protocol: bool = True
+    #: Postfix refuses REPLBODY after another reply followed REPLBODY ("body
+    #: replacement requests can't currently be mixed with other requests").
+    body_replacement_lockout: bool = True
+    #: What the MTA answers after a filter configuration error (Postfix with
+    #: milter_default_action = tempfail).
+    config_error_reply: str = "451 4.3.5 Server configuration problem - try again later"
+    #: Sendmail: SKIP at RCPT leaves the filter out for the rest of the SMTP
+    #: session (QUIT aside); Postfix only skips the remaining RCPTs.
+    skip_rcpt_ends_session: bool = False
+    #: Sendmail: SKIP at a header still sends every header and EOH, then no
+    #: body; Postfix skips the remaining headers and still sends the body.
+    skip_header_skips_body: bool = False
+    #: Sendmail picks the EOM macro list by the EOH list's flag: a requested
+    #: EOM list counts only when an EOH list was requested too.
+    eom_list_follows_eoh: bool = False
+    #: Whose header edit rules ``CheckResult.apply()`` follows: "postfix", or
+    #: "sendmail" (CHGHEADER deletes by nulling the value, so later indexes of
+    #: that name do not shift).
+    header_edits: str = "postfix"
     reject_reply: str = "550 5.7.1 Command rejected"
     tempfail_reply: str = "451 4.7.1 Service unavailable - try again later"
     shutdown_reply: str = "421 4.7.0 Server closing connection"
@@ -260,6 +282,12 @@ SENDMAIL = MTAProfile(
     queue_id_at_mail=True,
     empty_macro_list_disables=True,
     quit_after_session_verdict=True,
+    keeps_unoffered_protocol=False,
+    body_replacement_lockout=False,
+    skip_rcpt_ends_session=True,
+    skip_header_skips_body=True,
+    eom_list_follows_eoh=True,
+    header_edits="sendmail",
     daemon_name="MTA",
     mta_version="8.17.1",
     tempfail_reply="451 4.3.2 Please try again later",

@@ -92,7 +92,7 @@ class RawHeader:
         exactly one space after the colon (never a tab); with it the value is
         passed verbatim.
         """
-        value = self.raw[len(self.name) + 1 :]
+        value = self.raw[self.raw.index(b":") + 1 :]  # 'Subject : x' has spaces before ':'
         value = value.rstrip(b"\n").removesuffix(b"\r").replace(b"\r\n", b"\n")
         if not leading_space and value.startswith(b" "):
             value = value[1:]
@@ -173,7 +173,9 @@ def _field_name(line: bytes) -> bytes | None:
     colon = line.find(b":")
     if colon <= 0:
         return None
-    name = line[:colon]
+    # obsolete syntax (RFC 822 3.4.2): white space between name and colon, as
+    # Postfix's is_header_buf() accepts; the name excludes it
+    name = line[:colon].rstrip(b" \t")
     return name if _FIELD_NAME.fullmatch(name) else None
 
 
@@ -256,6 +258,8 @@ class CheckResult:
     sender: str = ""
     sender_args: tuple[str, ...] = ()
     recipients: list[str] = field(default_factory=list)
+    #: Whose header edit rules apply() follows ("postfix" or "sendmail"; see MTAProfile).
+    header_edits: str = "postfix"
 
     @property
     def smtp_reply(self) -> SmtpReply | None:
@@ -285,7 +289,8 @@ class CheckResult:
         """
         parsed = ParsedMessage.parse(message)
         leadspc = bool(self.negotiated and self.negotiated.protocol & ProtocolFlag.HDR_LEADSPC)
-        editor = _HeaderEditor(parsed, leadspc, _received(received_header, parsed.newline))
+        received = _received(received_header, parsed.newline)
+        editor = _HeaderEditor(parsed, leadspc, received, self.header_edits == "sendmail")
         envelope = _Envelope.start(self)
         new_body: list[bytes] | None = None
         for mod in self.modifications:
@@ -437,17 +442,26 @@ def _postfix_body(body: bytes, parsed: ParsedMessage) -> bytes:
 class _Entry:
     header: RawHeader
     received: bool = False
+    deleted: bool = False  # Sendmail: value nulled, still counted by CHGHEADER
 
 
 class _HeaderEditor:
     """The header list under edit; the MTA's Received header is entry 0 if given."""
 
-    def __init__(self, parsed: ParsedMessage, leadspc: bool, received: RawHeader | None) -> None:
+    def __init__(
+        self,
+        parsed: ParsedMessage,
+        leadspc: bool,
+        received: RawHeader | None,
+        null_deletes: bool = False,
+    ) -> None:
         self._entries = [_Entry(h) for h in parsed.headers]
         if received is not None:
             self._entries.insert(0, _Entry(received, received=True))
         self._leadspc = leadspc
         self._newline = parsed.newline
+        #: Sendmail's rule: a deleted header keeps its place in the index count.
+        self.null_deletes = null_deletes
 
     def apply(self, mod: Message) -> bool:
         """Apply a header modification; False if ``mod`` is not one."""
@@ -481,6 +495,8 @@ class _HeaderEditor:
             if seen == index:
                 if mod.value:
                     self._entries[pos] = _Entry(self._field(mod.name, mod.value))
+                elif self.null_deletes:
+                    entry.deleted = True
                 else:
                     del self._entries[pos]
                 return
@@ -488,7 +504,7 @@ class _HeaderEditor:
             self._entries.append(_Entry(self._field(mod.name, mod.value)))
 
     def render(self) -> bytes:
-        return b"".join(e.header.raw for e in self._entries)
+        return b"".join(e.header.raw for e in self._entries if not e.deleted)
 
 
 @dataclass
@@ -516,10 +532,10 @@ class _Envelope:
             if isinstance(mod, AddRecipientPar) and mod.args:
                 self.recipient_args[address] = _text(mod.args)
         elif isinstance(mod, DeleteRecipient):
-            self._delete(bare_address(_text(mod.recipient)).lower())
+            self._delete(bare_address(_text(mod.recipient)))
 
     def _delete(self, address: str) -> None:
-        """Postfix strips ``<>`` and deletes every matching recipient."""
-        self.recipients = [r for r in self.recipients if r.lower() != address]
+        """Postfix strips ``<>`` and deletes every recipient equal to it (strcmp: case counts)."""
+        self.recipients = [r for r in self.recipients if r != address]
         for key in [k for k in self.recipient_args if k.lower() == address]:
             del self.recipient_args[key]

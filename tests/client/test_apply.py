@@ -144,8 +144,14 @@ def test_envelope_changes() -> None:
 
 
 def test_delete_recipient_with_brackets_matches_bare() -> None:
-    res = result(DeleteRecipient(b"<Bob@Example.com>"), recipients=["bob@example.com", "c@d.e"])
+    res = result(DeleteRecipient(b"<bob@example.com>"), recipients=["bob@example.com", "c@d.e"])
     assert res.apply(MSG).recipients == ("c@d.e",)
+
+
+def test_delete_recipient_is_case_sensitive_as_in_postfix() -> None:
+    """cleanup_del_rcpt() compares with strcmp(): another spelling deletes nothing."""
+    res = result(DeleteRecipient(b"<Bob@Example.com>"), recipients=["bob@example.com", "c@d.e"])
+    assert res.apply(MSG).recipients == ("bob@example.com", "c@d.e")
 
 
 def test_rejected_recipients_are_not_delivered() -> None:
@@ -210,3 +216,14 @@ def test_to_json_roundtrip() -> None:
     assert data["modifications"][0] == {"type": "ADDHEADER", "name": "X", "value": "y"}
     assert data["modifications"][1]["size"] == 5000
     assert data["negotiated"]["protocol_names"] == "none"
+
+
+def test_sendmail_rules_delete_without_shifting_indexes() -> None:
+    """Sendmail nulls a deleted header's value: X-Dup[2] is still the second one."""
+    mods = (ChangeHeader(1, b"X-Dup", b""), ChangeHeader(2, b"X-Dup", b"changed"))
+    postfix = headers_of(result(*mods).apply(MSG).message_bytes)
+    sendmail = headers_of(result(*mods, header_edits="sendmail").apply(MSG).message_bytes)
+    # Postfix: the second X-Dup is now the first; index 2 is past the end, so it is added
+    assert postfix.endswith(b"\tsecond\r\nx-dup: two\r\nX-Dup: changed\r\n")
+    # Sendmail: the second X-Dup itself changes
+    assert sendmail.endswith(b"\tsecond\r\nX-Dup: changed\r\n")

@@ -128,10 +128,18 @@ def test_macro_list_unknown_stage_ids_and_commas_are_kept() -> None:
     assert agreed.macros == {7: (b"x",), 0xFFFFFFFF: (), 2: (b"i", b"{a}", b"{b}")}
 
 
-def test_macro_lists_dropped_below_v6_or_without_setsymlist() -> None:
+def test_macro_lists_sent_at_every_version_when_setsymlist_is_offered() -> None:
+    """Postfix offers SETSYMLIST and parses the lists whatever milter_protocol says."""
     wanted = {MacroStage.CONNECT: "j"}
-    assert build_filter_reply(POSTFIX_OFFERS[4], macros=wanted).macros == ()
-    assert build_filter_reply(POSTFIX_OFFERS[6], version=5, macros=wanted).macros == ()
+    for offer in POSTFIX_OFFERS.values():
+        reply = build_filter_reply(offer, macros=wanted)
+        assert reply.macros == ((0, b"j"),)
+        assert reply.actions == A.SETSYMLIST
+    assert build_filter_reply(POSTFIX_OFFERS[6], version=5, macros=wanted).macros == ((0, b"j"),)
+
+
+def test_macro_lists_dropped_without_setsymlist() -> None:
+    wanted = {MacroStage.CONNECT: "j"}
     no_symlist = OptNeg(6, A(0xFF), P(0x1FFFFF))
     reply = build_filter_reply(no_symlist, macros=wanted)
     assert reply.macros == ()
@@ -181,7 +189,7 @@ def test_unoffered_protocol_bits_are_dropped() -> None:
         POSTFIX_OFFERS[2],
         protocol=P.NOHELO | P.NR_CONN | P.NODATA | P.NOUNKNOWN | P.SKIP | P.HDR_LEADSPC | P.NR_HDR,
     )
-    assert reply.protocol == P.NOHELO
+    assert reply.protocol == P.NOHELO | P.HDR_LEADSPC  # kept: dropping it changes bytes
     reply = build_filter_reply(OptNeg(2, A(0x1FF), P(0xFF)), protocol=P.NR_HDR | P.NR_BODY)
     assert reply.protocol == P.NR_HDR  # Postfix "no_header_reply" offers 0x80 with v2
     reply = build_filter_reply(POSTFIX_OFFERS[6], protocol=P.NR_BODY | P.MDS_1M | P.TEST)

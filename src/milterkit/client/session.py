@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 import string
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping, Sequence
@@ -84,6 +85,7 @@ from milterkit.protocol.messages import (
     Quarantine,
     Quit,
     Rcpt,
+    ReplaceBody,
     ReplyCode,
 )
 from milterkit.protocol.mta import MTAConnection
@@ -166,7 +168,9 @@ class MTASession:
     ) -> None:
         self.profile = profile
         self.client = client or ClientInfo()
-        self.conn = connection or MTAConnection()
+        self.conn = connection or MTAConnection(
+            keep_unoffered_protocol=profile.keeps_unoffered_protocol
+        )
         self.offer = MTAConnection.default_offer(
             profile.version if version is None else version,
             profile.actions if actions is None else actions,  # type: ignore[arg-type]
@@ -180,6 +184,8 @@ class MTASession:
         self.verdict: tuple[str, SmtpReply | None, str] | None = None
         self.opened = False
         self.in_message = False
+        #: Sendmail after SKIP at RCPT: the filter gets nothing more but QUIT.
+        self.filter_skipped = False
 
     # --------------------------------------------------------------- exchanges
 
@@ -263,6 +269,13 @@ class MTASession:
                 return None
             base = "N" if letter == "L" else "E"
         names = self._requested(base)
+        if base == "E" and self.profile.eom_list_follows_eoh:
+            # Sendmail tests the EOH list's flag for the EOM list: without an EOH
+            # list the default goes out; with one but no EOM list, no packet
+            if self._requested("N") is None:
+                names = None
+            elif names is None:
+                return None
         if names is None:
             configured = self.profile.macros.get(base)
             names = None if configured is None else list(configured)
@@ -410,9 +423,18 @@ class Exchange(ABC):
             if isinstance(event, Progress):
                 continue
             if Reply(event.code) in REPLY_ACTION:
-                self._modification(event)
-                continue
+                if self._modification(event):
+                    continue
+                return self._give_up()
             return self._resume(event)
+
+    def _give_up(self) -> bytes:
+        """The MTA drops the filter mid-reply (Postfix: a configuration error)."""
+        assert self._script is not None
+        self._script.close()
+        self.done = True
+        self.session.in_message = False
+        return b""
 
     def _resume(self, reply: Message | None) -> bytes:
         assert self._script is not None
@@ -426,7 +448,8 @@ class Exchange(ABC):
     def _run(self) -> _Script:
         """The exchange's commands, as a generator paused at each awaited reply."""
 
-    def _modification(self, message: Message) -> None:
+    def _modification(self, message: Message) -> bool:
+        """Take a modification; False when the MTA gives up on the filter."""
         raise RemoteProtocolError(f"modification {Reply(message.code).name} outside a message")
 
     @abstractmethod
@@ -449,9 +472,14 @@ class Exchange(ABC):
 
 
 def _smtp_reply(reply: Message | None) -> SmtpReply | None:
+    """The reply the SMTP client sees: Postfix turns '%%' into '%' and drops a lone '%'."""
     if isinstance(reply, ReplyCode):
-        return SmtpReply.parse(reply.text.decode("utf-8", "surrogateescape"))
+        text = reply.text.decode("utf-8", "surrogateescape")
+        return SmtpReply.parse(_PERCENT.sub(lambda m: "%" if m.group() == "%%" else "", text))
     return None
+
+
+_PERCENT = re.compile(r"%%?")
 
 
 class Opening(Exchange):
@@ -524,13 +552,15 @@ class MessageRun(Exchange):
         self.result = CheckResult(
             negotiated=session.negotiated,
             profile=session.profile.name,
+            header_edits=session.profile.header_edits,
             stages=list(session.opening_stages),
             sender=sender,
             sender_args=self.sender_args,
             recipients=list(recipients),
         )
         self.context = dict(session.context)
-        self._ended = False
+        self._body_run = ""  # "open" while REPLBODY packets come, "over" after
+        self._skip_body = False
 
     # ----------------------------------------------------------------- script
 
@@ -539,11 +569,13 @@ class MessageRun(Exchange):
         if session.verdict is not None:
             self._session_verdict()
             return
+        if session.filter_skipped:
+            return  # Sendmail after SKIP at RCPT: the message passes untouched
         session.in_message = True
         self._start_context()
         yield from self._message()
-        if self._ended or session.profile.abort_after_message:
-            session.emit(Abort())
+        if session.profile.abort_after_message:
+            session.emit(Abort())  # Sendmail sends none, even after a message that ended early
         session.in_message = False
 
     def _message(self) -> _Script:
@@ -582,6 +614,9 @@ class MessageRun(Exchange):
                 accepted = True
                 self._first_accepted_rcpt()
             skipping = reply is not None and decision_of(reply) == "skip"
+            if skipping and self.session.profile.skip_rcpt_ends_session:
+                self.session.filter_skipped = True
+                return False
         return accepted or self._all_rcpts_rejected()
 
     def _headers(self) -> Generator[bytes, Message, bool]:
@@ -597,10 +632,15 @@ class MessageRun(Exchange):
             if not self._verdict(reply, "header", ""):
                 return False
             if decision_of(reply) == "skip":
-                break
+                if not self.session.profile.skip_header_skips_body:
+                    break
+                self._skip_body = True  # Sendmail: all headers, then no body
         return True
 
     def _body(self) -> Generator[bytes, Message, bool]:
+        if self._skip_body:
+            self.result.skipped_body = True
+            return True
         conn = self.session.conn
         sends = conn.sends(Command.BODY)
         for chunk in conn.body_chunks(self.parsed.smtp_body()):
@@ -619,8 +659,13 @@ class MessageRun(Exchange):
     def _step(
         self, letter: str, command: Message, stage: str, detail: str = ""
     ) -> Generator[bytes, Message, bool]:
-        """Macros, the command, and the verdict on its reply (True: go on)."""
-        self.session.emit_macros(letter, self.context)
+        """Macros, the command, and the verdict on its reply (True: go on).
+
+        Both MTAs send a stage's macros even when the filter turned the command
+        off, except for EOH: under NOEOH there is no EOH event, macros included.
+        """
+        if letter != "N" or self.session.conn.sends(Command.EOH):
+            self.session.emit_macros(letter, self.context)
         reply = yield from self._ask(command, stage, detail)
         if reply is None:
             return True
@@ -639,22 +684,22 @@ class MessageRun(Exchange):
         decision = decision_of(reply)
         if decision in ("continue", "skip"):
             return True
-        if stage == "rcpt" and decision in ("reject", "tempfail"):
+        if stage == "rcpt" and decision in ("reject", "tempfail") and not _is_421(reply):
             self.result.rejected_recipients[detail] = self._reply_for(decision, reply)
             return True
         self._finish(decision, reply, stage)
         return False
 
     def _finish(self, decision: str, reply: Message | None, stage: str) -> None:
+        """The message's final word; 421 (or SHUTDOWN) also ends the SMTP session."""
         result = self.result
-        self._ended = stage != "eom"
-        if decision == "shutdown" or (isinstance(reply, ReplyCode) and reply.smtp_code == 421):
+        if decision in ("reject", "tempfail", "shutdown"):
+            result.default_reply = self._reply_for(decision, reply)
+        if decision == "shutdown" or _is_421(reply):
             self.session.verdict = ("tempfail", self._reply_for(decision, reply), stage)
             decision = "tempfail"
         result.decision, result.decided_at = decision, stage
         result.reply = _smtp_reply(reply)
-        if decision in ("reject", "tempfail", "shutdown"):
-            result.default_reply = self._reply_for(decision, reply)
 
     def _reply_for(self, decision: str, reply: Message | None) -> SmtpReply:
         explicit = _smtp_reply(reply)
@@ -673,7 +718,6 @@ class MessageRun(Exchange):
         last = list(rejected.values())[-1]
         result = self.result
         result.decision, result.decided_at, result.default_reply = decision, "rcpt", last
-        self._ended = True
         return False
 
     def _session_verdict(self) -> None:
@@ -685,10 +729,34 @@ class MessageRun(Exchange):
         if decision in ("reject", "tempfail"):
             result.default_reply = reply or self._reply_for(decision, None)
 
-    def _modification(self, message: Message) -> None:
+    def _modification(self, message: Message) -> bool:
+        if not self._body_order_ok(message):
+            self._configuration_error(
+                "body replacement requests can't currently be mixed with other requests"
+            )
+            return False
         self.result.modifications.append(message)
         if isinstance(message, Quarantine):
             self.result.quarantine_reason = message.reason.decode("utf-8", "surrogateescape")
+        return True
+
+    def _body_order_ok(self, message: Message) -> bool:
+        """Postfix takes REPLBODY packets only as one run: none after another reply."""
+        if isinstance(message, ReplaceBody):
+            if self._body_run == "over" and self.session.profile.body_replacement_lockout:
+                return False
+            self._body_run = "open"
+        elif self._body_run == "open":
+            self._body_run = "over"
+        return True
+
+    def _configuration_error(self, why: str) -> None:
+        """Postfix closes the filter and answers with its configuration-error reply."""
+        reply = SmtpReply.parse(self.session.profile.config_error_reply)
+        self.result.stages.append(StageResult("eom", "tempfail", reply, f"MTA: {why}"))
+        self.result.decision, self.result.decided_at = "tempfail", "eom"
+        self.result.default_reply = reply
+        self.session.verdict = ("tempfail", reply, "eom")
 
     # ---------------------------------------------------------------- helpers
 
@@ -718,6 +786,11 @@ class MessageRun(Exchange):
 
     def _first_accepted_rcpt(self) -> None:
         self.context["queue_id"] = self._queue_id
+
+
+def _is_421(reply: Message | None) -> bool:
+    """A 421 reply: both MTAs answer it and drop the SMTP connection."""
+    return isinstance(reply, ReplyCode) and reply.smtp_code == 421
 
 
 def _domain(address: str) -> str:

@@ -250,7 +250,9 @@ class FilterConnection:
     def _restart_if_in_message(self, message: Message) -> Message:
         """A new HELO/MAIL inside a message implies an abort the MTA did not send."""
         if self.in_message:
-            self._end_message()
+            self._position = 0
+            # the MAIL macros that just came belong to the new message: keep them
+            self.macros.clear_message(keep=message.code)
             self._pending.append(self._expect_reply(message))
             return Abort()
         return self._expect_reply(message)
@@ -260,8 +262,11 @@ class FilterConnection:
         self._require_connect(code)
         if code == Command.MAIL:
             result = self._restart_if_in_message(message)
+            self.macros.start_message()
             self._position = 1
             return result
+        if self._position == 0:
+            self.macros.start_message()  # NOMAIL: RCPT or a later step opens the message
         self._check_order(code)
         self._position = _POSITION[code]
         return self._expect_reply(message)
@@ -311,7 +316,7 @@ class FilterConnection:
 
     def _end_message(self) -> None:
         self._position = 0
-        self.macros.clear_message()
+        self.macros.end_message()
 
     # -------------------------------------------------------------------- sending
 

@@ -40,25 +40,41 @@ def macro_key(name: bytes | str) -> bytes:
 class MacroStore(Mapping[bytes, bytes]):
     """The macros in force now, keyed by canonical name (see :func:`macro_key`)."""
 
-    __slots__ = ("_stages",)
+    __slots__ = ("_stages", "_stale")
 
     def __init__(self) -> None:
         self._stages: dict[int, dict[bytes, bytes]] = {}
+        #: The message-level stages belong to a message that has ended.
+        self._stale = False
 
     def set_stage(self, stage: int, pairs: tuple[tuple[bytes, bytes], ...]) -> None:
         """Adopt a MACRO packet: replace ``stage`` and clear the stages after it."""
+        if self._stale and stage not in CONNECTION_STAGES:
+            self.clear_message()
         rank = _RANK.get(stage)
         if rank is not None:
             for later in STAGE_ORDER[rank + 1 :]:
                 self._stages.pop(later, None)
         self._stages[stage] = {macro_key(name): value for name, value in pairs}
 
-    def clear_message(self) -> None:
+    def end_message(self) -> None:
+        """The message is over: its macros stay readable until the next one starts."""
+        self._stale = True
+
+    def start_message(self) -> None:
+        """A message command arrived: drop what is left of the previous message."""
+        if self._stale:
+            self.clear_message()
+
+    def clear_message(self, keep: int | None = None) -> None:
+        """Drop the message-level stages now (except ``keep``)."""
+        self._stale = False
         for stage in list(self._stages):
-            if stage not in CONNECTION_STAGES:
+            if stage not in CONNECTION_STAGES and stage != keep:
                 del self._stages[stage]
 
     def clear(self) -> None:
+        self._stale = False
         self._stages.clear()
 
     def stage(self, stage: int) -> dict[bytes, bytes]:

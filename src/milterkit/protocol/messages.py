@@ -480,7 +480,8 @@ class ReplyCode(Message):
     @classmethod
     def build(cls, smtp_code: int, text: str | list[str], enhanced: str | None = None) -> ReplyCode:
         """Format ``smtp_code [enhanced] text``; a list or newlines give a multi-line reply."""
-        lines = text if isinstance(text, list) else text.split("\n")
+        # a trailing newline ends the text; it does not start an empty last line
+        lines = text if isinstance(text, list) else text.rstrip("\r\n").split("\n")
         lines = [line.rstrip("\r") for line in lines] or [""]
         _check_reply_parts(smtp_code, enhanced, lines)
         prefix = f"{smtp_code}"

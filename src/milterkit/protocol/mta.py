@@ -43,7 +43,14 @@ Event = Message | NeedData | ConnectionClosed
 class MTAConnection:
     """The MTA's view of one filter connection."""
 
-    def __init__(self, *, max_reply_size: int = POSTFIX_MAX_PACKET - 1) -> None:
+    def __init__(
+        self,
+        *,
+        max_reply_size: int = POSTFIX_MAX_PACKET - 1,
+        keep_unoffered_protocol: bool = False,
+    ) -> None:
+        #: Act on protocol bits the filter set beyond the offer, as Postfix does.
+        self.keep_unoffered_protocol = keep_unoffered_protocol
         # Postfix caps the length field (command byte + payload) at INT_MAX/2; so
         # does this side, whatever larger payload limit the caller asks for.
         self._decoder = FrameDecoder(min(max_reply_size, POSTFIX_MAX_PACKET - 1))
@@ -199,7 +206,9 @@ class MTAConnection:
         if not isinstance(message, OptNeg):
             raise RemoteProtocolError(f"expected an OPTNEG reply, got {Reply(message.code).name}")
         assert self.offer is not None
-        self.negotiated = accept_filter_reply(self.offer, message)
+        self.negotiated = accept_filter_reply(
+            self.offer, message, keep_unoffered_protocol=self.keep_unoffered_protocol
+        )
         self.awaiting = None
 
     def _accept_modification(self, reply: Reply, awaiting: Command) -> None:
@@ -219,7 +228,9 @@ class MTAConnection:
     def _check_final(self, reply: Reply, awaiting: Command) -> None:
         assert self.negotiated is not None
         if reply == Reply.SKIP:
-            if not self.negotiated.protocol & ProtocolFlag.SKIP:
+            # Postfix takes SKIP whatever was negotiated (libmilter sends it regardless)
+            skip_agreed = self.negotiated.protocol & ProtocolFlag.SKIP
+            if not skip_agreed and not self.keep_unoffered_protocol:
                 raise RemoteProtocolError("SKIP without SMFIP_SKIP negotiated")
             if awaiting not in _SKIPPABLE:
                 raise RemoteProtocolError(f"SKIP in reply to {awaiting.name}")

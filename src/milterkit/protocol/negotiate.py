@@ -137,7 +137,10 @@ def build_filter_reply(
     Raises :class:`LocalProtocolError` naming the actions the MTA did not
     offer. Protocol bits the MTA did not offer are dropped, as libmilter does
     for NR_*/NODATA/NOUNKNOWN; a dropped NR_* bit means the filter must answer
-    that command after all, which :class:`Negotiated` reflects.
+    that command after all, which :class:`Negotiated` reflects. HDR_LEADSPC is
+    the exception: dropping it would change header bytes silently, so it is
+    kept. Postfix honours it at every ``milter_protocol``; an MTA that does not
+    refuses the connection, which is what libmilter does in that case.
     """
     offered_actions, offered_protocol = _check_offer(offer)
     agreed_version = min(version, offer.version)
@@ -148,11 +151,11 @@ def build_filter_reply(
             f"(offered {describe_actions(offered_actions)})"
         )
     lists = _macro_lists(macros)
-    if lists and (agreed_version < 6 or not offered_actions & Action.SETSYMLIST):
-        lists = ()
+    if lists and not offered_actions & Action.SETSYMLIST:
+        lists = ()  # Postfix offers SETSYMLIST and reads the lists at every version
     if lists:
         actions |= Action.SETSYMLIST
-    agreed_protocol = ProtocolFlag(protocol & offered_protocol)
+    agreed_protocol = ProtocolFlag(protocol & (offered_protocol | ProtocolFlag.HDR_LEADSPC))
     return OptNeg(agreed_version, Action(actions), agreed_protocol, lists)
 
 
@@ -177,7 +180,7 @@ def check_filter_reply_local(offer: OptNeg, reply: OptNeg) -> None:
     problem = _reply_problem(offer, reply, offered_actions)
     if problem:
         raise LocalProtocolError(problem)
-    extra = ProtocolFlag(int(reply.protocol) & ~int(offered_protocol))
+    extra = ProtocolFlag(int(reply.protocol) & ~int(offered_protocol | ProtocolFlag.HDR_LEADSPC))
     if extra:
         raise LocalProtocolError(
             f"OPTNEG reply asks for protocol bits the MTA did not offer: {extra!r}; "
@@ -185,16 +188,22 @@ def check_filter_reply_local(offer: OptNeg, reply: OptNeg) -> None:
         )
 
 
-def accept_filter_reply(offer: OptNeg, reply: OptNeg) -> Negotiated:
+def accept_filter_reply(
+    offer: OptNeg, reply: OptNeg, *, keep_unoffered_protocol: bool = False
+) -> Negotiated:
     """MTA side: validate the filter's reply (RemoteProtocolError) and adopt it.
 
-    Protocol bits beyond the offer are ignored, as Postfix does, so a filter
-    that asks for MDS from an MTA that never offered it still works.
+    Protocol bits beyond the offer are dropped, unless ``keep_unoffered_protocol``:
+    Postfix keeps the filter's bits as sent and acts on NO*, NR_* and
+    HDR_LEADSPC whatever it offered (milter8.c uses the filter's event mask).
+    The body chunk size never goes beyond what was offered (MDS bits).
     """
     offered_actions, offered_protocol = _check_offer(offer)
     problem = _reply_problem(offer, reply, offered_actions)
     if problem:
         raise RemoteProtocolError(problem)
+    if keep_unoffered_protocol:
+        return negotiated(offer, reply)
     trimmed = OptNeg(
         reply.version, reply.actions, ProtocolFlag(reply.protocol & offered_protocol), reply.macros
     )
