@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError
-from milterkit.protocol.macros import MacroStore
+from milterkit.protocol.macros import DEFAULT_MAX_MACRO_BYTES, DEFAULT_MAX_MACROS, MacroStore
 from milterkit.protocol.negotiate import Negotiated, describe_actions
 
 if TYPE_CHECKING:
@@ -162,6 +162,11 @@ class Milter:
       ``body_memory_limit`` bytes (1 MiB), so memory per session stays bounded;
     * ``max_body_bytes``: body bytes collected per message (64 MiB; only with
       ``collect_body``).
+
+    Per-connection macro caps (``None`` turns one off): ``max_macros`` (1000)
+    and ``max_macro_bytes`` (256 KiB) bound the macros held at once over all
+    stages. Going over one is a protocol violation: the connection is closed
+    with a log line naming the cap; the daemon goes on serving the others.
     """
 
     actions: ClassVar[Action] = Action.NONE
@@ -174,6 +179,8 @@ class Milter:
     body_memory_limit: ClassVar[int] = 1024 * 1024
     max_body_bytes: ClassVar[int | None] = 64 * 1024 * 1024
     body_spool_dir: ClassVar[str | None] = None
+    max_macros: ClassVar[int | None] = DEFAULT_MAX_MACROS
+    max_macro_bytes: ClassVar[int | None] = DEFAULT_MAX_MACRO_BYTES
 
     _session: MilterSession
     connection_id: str

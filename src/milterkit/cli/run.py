@@ -92,7 +92,15 @@ def _add_session_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=7210.0,
         metavar="SECONDS",
-        help="close a connection idle this long (7210, as libmilter)",
+        help="close a connection idle this long inside a message (7210, as libmilter)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=3610.0,
+        metavar="SECONDS",
+        help="close a connection idle this long between messages (3610; keep it above "
+        "the MTA's SMTP command timeout)",
     )
     parser.add_argument(
         "--read-timeout",
@@ -156,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         drain_timeout=args.drain_timeout,
         use_uvloop=False if args.no_uvloop else None,
+        idle_timeout=args.idle_timeout,
     )
     return run_daemon(factory, config)
 

@@ -34,6 +34,7 @@ from milterkit.runtime.logsetup import configure_logging, reopen_logs
 from milterkit.runtime.pidfile import PidFile
 from milterkit.runtime.privileges import drop_privileges, resolve_group, resolve_user
 from milterkit.runtime.server import (
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_TIMEOUT,
     Server,
@@ -73,6 +74,7 @@ class DaemonConfig:
     log_level: str = "info"
     drain_timeout: float = 30.0
     use_uvloop: bool | None = None
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 def run(
@@ -96,6 +98,7 @@ def run(
     drain_timeout: float = 30.0,
     progress_interval: float | None = None,
     use_uvloop: bool | None = None,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
 ) -> int:
     """Run ``milter_class`` as a daemon in the foreground; return the exit status.
 
@@ -124,6 +127,7 @@ def run(
         log_level=log_level,
         drain_timeout=drain_timeout,
         use_uvloop=use_uvloop,
+        idle_timeout=idle_timeout,
     )
     return run_daemon(milter_class, config)
 
@@ -153,6 +157,8 @@ def _check_config(config: DaemonConfig) -> None:
         raise RuntimeConfigError(f"invalid max_connections {config.max_connections}: must be >= 1")
     if config.timeout <= 0:
         raise RuntimeConfigError(f"invalid timeout {config.timeout}: must be positive")
+    if config.idle_timeout <= 0:
+        raise RuntimeConfigError(f"invalid idle timeout {config.idle_timeout}: must be positive")
     if config.read_timeout <= 0:
         raise RuntimeConfigError(f"invalid read timeout {config.read_timeout}: must be positive")
     if config.callback_timeout is not None and config.callback_timeout <= 0:
@@ -275,6 +281,7 @@ class _Daemon:
             progress_interval=config.progress_interval,
             error_decision=config.error_decision,
             logger=_log,
+            idle_timeout=config.idle_timeout,
         )
         await serve_sockets(server, drain_timeout=config.drain_timeout, on_reopen=reopen_logs)
 
