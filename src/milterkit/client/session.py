@@ -57,6 +57,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 
+from milterkit.client.limits import (
+    DEFAULT_MAX_MODIFICATIONS,
+    DEFAULT_MAX_REPLY_BYTES,
+    OPTNEG_REPLY_LIMIT,
+    check_modification,
+    check_reply_bytes,
+)
 from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.constants import (
     REPLY_ACTION,
@@ -151,7 +158,14 @@ class MTASession:
     profile's stage lists is sent with CONNECT; ``"M:{name}"`` sends it with
     the given stage letter instead. Macros the filter requests in its OPTNEG
     reply are sent at their stage when they have a value.
+
+    ``max_modifications`` and ``max_reply_bytes`` bound what the filter may
+    send per message (None: no bound); reply packets may not exceed the
+    negotiated data size (see :mod:`milterkit.client.limits`).
     """
+
+    max_modifications: int | None = DEFAULT_MAX_MODIFICATIONS
+    max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES
 
     def __init__(
         self,
@@ -166,7 +180,10 @@ class MTASession:
     ) -> None:
         self.profile = profile
         self.client = client or ClientInfo()
-        self.conn = connection or MTAConnection()
+        if connection is None:
+            connection = MTAConnection()
+            connection.cap_reply_size(OPTNEG_REPLY_LIMIT)
+        self.conn = connection
         self.offer = MTAConnection.default_offer(
             profile.version if version is None else version,
             profile.actions if actions is None else actions,  # type: ignore[arg-type]
@@ -385,6 +402,8 @@ class Exchange(ABC):
         self.done = False
         self.stage = ""
         self.detail = ""
+        #: Bytes received from the filter during this exchange (see max_reply_bytes).
+        self.received = 0
         self._script: _Script | None = None
 
     def start(self) -> bytes:
@@ -399,6 +418,8 @@ class Exchange(ABC):
         if self.done or self._script is None:
             raise LocalProtocolError("exchange is not waiting for the filter")
         conn = self.session.conn
+        self.received += len(data)
+        check_reply_bytes(self.received, self.session.max_reply_bytes)
         conn.receive_data(data)
         while True:
             event = conn.next_event()
@@ -465,6 +486,8 @@ class Opening(Exchange):
     def _run(self) -> _Script:
         session = self.session
         yield from self._ask(session.offer, "optneg")
+        assert session.conn.negotiated is not None
+        session.conn.cap_reply_size(session.conn.negotiated.max_data_size)
         ctx = session.context
         session.emit_macros("C", ctx)
         connect = session.connect_message()
@@ -686,6 +709,8 @@ class MessageRun(Exchange):
             result.default_reply = reply or self._reply_for(decision, None)
 
     def _modification(self, message: Message) -> None:
+        count = len(self.result.modifications) + 1
+        check_modification(message, count, self.session.max_modifications)
         self.result.modifications.append(message)
         if isinstance(message, Quarantine):
             self.result.quarantine_reason = message.reason.decode("utf-8", "surrogateescape")
