@@ -270,7 +270,7 @@ class MTASession:
         for name in names:
             value = self._value(name, context)
             if value:
-                pairs.append((name.encode("ascii"), value.encode("utf-8", "surrogateescape")))
+                pairs.append((_enc(name), _enc(value)))
         self.emit(Macro(ord(letter), tuple(pairs)))
 
     def _stage_names(self, letter: str) -> list[str] | None:
@@ -297,7 +297,8 @@ class MTASession:
             if _LETTER_OF_STAGE.get(stage_id) != letter:
                 continue
             if names or self.profile.empty_macro_list_disables:
-                return [n.decode("ascii", "replace") for n in names]
+                # bytes as they came (a name with non-ASCII bytes must not crash us)
+                return [n.decode("ascii", "surrogateescape") for n in names]
         return None
 
     def _value(self, name: str, context: Mapping[str, str]) -> str:
