@@ -97,11 +97,13 @@ def test_count_cap_over_all_stages_names_the_limit() -> None:
         store.adopt(pairs_payload(b"R", 1))
 
 
-def test_count_cap_refuses_one_huge_packet_before_splitting_it() -> None:
+def test_count_cap_refuses_one_large_packet_before_splitting_it() -> None:
     store = MacroStore(max_macros=10)
-    with pytest.raises(RemoteProtocolError, match=r"a MACRO packet of 11 macros.*max_macros"):
-        store.adopt(pairs_payload(b"C", 11))
+    with pytest.raises(RemoteProtocolError, match=r"a MACRO packet of 600 macros.*max_macros"):
+        store.adopt(pairs_payload(b"C", 600))
     assert store.held == (0, 0)
+    with pytest.raises(RemoteProtocolError, match=r"would hold 11 macros.*max_macros"):
+        store.adopt(pairs_payload(b"C", 11))  # a small packet: caught by the totals
 
 
 def test_byte_cap_names_the_limit() -> None:
@@ -113,9 +115,9 @@ def test_byte_cap_names_the_limit() -> None:
         store.adopt(pairs_payload(b"H", 1, b"x" * 500))
     with pytest.raises(
         RemoteProtocolError,
-        match=r"a MACRO packet of 1002 bytes, over the limit of 1000 per connection .max_macro_",
+        match=r"a MACRO packet of 1104 bytes, over the limit of 1000 per connection .max_macro_",
     ):
-        store.adopt(pairs_payload(b"M", 1, b"x" * 998))
+        store.adopt(pairs_payload(b"M", 1, b"x" * 1100))
 
 
 def test_caps_can_be_turned_off() -> None:

@@ -17,6 +17,7 @@ connection.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from itertools import chain
 
 from milterkit.protocol.constants import Command
 from milterkit.protocol.errors import RemoteProtocolError
@@ -46,6 +47,14 @@ STAGES = frozenset({*STAGE_ORDER, int(Command.UNKNOWN)})
 DEFAULT_MAX_MACROS = 1000
 #: Bytes of MACRO payload (names, values and their NULs) held at once per connection.
 DEFAULT_MAX_MACRO_BYTES = 256 * 1024
+#: Packets up to this size cannot break a cap by themselves (the totals are
+#: still checked); larger ones are checked before they are split into pairs.
+_SMALL_PACKET = 1024
+#: The stages a MACRO packet for a stage replaces: itself and the later ones.
+_REPLACED: dict[int, tuple[int, ...]] = {
+    **{stage: STAGE_ORDER[rank:] for rank, stage in enumerate(STAGE_ORDER)},
+    int(Command.UNKNOWN): (int(Command.UNKNOWN),),
+}
 
 
 def macro_key(name: bytes | str) -> bytes:
@@ -59,7 +68,15 @@ def macro_key(name: bytes | str) -> bytes:
 class MacroStore(Mapping[bytes, bytes]):
     """The macros in force now, keyed by canonical name (see :func:`macro_key`)."""
 
-    __slots__ = ("_bytes", "_count", "_sizes", "_stages", "max_macro_bytes", "max_macros")
+    __slots__ = (
+        "_bytes",
+        "_count",
+        "_sizes",
+        "_stages",
+        "_watched",
+        "max_macro_bytes",
+        "max_macros",
+    )
 
     def __init__(
         self,
@@ -68,13 +85,15 @@ class MacroStore(Mapping[bytes, bytes]):
         max_macro_bytes: int | None = DEFAULT_MAX_MACRO_BYTES,
     ) -> None:
         self._stages: dict[int, dict[bytes, bytes]] = {}
-        #: (macros, bytes) held per stage, and their totals.
-        self._sizes: dict[int, tuple[int, int]] = {}
+        #: Payload bytes held per stage; the totals of macros and bytes held.
+        self._sizes: dict[int, int] = {}
         self._count = 0
         self._bytes = 0
         #: Caps on what is held at once (None: no cap); assign to change them.
         self.max_macros = max_macros
         self.max_macro_bytes = max_macro_bytes
+        #: A subclass overrides set_stage: adopt() must go through it.
+        self._watched = type(self).set_stage is not MacroStore.set_stage
 
     def adopt(self, payload: bytes) -> None:
         """Store a raw MACRO payload (stage byte, then name/value strings).
@@ -83,54 +102,65 @@ class MacroStore(Mapping[bytes, bytes]):
         costs no per-pair objects. Payloads without a stage byte or with a
         stage byte no MTA uses are ignored.
         """
-        if not payload or payload[0] not in STAGES:
+        size = len(payload)
+        if size > _SMALL_PACKET:
+            if payload[0] not in STAGES:
+                return
+            self._check_packet(payload)
+        elif not size or payload[0] not in STAGES:
             return
+        pairs = split_macro_payload(payload)[0] if size > 1 else ()
+        if self._watched:
+            self.set_stage(payload[0], pairs)  # a subclass that sees every packet
+        else:
+            self._store(payload[0], pairs, size - 1)  # no need to add up the lengths
+
+    def _check_packet(self, payload: bytes) -> None:
         limit = self.max_macro_bytes
         if limit is not None and len(payload) - 1 > limit:
             self._refuse(f"a MACRO packet of {len(payload) - 1} bytes", "max_macro_bytes", limit)
         limit = self.max_macros
         if limit is not None and len(payload) > 2 * limit and payload.count(0) > 2 * limit + 1:
             self._refuse(f"a MACRO packet of {payload.count(0) // 2} macros", "max_macros", limit)
-        pairs = split_macro_payload(payload)[0] if len(payload) > 1 else ()
-        self.set_stage(payload[0], pairs)
 
     def set_stage(self, stage: int, pairs: tuple[tuple[bytes, bytes], ...]) -> None:
         """Adopt a MACRO packet: replace ``stage`` and clear the stages after it."""
-        if stage not in STAGES:
-            return
-        rank = _RANK.get(stage)
-        if rank is not None:
-            for later in STAGE_ORDER[rank + 1 :]:
-                if self._stages.pop(later, None) is not None:
-                    self._forget(later)
-        if stage in self._sizes:
-            self._forget(stage)
-        size = sum(len(name) + len(value) for name, value in pairs) + 2 * len(pairs)
-        self._hold(len(pairs), size)
-        self._stages[stage] = {macro_key(name): value for name, value in pairs}
-        self._sizes[stage] = (len(pairs), size)
+        if stage in STAGES:
+            size = sum(map(len, chain.from_iterable(pairs))) + 2 * len(pairs)
+            self._store(stage, pairs, size)
 
-    def _hold(self, count: int, size: int) -> None:
-        """Count a new stage in, or raise if the totals would go over a cap."""
-        count += self._count
-        size += self._bytes
+    def _store(self, stage: int, pairs: tuple[tuple[bytes, bytes], ...], size: int) -> None:
+        """Replace ``stage`` (and the later ones) by ``pairs`` of ``size`` payload bytes."""
+        # Performance: runs for nearly every packet, so the bookkeeping is inline
+        # and kept to one int per stage (the count is the stored dict's length).
+        values = {macro_key(name): value for name, value in pairs}
+        stages = self._stages
+        count = self._count + len(values)
+        total = self._bytes + size
+        if stages:
+            sizes = self._sizes
+            for dropped in _REPLACED[stage]:
+                old = stages.pop(dropped, None)
+                if old is not None:
+                    count -= len(old)
+                    total -= sizes.pop(dropped)
         if self.max_macros is not None and count > self.max_macros:
             self._refuse(f"MACRO packets would hold {count} macros", "max_macros", self.max_macros)
-        if self.max_macro_bytes is not None and size > self.max_macro_bytes:
-            self._refuse(
-                f"MACRO packets would hold {size} bytes", "max_macro_bytes", self.max_macro_bytes
-            )
+        if self.max_macro_bytes is not None and total > self.max_macro_bytes:
+            limit = self.max_macro_bytes
+            self._refuse(f"MACRO packets would hold {total} bytes", "max_macro_bytes", limit)
         self._count = count
-        self._bytes = size
+        self._bytes = total
+        stages[stage] = values
+        self._sizes[stage] = size
 
     @staticmethod
     def _refuse(what: str, name: str, limit: int) -> None:
         raise RemoteProtocolError(f"{what}, over the limit of {limit} per connection ({name})")
 
     def _forget(self, stage: int) -> None:
-        count, size = self._sizes.pop(stage)
-        self._count -= count
-        self._bytes -= size
+        self._count -= len(self._stages.pop(stage))
+        self._bytes -= self._sizes.pop(stage)
 
     @property
     def held(self) -> tuple[int, int]:
@@ -140,7 +170,6 @@ class MacroStore(Mapping[bytes, bytes]):
     def clear_message(self) -> None:
         for stage in list(self._stages):
             if stage not in CONNECTION_STAGES:
-                del self._stages[stage]
                 self._forget(stage)
 
     def clear(self) -> None:
