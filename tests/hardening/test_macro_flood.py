@@ -168,14 +168,14 @@ def test_milter_class_attributes_set_the_caps() -> None:
 def flood_within_caps(daemon: Daemon, errors: list[str]) -> None:
     """FLOOD_BYTES of MACRO packets over all 256 stage bytes, none over a cap.
 
-    Unknown stages get 64 KiB packets of tiny pairs (ignored: no storage); the
+    Unknown stages get 60 KiB packets of distinct small pairs (ignored: no storage); the
     10 real stages get 100 pairs each, so the connection stays within the caps
     and must still answer MAIL afterwards.
     """
     try:
         raw = Raw(daemon.sockaddr, timeout=120)
         raw.hello()
-        tiny = frame(b"D", b"?" + b"a\0b\0" * 16000)
+        tiny = frame(b"D", pairs_payload(b"?", 6500))  # 6500 distinct names, ~60 KiB
         real = {s: frame(b"D", pairs_payload(bytes((s,)), 100, b"x" * 200)) for s in b"CHMRTLNBEU"}
         sent = 0
         while sent < FLOOD_BYTES:
