@@ -47,8 +47,8 @@ STAGES = frozenset({*STAGE_ORDER, int(Command.UNKNOWN)})
 DEFAULT_MAX_MACROS = 1000
 #: Bytes of MACRO payload (names, values and their NULs) held at once per connection.
 DEFAULT_MAX_MACRO_BYTES = 256 * 1024
-#: Packets up to this size cannot break a cap by themselves (the totals are
-#: still checked); larger ones are checked before they are split into pairs.
+#: Packets up to this size are split into pairs before the caps are checked
+#: (splitting them costs little); larger ones are checked first.
 _SMALL_PACKET = 1024
 #: The stages a MACRO packet for a stage replaces: itself and the later ones.
 _REPLACED: dict[int, tuple[int, ...]] = {
