@@ -32,8 +32,10 @@ from milterkit.client.limits import DEFAULT_MAX_REPLY_BYTES, is_field_name
 from tests.hardening.conftest import REPO, frame
 
 MSG = b"From: <alice@example.org>\r\nTo: <bob@example.net>\r\nSubject: hi\r\n\r\nHello\r\n"
-#: Reply deadline given to the client; the hostile milter sends PROGRESS 5x as often.
+#: Reply deadline given to the client against PROGRESS, sent 5x as often.
 TIMEOUT = 1.0
+#: Deadline in the other cases: never what ends them, even on a loaded machine.
+SLOW_TIMEOUT = 120.0
 PROGRESS_EVERY = 0.2
 #: How long the PROGRESS milter keeps going; a client that is not stopped by its
 #: deadline takes at least this long, far over the bound the test asserts.
@@ -190,10 +192,10 @@ def eml(tmp_path: Path) -> Path:
 # ------------------------------------------------------------- the library
 
 
-def lib_check(address: str) -> tuple[float, Exception | None]:
+def lib_check(address: str, timeout: float = SLOW_TIMEOUT) -> tuple[float, Exception | None]:
     started = time.monotonic()
     try:
-        with MilterClient(address, timeout=TIMEOUT) as client:
+        with MilterClient(address, timeout=timeout) as client:
             client.check(MSG)
     except Exception as exc:
         return time.monotonic() - started, exc
@@ -201,7 +203,7 @@ def lib_check(address: str) -> tuple[float, Exception | None]:
 
 
 def test_progress_does_not_extend_the_reply_deadline(hostile: Callable[..., HostileMilter]) -> None:
-    elapsed, error = lib_check(hostile("progress").address)
+    elapsed, error = lib_check(hostile("progress").address, TIMEOUT)
     assert isinstance(error, MilterTimeout), error
     assert f"took longer than {TIMEOUT:g} s to reply at EOM" in str(error)
     assert elapsed < ELAPSED_BOUND
@@ -315,15 +317,17 @@ def test_cli_against_hostile_milter_is_bounded(
 ) -> None:
     milter = hostile(mode)
     out_file = eml.with_name("out.eml")
+    timeout = TIMEOUT if mode == "progress" else SLOW_TIMEOUT
     code, out, err, rss, elapsed = run_cli(
-        "--socket", milter.address, "--timeout", str(TIMEOUT), "--apply", str(out_file), str(eml)
+        "--socket", milter.address, "--timeout", str(timeout), "--apply", str(out_file), str(eml)
     )
     print(f"check vs {mode}: exit {code} in {elapsed:.1f}s, peak RSS {rss} KiB")
     assert code == status, err
     assert message in err, err
     assert ESC not in out + err
     assert not out_file.exists()
-    assert elapsed < ELAPSED_BOUND
+    if mode == "progress":
+        assert elapsed < ELAPSED_BOUND
     assert rss < CLI_RSS_BOUND_KIB
 
 
