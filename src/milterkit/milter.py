@@ -28,7 +28,7 @@ from milterkit.headers import HeaderEdit, plan_header_edits
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError
-from milterkit.protocol.macros import MacroStore
+from milterkit.protocol.macros import DEFAULT_MAX_MACRO_BYTES, DEFAULT_MAX_MACROS, MacroStore
 from milterkit.protocol.negotiate import Negotiated, describe_actions
 
 if TYPE_CHECKING:
@@ -198,6 +198,10 @@ class Milter:
     * ``blocking_callbacks``: names of callbacks that block (network, disk),
       run in the pool from the first call, like those decorated with
       :func:`blocking`.
+    Per-connection macro caps (``None`` turns one off): ``max_macros`` (1000)
+    and ``max_macro_bytes`` (256 KiB) bound the macros held at once over all
+    stages. Going over one is a protocol violation: the connection is closed
+    with a log line naming the cap; the daemon goes on serving the others.
     """
 
     actions: ClassVar[Action] = Action.NONE
@@ -212,6 +216,8 @@ class Milter:
     body_spool_dir: ClassVar[str | None] = None
     execution: ClassVar[str | None] = None
     blocking_callbacks: ClassVar[Iterable[str]] = ()
+    max_macros: ClassVar[int | None] = DEFAULT_MAX_MACROS
+    max_macro_bytes: ClassVar[int | None] = DEFAULT_MAX_MACRO_BYTES
 
     _session: MilterSession
     connection_id: str

@@ -137,6 +137,8 @@ class MilterSession:
         self._max_header_bytes = cls.max_header_bytes
         self._collect_body = cls.collect_body
         self._max_body_bytes = cls.max_body_bytes
+        self.conn.macros.max_macros = cls.max_macros
+        self.conn.macros.max_macro_bytes = cls.max_macro_bytes
         return milter
 
     # ------------------------------------------------------------- limits

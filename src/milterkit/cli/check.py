@@ -11,19 +11,37 @@ The exit status makes the command usable in scripts and CI:
 64    usage error (bad option, bad socket address, no recipient)
 66    the message file cannot be read
 69    cannot connect, or the filter dropped the connection
+70    internal error (a bug in milterkit)
+73    the --apply file cannot be written
+74    the report cannot be written (stdout closed or failing)
 75    the filter did not answer in time
-76    the filter broke the protocol
+76    the filter broke the protocol (or went over a limit)
 ====  ===========================================================
+
+Statuses 0-4 are only ever the filter's decision: an error writing the
+output never turns into one. Every string the filter chose is printed
+escaped (:mod:`milterkit.cli.display`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from milterkit.cli.display import (
+    encodable,
+    json_safe,
+    printable,
+    printable_reply,
+    write_atomically,
+)
 from milterkit.client import (
     MilterAddressError,
     MilterClient,
@@ -46,6 +64,7 @@ from milterkit.result import (
 __all__ = ["EXIT_CODES", "add_parser", "exit_status", "run"]
 
 EX_USAGE, EX_NOINPUT, EX_UNAVAILABLE, EX_TEMPFAIL, EX_PROTOCOL = 64, 66, 69, 75, 76
+EX_SOFTWARE, EX_CANTCREAT, EX_IOERR = 70, 73, 74
 
 #: Exit status per final decision (quarantine is checked first, see exit_status).
 EXIT_CODES = {"continue": 0, "accept": 0, "reject": 1, "tempfail": 2, "discard": 3}
@@ -60,7 +79,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Send MESSAGE to the milter at --socket as Postfix or Sendmail "
         "would, then print the negotiation, each step's decision and the modifications.",
         epilog="exit status: 0 accepted, 1 rejected, 2 tempfailed, 3 discarded, "
-        "4 quarantined, 64 usage, 66 no message, 69 connection, 75 timeout, 76 protocol",
+        "4 quarantined, 64 usage, 66 no message, 69 connection, 70 internal error, "
+        "73 cannot write --apply, 74 cannot write output, 75 timeout, 76 protocol",
     )
     parser.add_argument("message", metavar="MESSAGE", help="message file (RFC 5322), - for stdin")
     parser.add_argument("--socket", required=True, metavar="ADDR", help="unix:/p, inet:PORT@HOST")
@@ -76,7 +96,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--macro", action="append", default=[], metavar="NAME=VALUE", help="repeatable"
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="postfix")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per reply")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="deadline for each reply, from sending the command; PROGRESS does not extend it",
+    )
     parser.add_argument("--apply", metavar="OUT", help="write the message as it would be delivered")
     parser.add_argument("--received", metavar="HEADER", help="MTA Received: header for --apply")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -99,14 +125,57 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     try:
         result = _check(args, data, macros)
     except MilterError as exc:
-        return _fail(err, _error_status(exc), str(exc))
+        return _fail(err, _error_status(exc), printable(str(exc)))
     except ValueError as exc:
-        return _fail(err, EX_USAGE, str(exc))
+        return _fail(err, EX_USAGE, printable(str(exc)))
+    except Exception:
+        return _fail(err, EX_SOFTWARE, f"internal error:\n{traceback.format_exc()}")
     if args.apply:
-        delivered = result.apply(data, received_header=args.received)
-        Path(args.apply).write_bytes(delivered.message_bytes)
-    print(result.to_json() if args.json else render(result, args.socket), file=out)
+        status = _apply(result, data, args, err)
+        if status:
+            return status
+    if not _write_report(out, _report(result, args, out)):
+        _fail(err, EX_IOERR, "cannot write the report to standard output")
+        return EX_IOERR
     return exit_status(result)
+
+
+def _apply(result: CheckResult, data: bytes, args: argparse.Namespace, err: TextIO) -> int:
+    """Write the --apply file; 0, or the exit status of the failure."""
+    try:
+        delivered = result.apply(data, received_header=args.received)
+    except ValueError as exc:
+        return _fail(err, EX_USAGE, printable(str(exc)))
+    try:
+        write_atomically(args.apply, delivered.message_bytes)
+    except OSError as exc:
+        return _fail(err, EX_CANTCREAT, f"cannot write {args.apply!r}: {exc.strerror or exc}")
+    return 0
+
+
+def _report(result: CheckResult, args: argparse.Namespace, out: TextIO) -> str:
+    """The report as text ``out`` can encode: escaped, never a UnicodeEncodeError."""
+    encoding = getattr(out, "encoding", None)
+    if not args.json:
+        return encodable(render(result, args.socket), encoding)
+    text = json_safe(result.to_json())
+    if encodable(text, encoding) != text:
+        text = json.dumps(result.as_dict(), indent=2, ensure_ascii=True)
+    return text
+
+
+def _write_report(out: TextIO, text: str) -> bool:
+    """Print the report; False if the stream failed (closed pipe, I/O error)."""
+    try:
+        print(text, file=out)
+        out.flush()
+    except (OSError, ValueError, UnicodeError):
+        if out is sys.stdout:
+            # a closed pipe would fail again when the interpreter flushes stdout
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
 
 
 def exit_status(result: CheckResult) -> int:
@@ -150,7 +219,8 @@ def _error_status(exc: MilterError) -> int:
 
 
 def _fail(err: TextIO, status: int, message: str) -> int:
-    print(f"milterkit check: {message}", file=err)
+    with contextlib.suppress(OSError, ValueError, UnicodeError):
+        print(encodable(f"milterkit check: {message}", getattr(err, "encoding", None)), file=err)
     return status
 
 
@@ -175,7 +245,7 @@ def _read_message(path: str) -> bytes:
 
 def render(result: CheckResult, address: str) -> str:
     """The human-readable report: negotiation, a stage table, the outcome."""
-    lines = [f"filter       {address} (as {result.profile})"]
+    lines = [f"filter       {printable(address)} (as {result.profile})"]
     lines += _negotiation_lines(result)
     lines += ["", *_table(_grouped(result.stages))]
     lines += ["", *_outcome_lines(result)]
@@ -192,7 +262,7 @@ def _negotiation_lines(result: CheckResult) -> list[str]:
         f"protocol     0x{int(neg.protocol):06x} {describe_flags(neg.protocol, ProtocolFlag)}",
     ]
     for stage, names in sorted(neg.macros.items()):
-        joined = " ".join(n.decode("ascii", "replace") for n in names)
+        joined = printable(" ".join(n.decode("utf-8", "surrogateescape") for n in names))
         lines.append(f"macros[{stage}]    {joined}")
     return lines
 
@@ -202,7 +272,7 @@ def _grouped(stages: list[StageResult]) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     count = 0
     for i, stage in enumerate(stages):
-        reply = str(stage.reply) if stage.reply else ""
+        reply = printable_reply(str(stage.reply)) if stage.reply else ""
         prev = stages[i - 1] if i else None
         same = prev is not None and (prev.stage, prev.decision, prev.reply) == (
             stage.stage,
@@ -214,7 +284,7 @@ def _grouped(stages: list[StageResult]) -> list[tuple[str, str, str, str]]:
             rows[-1] = (stage.stage, stage.decision, f"x{count}", reply)
             continue
         count = 1
-        rows.append((stage.stage, stage.decision, stage.detail, reply))
+        rows.append((stage.stage, stage.decision, printable(stage.detail), reply))
     return rows
 
 
@@ -233,12 +303,16 @@ def _outcome_lines(result: CheckResult) -> list[str]:
     where = f" (at {result.decided_at})" if result.decided_at else ""
     lines = [f"decision     {result.decision}{where}"]
     if result.smtp_reply is not None:
-        lines.append(f"smtp reply   {result.smtp_reply}")
+        lines.append(f"smtp reply   {printable_reply(str(result.smtp_reply))}")
     if result.quarantine_reason is not None:
-        lines.append(f"quarantine   {result.quarantine_reason}")
+        lines.append(f"quarantine   {printable(result.quarantine_reason)}")
     for rcpt, reply in result.rejected_recipients.items():
-        text = str(reply).replace("\r\n", "\n" + " " * (15 + len(rcpt)))
+        rcpt = printable(rcpt)
+        text = printable_reply(str(reply)).replace("\r\n", "\n" + " " * (15 + len(rcpt)))
         lines.append(f"rejected     {rcpt}: {text}")
     lines.append(f"modifications {len(result.modifications)}")
-    lines += [f"  {n}. {describe_modification(m)}" for n, m in enumerate(result.modifications, 1)]
+    lines += [
+        f"  {n}. {printable(describe_modification(m))}"
+        for n, m in enumerate(result.modifications, 1)
+    ]
     return lines

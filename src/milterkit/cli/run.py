@@ -119,7 +119,15 @@ def _add_session_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=7210.0,
         metavar="SECONDS",
-        help="close a connection idle this long (7210, as libmilter)",
+        help="close a connection idle this long inside a message (7210, as libmilter)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=3610.0,
+        metavar="SECONDS",
+        help="close a connection idle this long between messages (3610; keep it above "
+        "the MTA's SMTP command timeout)",
     )
     parser.add_argument(
         "--read-timeout",
@@ -219,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         slow_callback=args.slow_callback_ms / 1000,
         loop_block_warning=args.loop_block_warning_ms / 1000,
         keep_env=tuple(args.keep_env),
+        idle_timeout=args.idle_timeout,
     )
     return run_daemon(factory, config)
 

@@ -1,8 +1,8 @@
 """The asyncio milter client: an MTASession driven over a real socket.
 
 All protocol decisions live in :mod:`milterkit.client.session`; this module
-only moves bytes, enforces the connect and per-reply timeouts, and turns
-failures into :mod:`milterkit.client.errors` exceptions that name the filter's
+only moves bytes, enforces the connect timeout and each command's reply
+deadline, and turns failures into :mod:`milterkit.client.errors` exceptions that name the filter's
 address and the step that failed.
 """
 
@@ -20,6 +20,7 @@ from milterkit.client.errors import (
     MilterProtocolError,
     MilterTimeout,
 )
+from milterkit.client.limits import DEFAULT_MAX_MODIFICATIONS, DEFAULT_MAX_REPLY_BYTES
 from milterkit.client.session import ClientInfo, Exchange, MTASession
 from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.errors import RemoteProtocolError
@@ -30,7 +31,9 @@ from milterkit.runtime.errors import RuntimeConfigError
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncMilterClient", "open_stream"]
 
-#: Seconds to wait for each reply; Postfix's milter_command_timeout is 30 s.
+#: Seconds a filter has for each reply; Postfix's milter_command_timeout is 30 s.
+#: A deadline from when the command was sent: PROGRESS does not extend it
+#: (Sendmail's E= end-of-message timeout works the same way).
 DEFAULT_TIMEOUT = 30.0
 _READ_SIZE = 65536
 
@@ -76,6 +79,11 @@ class AsyncMilterClient:
     :meth:`connect` negotiates and sends CONNECT/HELO, then :meth:`check`
     may be called any number of times; :meth:`close` sends QUIT. ``check``
     connects on first use. Usable as ``async with``.
+
+    ``timeout`` is each command's deadline for its complete reply, counted
+    from sending the command; PROGRESS from the filter does not extend it.
+    ``max_modifications`` and ``max_reply_bytes`` bound one message's replies
+    (see :mod:`milterkit.client.limits`).
     """
 
     def __init__(
@@ -93,6 +101,8 @@ class AsyncMilterClient:
         protocol: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float | None = None,
+        max_modifications: int | None = DEFAULT_MAX_MODIFICATIONS,
+        max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -105,6 +115,8 @@ class AsyncMilterClient:
             protocol=protocol,
             macros=macros,
         )
+        self.session.max_modifications = max_modifications
+        self.session.max_reply_bytes = max_reply_bytes
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._broken: str | None = None
@@ -188,14 +200,17 @@ class AsyncMilterClient:
 
     async def _drive(self, exchange: Exchange) -> None:
         """Run an exchange to completion; on any failure the connection is dropped."""
+        loop = asyncio.get_running_loop()
         try:
             out = exchange.start()
+            deadline = loop.time() + self.timeout
             while True:
                 if out:
                     await self._write(out, exchange.stage)
+                    deadline = loop.time() + self.timeout  # a new command: a new deadline
                 if exchange.done:
                     return
-                data = await self._read(exchange.stage)
+                data = await self._read(exchange.stage, deadline - loop.time())
                 out = exchange.receive_data(data)
         except MilterError as exc:
             await self._abandon(str(exc))
@@ -226,11 +241,14 @@ class AsyncMilterClient:
         except OSError as exc:
             raise self._lost(stage, exc) from None
 
-    async def _read(self, stage: str) -> bytes:
+    async def _read(self, stage: str, remaining: float) -> bytes:
+        """Bytes from the filter, waiting at most ``remaining`` s (the reply deadline)."""
         reader = self._reader
         assert reader is not None
+        if remaining <= 0:
+            raise self._timeout(stage, "to reply")
         try:
-            data = await asyncio.wait_for(reader.read(_READ_SIZE), self.timeout)
+            data = await asyncio.wait_for(reader.read(_READ_SIZE), remaining)
         except asyncio.TimeoutError:
             raise self._timeout(stage, "to reply") from None
         except OSError as exc:

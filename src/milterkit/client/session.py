@@ -58,6 +58,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 
+from milterkit.client.limits import (
+    DEFAULT_MAX_MODIFICATIONS,
+    DEFAULT_MAX_REPLY_BYTES,
+    OPTNEG_REPLY_LIMIT,
+    check_modification,
+    check_reply_bytes,
+)
 from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.constants import (
     REPLY_ACTION,
@@ -153,7 +160,14 @@ class MTASession:
     profile's stage lists is sent with CONNECT; ``"M:{name}"`` sends it with
     the given stage letter instead. Macros the filter requests in its OPTNEG
     reply are sent at their stage when they have a value.
+
+    ``max_modifications`` and ``max_reply_bytes`` bound what the filter may
+    send per message (None: no bound); reply packets may not exceed the
+    negotiated data size (see :mod:`milterkit.client.limits`).
     """
+
+    max_modifications: int | None = DEFAULT_MAX_MODIFICATIONS
+    max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES
 
     def __init__(
         self,
@@ -168,9 +182,10 @@ class MTASession:
     ) -> None:
         self.profile = profile
         self.client = client or ClientInfo()
-        self.conn = connection or MTAConnection(
-            keep_unoffered_protocol=profile.keeps_unoffered_protocol
-        )
+        if connection is None:
+            connection = MTAConnection(keep_unoffered_protocol=profile.keeps_unoffered_protocol)
+            connection.cap_reply_size(OPTNEG_REPLY_LIMIT)
+        self.conn = connection
         self.offer = MTAConnection.default_offer(
             profile.version if version is None else version,
             profile.actions if actions is None else actions,  # type: ignore[arg-type]
@@ -259,7 +274,7 @@ class MTASession:
         for name in names:
             value = self._value(name, context)
             if value:
-                pairs.append((name.encode("ascii"), value.encode("utf-8", "surrogateescape")))
+                pairs.append((_enc(name), _enc(value)))
         self.emit(Macro(ord(letter), tuple(pairs)))
 
     def _stage_names(self, letter: str) -> list[str] | None:
@@ -293,7 +308,8 @@ class MTASession:
             if _LETTER_OF_STAGE.get(stage_id) != letter:
                 continue
             if names or self.profile.empty_macro_list_disables:
-                return [n.decode("ascii", "replace") for n in names]
+                # bytes as they came (a name with non-ASCII bytes must not crash us)
+                return [n.decode("ascii", "surrogateescape") for n in names]
         return None
 
     def _value(self, name: str, context: Mapping[str, str]) -> str:
@@ -398,6 +414,8 @@ class Exchange(ABC):
         self.done = False
         self.stage = ""
         self.detail = ""
+        #: Bytes received from the filter during this exchange (see max_reply_bytes).
+        self.received = 0
         self._script: _Script | None = None
 
     def start(self) -> bytes:
@@ -412,6 +430,8 @@ class Exchange(ABC):
         if self.done or self._script is None:
             raise LocalProtocolError("exchange is not waiting for the filter")
         conn = self.session.conn
+        self.received += len(data)
+        check_reply_bytes(self.received, self.session.max_reply_bytes)
         conn.receive_data(data)
         while True:
             event = conn.next_event()
@@ -493,6 +513,8 @@ class Opening(Exchange):
     def _run(self) -> _Script:
         session = self.session
         yield from self._ask(session.offer, "optneg")
+        assert session.conn.negotiated is not None
+        session.conn.cap_reply_size(session.conn.negotiated.max_data_size)
         ctx = session.context
         session.emit_macros("C", ctx)
         connect = session.connect_message()
@@ -730,6 +752,8 @@ class MessageRun(Exchange):
             result.default_reply = reply or self._reply_for(decision, None)
 
     def _modification(self, message: Message) -> bool:
+        count = len(self.result.modifications) + 1
+        check_modification(message, count, self.session.max_modifications)
         if not self._body_order_ok(message):
             self._configuration_error(
                 "body replacement requests can't currently be mixed with other requests"

@@ -43,7 +43,6 @@ from milterkit.protocol.messages import (
     Skip,
     TempFail,
     decode_command,
-    split_macro_payload,
 )
 from milterkit.protocol.negotiate import (
     Negotiated,
@@ -157,14 +156,17 @@ class FilterConnection:
                 and self.awaiting is None
                 and self.negotiated is not None
                 and not self._closed
-                and len(payload) > 1
             ):
                 # Performance: a MACRO packet precedes nearly every command and
                 # never becomes an event; when _accept would just store it, store
                 # its pairs without building the Macro message (same checks: any
-                # other case takes the general path below).
-                self.macros.set_stage(payload[0], split_macro_payload(payload)[0])
+                # other case takes the general path below). adopt() also checks
+                # the macro caps before splitting the payload into pairs.
+                self.macros.adopt(payload)
                 continue
+            if code == _MACRO and self.awaiting is not None and self.negotiated is not None:
+                # refused below anyway; refuse before splitting a large payload
+                self._accept(Macro(None))
             # decode_command inlined (one call less per packet)
             unpack = COMMAND_TYPES.get(code)
             message = decode_command(*frame) if unpack is None else unpack(frame[1])

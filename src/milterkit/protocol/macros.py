@@ -5,13 +5,23 @@ and clears the later ones in protocol order, so values never leak from one
 message into the next. CONNECT and HELO macros are connection-level; the
 rest are message-level and are dropped on ABORT and at the end of a message.
 Lookups treat ``x`` and ``{x}`` as the same name, as libmilter does.
+
+What a peer can make us hold is bounded: only the stage letters real MTAs
+send are kept (libmilter's ``st_macros`` drops any other byte, so do we), and
+the macros held at once, over all stages, are capped in number and in bytes
+(:data:`DEFAULT_MAX_MACROS`, :data:`DEFAULT_MAX_MACRO_BYTES`). Going over a
+cap raises :class:`RemoteProtocolError` naming it; the caller closes the
+connection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from itertools import chain
 
 from milterkit.protocol.constants import Command
+from milterkit.protocol.errors import RemoteProtocolError
+from milterkit.protocol.messages import split_macro_payload
 
 #: Stage letters in the order the MTA sends them within a session.
 STAGE_ORDER: tuple[int, ...] = (
@@ -27,6 +37,24 @@ STAGE_ORDER: tuple[int, ...] = (
 )
 CONNECTION_STAGES = frozenset({int(Command.CONNECT), int(Command.HELO)})
 _RANK = {stage: rank for rank, stage in enumerate(STAGE_ORDER)}
+#: Stage letters that are stored: Sendmail's C H M R T N E, plus Postfix's
+#: L (before each header), B (before each body chunk) and U (before UNKNOWN).
+#: A MACRO packet for any other byte is ignored, as libmilter ignores it.
+STAGES = frozenset({*STAGE_ORDER, int(Command.UNKNOWN)})
+#: Macros held at once per connection. Postfix sends a few dozen by default and
+#: Sendmail at most 50 per list (7 lists); this leaves room for generous
+#: configurations while bounding what a hostile peer can make us keep.
+DEFAULT_MAX_MACROS = 1000
+#: Bytes of MACRO payload (names, values and their NULs) held at once per connection.
+DEFAULT_MAX_MACRO_BYTES = 256 * 1024
+#: Packets up to this size are split into pairs before the caps are checked
+#: (splitting them costs little); larger ones are checked first.
+_SMALL_PACKET = 1024
+#: The stages a MACRO packet for a stage replaces: itself and the later ones.
+_REPLACED: dict[int, tuple[int, ...]] = {
+    **{stage: STAGE_ORDER[rank:] for rank, stage in enumerate(STAGE_ORDER)},
+    int(Command.UNKNOWN): (int(Command.UNKNOWN),),
+}
 
 
 def macro_key(name: bytes | str) -> bytes:
@@ -40,22 +68,109 @@ def macro_key(name: bytes | str) -> bytes:
 class MacroStore(Mapping[bytes, bytes]):
     """The macros in force now, keyed by canonical name (see :func:`macro_key`)."""
 
-    __slots__ = ("_stages", "_stale")
+    __slots__ = (
+        "_bytes",
+        "_count",
+        "_sizes",
+        "_stages",
+        "_stale",
+        "_watched",
+        "max_macro_bytes",
+        "max_macros",
+    )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_macros: int | None = DEFAULT_MAX_MACROS,
+        max_macro_bytes: int | None = DEFAULT_MAX_MACRO_BYTES,
+    ) -> None:
         self._stages: dict[int, dict[bytes, bytes]] = {}
         #: The message-level stages belong to a message that has ended.
         self._stale = False
+        #: Payload bytes held per stage; the totals of macros and bytes held.
+        self._sizes: dict[int, int] = {}
+        self._count = 0
+        self._bytes = 0
+        #: Caps on what is held at once (None: no cap); assign to change them.
+        self.max_macros = max_macros
+        self.max_macro_bytes = max_macro_bytes
+        #: A subclass overrides set_stage: adopt() must go through it.
+        self._watched = type(self).set_stage is not MacroStore.set_stage
+
+    def adopt(self, payload: bytes) -> None:
+        """Store a raw MACRO payload (stage byte, then name/value strings).
+
+        Checks the caps before splitting the payload, so a packet over them
+        costs no per-pair objects. Payloads without a stage byte or with a
+        stage byte no MTA uses are ignored.
+        """
+        size = len(payload)
+        if size > _SMALL_PACKET:
+            if payload[0] not in STAGES:
+                return
+            self._check_packet(payload)
+        elif not size or payload[0] not in STAGES:
+            return
+        pairs = split_macro_payload(payload)[0] if size > 1 else ()
+        if self._watched:
+            self.set_stage(payload[0], pairs)  # a subclass that sees every packet
+        else:
+            self._store(payload[0], pairs, size - 1)  # no need to add up the lengths
+
+    def _check_packet(self, payload: bytes) -> None:
+        limit = self.max_macro_bytes
+        if limit is not None and len(payload) - 1 > limit:
+            self._refuse(f"a MACRO packet of {len(payload) - 1} bytes", "max_macro_bytes", limit)
+        limit = self.max_macros
+        if limit is not None and len(payload) > 2 * limit and payload.count(0) > 2 * limit + 1:
+            self._refuse(f"a MACRO packet of {payload.count(0) // 2} macros", "max_macros", limit)
 
     def set_stage(self, stage: int, pairs: tuple[tuple[bytes, bytes], ...]) -> None:
         """Adopt a MACRO packet: replace ``stage`` and clear the stages after it."""
+        if stage in STAGES:
+            size = sum(map(len, chain.from_iterable(pairs))) + 2 * len(pairs)
+            self._store(stage, pairs, size)
+
+    def _store(self, stage: int, pairs: tuple[tuple[bytes, bytes], ...], size: int) -> None:
+        """Replace ``stage`` (and the later ones) by ``pairs`` of ``size`` payload bytes."""
+        # Performance: runs for nearly every packet, so the bookkeeping is inline
+        # and kept to one int per stage (the count is the stored dict's length).
         if self._stale and stage not in CONNECTION_STAGES:
-            self.clear_message()
-        rank = _RANK.get(stage)
-        if rank is not None:
-            for later in STAGE_ORDER[rank + 1 :]:
-                self._stages.pop(later, None)
-        self._stages[stage] = {macro_key(name): value for name, value in pairs}
+            self.clear_message()  # the first macros of a new message
+        values = {macro_key(name): value for name, value in pairs}
+        stages = self._stages
+        count = self._count + len(values)
+        total = self._bytes + size
+        if stages:
+            sizes = self._sizes
+            for dropped in _REPLACED[stage]:
+                old = stages.pop(dropped, None)
+                if old is not None:
+                    count -= len(old)
+                    total -= sizes.pop(dropped)
+        if self.max_macros is not None and count > self.max_macros:
+            self._refuse(f"MACRO packets would hold {count} macros", "max_macros", self.max_macros)
+        if self.max_macro_bytes is not None and total > self.max_macro_bytes:
+            limit = self.max_macro_bytes
+            self._refuse(f"MACRO packets would hold {total} bytes", "max_macro_bytes", limit)
+        self._count = count
+        self._bytes = total
+        stages[stage] = values
+        self._sizes[stage] = size
+
+    @staticmethod
+    def _refuse(what: str, name: str, limit: int) -> None:
+        raise RemoteProtocolError(f"{what}, over the limit of {limit} per connection ({name})")
+
+    def _forget(self, stage: int) -> None:
+        self._count -= len(self._stages.pop(stage))
+        self._bytes -= self._sizes.pop(stage)
+
+    @property
+    def held(self) -> tuple[int, int]:
+        """Macros and bytes held now, as counted against the caps."""
+        return self._count, self._bytes
 
     def end_message(self) -> None:
         """The message is over: its macros stay readable until the next one starts."""
@@ -71,21 +186,17 @@ class MacroStore(Mapping[bytes, bytes]):
         self._stale = False
         for stage in list(self._stages):
             if stage not in CONNECTION_STAGES and stage != keep:
-                del self._stages[stage]
+                self._forget(stage)
 
     def clear(self) -> None:
         self._stale = False
         self._stages.clear()
+        self._sizes.clear()
+        self._count = self._bytes = 0
 
     def stage(self, stage: int) -> dict[bytes, bytes]:
         """The values that came with one stage letter (a copy)."""
         return dict(self._stages.get(stage, {}))
-
-    def connection_macros(self) -> dict[bytes, bytes]:
-        return self._merged(lambda s: s in CONNECTION_STAGES)
-
-    def message_macros(self) -> dict[bytes, bytes]:
-        return self._merged(lambda s: s not in CONNECTION_STAGES)
 
     def _merged(self, keep: Callable[[int], bool]) -> dict[bytes, bytes]:
         out: dict[bytes, bytes] = {}

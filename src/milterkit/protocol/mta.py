@@ -149,6 +149,14 @@ class MTAConnection:
 
     # ------------------------------------------------------------------ receiving
 
+    def cap_reply_size(self, limit: int) -> None:
+        """Accept reply payloads of at most ``limit`` bytes from now on (never raises the cap).
+
+        For a client that, like Sendmail, holds the filter to the negotiated
+        size instead of Postfix's 1 GiB.
+        """
+        self._decoder.max_payload = min(self._decoder.max_payload, limit)
+
     @property
     def buffered(self) -> int:
         """Bytes received from the filter and not yet returned as replies."""

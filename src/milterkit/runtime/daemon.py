@@ -44,6 +44,7 @@ from milterkit.runtime.logsetup import configure_logging, reopen_logs
 from milterkit.runtime.pidfile import PidFile
 from milterkit.runtime.privileges import drop_privileges, resolve_group, resolve_user
 from milterkit.runtime.server import (
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_TIMEOUT,
     MilterStartupError,
@@ -107,6 +108,7 @@ class DaemonConfig:
         )
 
     keep_env: tuple[str, ...] = ()
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 def run(
@@ -135,6 +137,7 @@ def run(
     slow_callback: float = 0.020,
     loop_block_warning: float = 0.100,
     keep_env: tuple[str, ...] = (),
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
 ) -> int:
     """Run ``milter_class`` as a daemon in the foreground; return the exit status.
 
@@ -170,6 +173,7 @@ def run(
         slow_callback=slow_callback,
         loop_block_warning=loop_block_warning,
         keep_env=keep_env,
+        idle_timeout=idle_timeout,
     )
     return run_daemon(milter_class, config)
 
@@ -199,6 +203,8 @@ def _check_config(config: DaemonConfig) -> None:
         raise RuntimeConfigError(f"invalid max_connections {config.max_connections}: must be >= 1")
     if config.timeout <= 0:
         raise RuntimeConfigError(f"invalid timeout {config.timeout}: must be positive")
+    if config.idle_timeout <= 0:
+        raise RuntimeConfigError(f"invalid idle timeout {config.idle_timeout}: must be positive")
     if config.read_timeout <= 0:
         raise RuntimeConfigError(f"invalid read timeout {config.read_timeout}: must be positive")
     if config.callback_timeout is not None and config.callback_timeout <= 0:
@@ -356,6 +362,7 @@ class _Daemon:
             read_timeout=config.read_timeout,
             execution=config.execution_settings(),
             logger=_log,
+            idle_timeout=config.idle_timeout,
         )
         await serve_sockets(server, drain_timeout=config.drain_timeout, on_reopen=reopen_logs)
 

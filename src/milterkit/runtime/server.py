@@ -48,6 +48,7 @@ from milterkit.session import MilterSession, Pending
 
 __all__ = [
     "BUFFER_HIGH_WATER",
+    "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "MilterStartupError",
@@ -59,6 +60,11 @@ __all__ = [
 
 #: libmilter's default socket timeout (``smfi_settimeout``), in seconds.
 DEFAULT_TIMEOUT = 7210.0
+#: Idle limit of a negotiated connection between messages: above Sendmail's
+#: default SMTP command timeout (Timeout.command, 1 h), the longest a real MTA
+#: keeps its milter connection idle while waiting for the SMTP client's next
+#: command (Postfix: smtpd_timeout, 300 s). See docs/reliability.md.
+DEFAULT_IDLE_TIMEOUT = 3610.0
 #: How long a partly received packet may stall before the connection is dropped.
 DEFAULT_READ_TIMEOUT = 300.0
 #: Pause after accept() failed for lack of file descriptors, so we do not spin.
@@ -152,7 +158,8 @@ class Server:
     ``milter`` is called with no arguments once per connection (a Milter
     subclass or any factory). ``max_connections`` bounds the concurrent
     sessions of this server; ``timeout`` closes a connection on which the MTA
-    sent nothing for that long (libmilter's 7210 s), ``read_timeout`` one that
+    sent nothing for that long (libmilter's 7210 s), ``idle_timeout`` (shorter)
+    one that does so between messages, ``read_timeout`` one that
     stalls in the middle of a packet. Neither runs while a callback is busy:
     ``callback_timeout`` covers that.
     """
@@ -171,11 +178,12 @@ class Server:
         progress_interval: float | None = None,
         error_decision: str | None = None,
         logger: logging.Logger | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        if timeout <= 0 or read_timeout <= 0:
-            raise ValueError("timeout and read_timeout must be positive")
+        if timeout <= 0 or read_timeout <= 0 or idle_timeout <= 0:
+            raise ValueError("timeout, read_timeout and idle_timeout must be positive")
         self.factory = milter
         self.listeners = [listeners] if isinstance(listeners, socket.socket) else list(listeners)
         self.worker = worker
@@ -183,6 +191,7 @@ class Server:
         self.timeout = timeout
         self.read_timeout = min(read_timeout, timeout)
         self.execution = _settings(execution, callback_timeout, progress_interval, error_decision)
+        self.idle_timeout = min(idle_timeout, timeout)
         self.log = logger or logging.getLogger("milterkit")
         self.runner = CallbackRunner(self.execution, self.log)
         self._watchdog: LoopWatchdog | None = None
@@ -431,7 +440,7 @@ class _Connection(asyncio.Protocol):
             return
         self.log.debug("[%s] connection from %s", self.cid, self.peer)
         self._last = self.loop.time()
-        self._arm(server.read_timeout)
+        self._arm(min(server.read_timeout, server.idle_timeout))
         if server.draining:
             transport.close()
 
@@ -638,10 +647,12 @@ class _Connection(asyncio.Protocol):
         # OPTNEG right after connecting, and a silent peer must not hold a slot.
         opening = session.conn.negotiated is None
         limit = server.read_timeout if mid_packet or opening else server.timeout
+        if not (mid_packet or opening or session.conn.in_message):
+            limit = server.idle_timeout
         since = self._partial_since if mid_packet and self._partial_since is not None else None
         idle = self.loop.time() - (self._last if since is None else since)
         if idle < limit:
-            self._arm(min(limit - idle, server.read_timeout))
+            self._arm(min(limit - idle, server.read_timeout, server.idle_timeout))
             return
         if mid_packet:
             what = "read timeout: stuck in the middle of a packet"
@@ -649,6 +660,8 @@ class _Connection(asyncio.Protocol):
             what = "read timeout: no option negotiation"
         else:
             what = "idle timeout: no data from the MTA between commands"
+            if not session.conn.in_message:
+                what += ", outside a message"
         self.log.warning(
             "[%s] closing connection from %s: %s for %.1fs",
             self.cid,
