@@ -47,3 +47,12 @@ def dkim_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DkimKe
     directory = tmp_path_factory.mktemp("dkim")
     directory.chmod(0o755)
     yield _make_key(directory, "one"), _make_key(directory, "two")
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A private redis-server for the module (no persistence); its redis:// URL."""
+    from ._services import redis_server
+
+    with redis_server() as (url, _service):
+        yield url

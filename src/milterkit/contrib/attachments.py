@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="bodies larger than this get the --error-decision (they are parsed in memory)",
     )
-    return parser  # fmt: skip
+    return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> AttachmentSettings:

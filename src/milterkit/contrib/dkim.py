@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="look DKIM keys up in this file (NAME TXT per line) instead of DNS",
     )
-    return parser  # fmt: skip
+    return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> DkimSettings:
