@@ -56,3 +56,12 @@ def redis_url() -> Iterator[str]:
 
     with redis_server() as (url, _service):
         yield url
+
+
+@pytest.fixture(scope="module")
+def clamd_socket() -> Iterator[Path]:
+    """A private clamd for the module, EICAR-only database; its unix socket."""
+    from ._services import clamd_server
+
+    with clamd_server() as (sock, _service):
+        yield sock

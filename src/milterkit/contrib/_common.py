@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO
 
 from milterkit.cli.run import add_serve_options, daemon_config
-from milterkit.milter import Accept, Decision, Milter, Reject, ReplyCode, TempFail
+from milterkit.milter import Accept, Decision, Milter, ReplyCode
+from milterkit.runtime.address import (
+    Address,
+    FdAddress,
+    Inet6Address,
+    InetAddress,
+    UnixAddress,
+    parse_address,
+)
 from milterkit.runtime.daemon import run_daemon
+from milterkit.runtime.errors import RuntimeConfigError
 
 #: How a filter answers when the service it needs (clamd, spamd, the store) fails.
 SERVICE_DECISIONS = ("tempfail", "accept", "reject")
@@ -99,5 +109,38 @@ def whole_message(headers: Iterable[tuple[str, str]], body: IO[bytes], **kw: boo
     return header_block(headers, **kw) + body.read()
 
 
-TEMPFAIL = TempFail()
-REJECT = Reject()
+def service_address(spec: str) -> Address:
+    """A service address in milter syntax (``unix:/path``, ``inet:PORT@HOST``); ValueError."""
+    try:
+        address = parse_address(spec)
+    except RuntimeConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if isinstance(address, FdAddress):
+        raise ValueError(f"{spec!r}: a service address must be unix:, inet: or inet6:")
+    return address
+
+
+def connect_service(address: Address, timeout: float) -> socket.socket:
+    """A connected blocking socket to ``address`` with ``timeout`` on every operation."""
+    if isinstance(address, UnixAddress):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: str | tuple[str, int] = address.path
+    else:
+        assert isinstance(address, InetAddress | Inet6Address)
+        sock = socket.socket(address.family, socket.SOCK_STREAM)
+        target = (address.host, address.port)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(target)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def address_argument(value: str) -> Address:
+    """argparse type for :func:`service_address`."""
+    try:
+        return service_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
