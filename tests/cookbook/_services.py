@@ -146,3 +146,28 @@ def clamd_server() -> Iterator[tuple[Path, Service]]:
     finally:
         service.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+@contextlib.contextmanager
+def spamd_server() -> Iterator[tuple[int, Service]]:
+    """spamd on a free loopback port with Debian's shipped rules, local tests only (-L)."""
+    binary = program("spamd", "spamd")
+    root = temp_root("milterkit-spamd-")
+    port = free_port()
+    service = Service(
+        "spamd",
+        [binary, "--syslog=stderr", "-x", "-L", "-i", "127.0.0.1", "-A", "127.0.0.1",
+         "-p", str(port), "-m", "2", "-u", "nobody", "-H", str(root),
+         "--pidfile", str(root / "spamd.pid")],
+        root,
+    )  # fmt: skip
+    try:
+        took = timed_start(service, lambda: "server started" in service.output(), 180)
+        print(f"spamd started in {took:.2f}s")
+        yield port, service
+    finally:
+        service.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -65,3 +65,12 @@ def clamd_socket() -> Iterator[Path]:
 
     with clamd_server() as (sock, _service):
         yield sock
+
+
+@pytest.fixture(scope="module")
+def spamd_port() -> Iterator[int]:
+    """A private spamd for the module (shipped rules, no network tests); its TCP port."""
+    from ._services import spamd_server
+
+    with spamd_server() as (port, _service):
+        yield port
