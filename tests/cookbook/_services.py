@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -141,7 +142,7 @@ def clamd_server() -> Iterator[tuple[Path, Service]]:
     service = Service("clamd", [binary, "-c", str(config)], root)
     try:
         took = timed_start(service, sock.exists, 120)
-        print(f"clamd started in {took:.2f}s")
+        print(f"clamd started in {took:.2f}s", file=sys.stderr)
         yield sock, service
     finally:
         service.stop()
@@ -157,16 +158,23 @@ def spamd_server() -> Iterator[tuple[int, Service]]:
     binary = program("spamd", "spamd")
     root = temp_root("milterkit-spamd-")
     port = free_port()
+    # Debian's site config (plugin .pre files, local.cf) plus: no Bayes. spamd runs
+    # as nobody, whose home does not exist; Bayes auto-learning would wait on its
+    # lock file there for each message.
+    siteconf = root / "siteconf"
+    shutil.copytree("/etc/spamassassin", siteconf)
+    with (siteconf / "local.cf").open("a") as local:
+        local.write("\nuse_bayes 0\nbayes_auto_learn 0\n")
     service = Service(
         "spamd",
         [binary, "--syslog=stderr", "-x", "-L", "-i", "127.0.0.1", "-A", "127.0.0.1",
          "-p", str(port), "-m", "2", "-u", "nobody", "-H", str(root),
-         "--pidfile", str(root / "spamd.pid")],
+         "--pidfile", str(root / "spamd.pid"), "--siteconfigpath", str(siteconf)],
         root,
     )  # fmt: skip
     try:
         took = timed_start(service, lambda: "server started" in service.output(), 180)
-        print(f"spamd started in {took:.2f}s")
+        print(f"spamd started in {took:.2f}s", file=sys.stderr)
         yield port, service
     finally:
         service.stop()

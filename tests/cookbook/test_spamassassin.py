@@ -68,6 +68,11 @@ def test_gtube_over_the_reject_score_is_rejected(milter_harness, spamd_port):
     assert str(result.smtp_reply).startswith("550 5.7.1 Message refused as spam (score 10")
 
 
+def test_body_without_final_line_break_is_scored(milter_harness, spamd_port):
+    result = check(milter_harness, settings(spamd_port), SPAM + b"no line break at the end")
+    assert added(result, "X-Spam-Status").startswith("Yes, score=")
+
+
 def test_incoming_spam_headers_are_replaced(milter_harness, spamd_port):
     forged = b"X-Spam-Status: No, score=-100\r\nX-Spam-Score: -100\r\n" + SPAM
     result = check(milter_harness, settings(spamd_port), forged)

@@ -15,6 +15,8 @@ spamd being down or failing gets the ``--on-error`` answer (accept by default).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +75,10 @@ def spamd_check(
         body.seek(0)
         while chunk := body.read(65536):
             sock.sendall(chunk)
+        # As spamc: spamd reads lines, so a body without a final line break would
+        # leave it waiting for one; end-of-file ends the last line.
+        with contextlib.suppress(OSError):  # spamd may have answered and closed already
+            sock.shutdown(socket.SHUT_WR)
         reply = b""
         while data := sock.recv(65536):
             reply += data
