@@ -9,6 +9,7 @@ import pytest
 
 from milterkit.contrib import dkim as dkim_filter
 from milterkit.contrib.dkim import DkimMilter, DkimSettings, SigningKey
+from milterkit.mtaprofile import POSTFIX, SENDMAIL, V2_ONLY
 from milterkit.testing import assert_decision
 
 from .conftest import DkimKey
@@ -173,3 +174,28 @@ def test_txt_file_syntax_error_names_the_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         dkim_filter.main(["--socket", "inet:1@127.0.0.1", "--txt-file", str(txt)])
     assert f"{txt}:2: expected 'NAME TXT-VALUE'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("profile", [POSTFIX, SENDMAIL, V2_ONLY], ids=lambda p: p.name)
+@pytest.mark.parametrize("canon", ["simple/simple", "relaxed/relaxed"])
+def test_signature_verifies_with_every_mta_profile(milter_harness, dkim_keys, profile, canon):
+    """With or without HDR_LEADSPC granted, the signed header text is what gets delivered."""
+    key, _ = dkim_keys
+    message = MESSAGE.replace(b"Subject: ", b"Subject:  \t")  # odd spacing after the colon
+    mta = milter_harness(lambda: DkimMilter(settings(key, canonicalization=canon)), profile=profile)
+    signed = mta.check(message).apply(message).message_bytes
+    assert dkim.verify(signed, dnsfunc=dns_for(key)), signed
+
+
+def test_every_forged_result_is_removed(milter_harness, dkim_keys):
+    key, _ = dkim_keys
+    forged = (
+        b"Authentication-Results: mx.test.example; dkim=pass\r\n"
+        b"Authentication-Results: other.example; spf=pass\r\n"
+        b"Authentication-Results: mx.test.example; dkim=pass header.d=bank.example\r\n" + MESSAGE
+    )
+    mta = milter_harness(lambda: DkimMilter(settings(key)), client_address="192.0.2.7")
+    delivered = mta.check(forged).apply(forged).message_bytes
+    assert b"mx.test.example; dkim=pass" not in delivered
+    assert delivered.count(b"Authentication-Results: ") == 2
+    assert b"Authentication-Results: other.example; spf=pass" in delivered

@@ -82,6 +82,16 @@ def test_incoming_spam_headers_are_replaced(milter_harness, spamd_port):
     assert b"score=-100" not in delivered and b"X-Spam-Status: Yes, score=" in delivered
 
 
+def test_several_incoming_spam_headers_are_all_deleted(milter_harness, spamd_port):
+    forged = b"X-Spam-Status: a\r\nX-Spam-Flag: b\r\nX-Spam-Status: c\r\n" + HAM
+    result = check(milter_harness, settings(spamd_port), forged)
+    assert_header_deleted(result, "X-Spam-Status", 2)
+    assert_header_deleted(result, "X-Spam-Status", 1)
+    delivered = result.apply(forged).message_bytes
+    assert b"X-Spam-Status: a" not in delivered and b"X-Spam-Status: c" not in delivered
+    assert b"X-Spam-Flag" not in delivered
+
+
 def test_message_over_max_size_is_not_scanned(milter_harness, spamd_port):
     result = check(milter_harness, settings(spamd_port, max_size=100), SPAM)
     assert_decision(result, "continue")

@@ -147,8 +147,8 @@ class AttachmentPolicy(Milter):
             return
         # The whole message is the attachment: its top-level headers describe it.
         for name in ("Content-Disposition", "Content-Transfer-Encoding", "Content-Description"):
-            for _ in range(len(message.get_all(name) or [])):
-                self.change_header(name, 1, "")
+            for index in range(len(message.get_all(name) or []), 0, -1):
+                self.change_header(name, index, "")  # last first: indexes stay valid
         self.change_header("Content-Type", 1, 'text/plain; charset="utf-8"')
         self.add_header("Content-Transfer-Encoding", "base64")
         message.set_payload(replacement.get_payload())

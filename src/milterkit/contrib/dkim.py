@@ -36,7 +36,7 @@ from milterkit.contrib._common import (
     serve,
 )
 from milterkit.milter import Continue, Decision, Milter
-from milterkit.protocol.constants import Action, Family
+from milterkit.protocol.constants import Action, Family, ProtocolFlag
 
 DEFAULT_SIGNED_HEADERS = (
     "from,to,cc,subject,date,message-id,reply-to,in-reply-to,references,"
@@ -99,13 +99,18 @@ class DkimMilter(Milter):
         return Continue()
 
     def end_of_message(self) -> Decision:
-        message = header_block(self.headers, leading_space=True) + self.body_bytes
+        message = header_block(self.headers, leading_space=self.verbatim_headers())
+        message += self.body_bytes
         key = self.signing_key()
         if key is not None:
             self.sign(message, key)
         else:
             self.verify(message)
         return Continue()
+
+    def verbatim_headers(self) -> bool:
+        """Did the MTA grant HDR_LEADSPC? Without it, it strips (and adds) the space after ':'."""
+        return bool(self.negotiated.protocol & ProtocolFlag.HDR_LEADSPC)
 
     # ------------------------------------------------------------------ signing
 
@@ -131,6 +136,8 @@ class DkimMilter(Milter):
             self.log.error("DKIM signing for %s failed: %s", key.domain, exc)
             return
         name, _, value = signature.decode("ascii").partition(":")
+        if not self.verbatim_headers():
+            value = value.lstrip(" \t")  # the MTA puts one space after the colon itself
         self.insert_header(0, name, value.rstrip("\r\n"))
         self.log.info("signed for d=%s s=%s", key.domain, key.selector)
 
@@ -178,13 +185,10 @@ class DkimMilter(Milter):
     def remove_forged_results(self) -> None:
         """Delete incoming Authentication-Results that claim to be ours (RFC 8601 §5)."""
         ours = self.settings.authserv_id.lower()
-        index = 0
-        for name, value in self.headers:
-            if name.lower() != "authentication-results":
-                continue
-            index += 1
-            if value.strip().split(";", 1)[0].strip().lower() == ours:
-                self.change_header(name, index, "")
+        results = [v for n, v in self.headers if n.lower() == "authentication-results"]
+        for index in range(len(results), 0, -1):  # last first: indexes stay valid
+            if results[index - 1].strip().split(";", 1)[0].strip().lower() == ours:
+                self.change_header("Authentication-Results", index, "")
 
 
 def identity(verifier: dkim.DKIM) -> str:

@@ -169,8 +169,8 @@ class SpamAssassinMilter(Milter):
         """Delete the X-Spam-* headers the message came with, then add ours."""
         for name in OUR_HEADERS:
             count = sum(1 for n, _ in self.headers if n.lower() == name.lower())
-            for _ in range(count):
-                self.change_header(name, 1, "")
+            for index in range(count, 0, -1):
+                self.change_header(name, index, "")  # last first: indexes stay valid
         self.add_header("X-Spam-Status", status)
         if score is not None:
             self.add_header("X-Spam-Score", score)
