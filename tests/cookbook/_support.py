@@ -11,6 +11,7 @@ import pytest
 from ..e2e.harness import MilterAddress, MilterProcess
 from ..realmta._util import Unavailable
 from ..realmta.postfix import PostfixInstance
+from ..realmta.sendmail import SendmailInstance
 
 
 @contextlib.contextmanager
@@ -47,3 +48,14 @@ def need_program(name: str, package: str) -> str:
             f"{name} not installed (apt-get install {package}; scripts/install-system-deps)"
         )
     return path
+
+
+@contextlib.contextmanager
+def sendmail_with(milter: MilterProcess) -> Iterator[SendmailInstance]:
+    """A started private Sendmail using ``milter`` (F=T); skips without Sendmail."""
+    try:
+        instance = SendmailInstance(milter=milter.address.sendmail)
+    except Unavailable as exc:
+        pytest.skip(f"sendmail unavailable: {exc}")
+    with instance:
+        yield instance
