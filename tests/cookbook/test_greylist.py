@@ -189,3 +189,19 @@ def test_command_line_errors_name_the_bad_value(argv, error, capsys):
     with pytest.raises(SystemExit):
         greylist.main(["--socket", "inet:1@127.0.0.1", *argv])
     assert error in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("address", "network"),
+    [
+        ("192.0.2.77", "192.0.2.0/24"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("IPv6:2001:db8::1", "2001:db8::/64"),  # as Sendmail sends it
+        ("::ffff:192.0.2.77", "192.0.2.0/24"),  # IPv4 seen by a dual-stack listener
+        (None, "unknown"),
+        ("not-an-address", "not-an-address"),
+    ],
+)
+def test_client_network_grouping(address, network):
+    settings = GreylistSettings(greylist.SqliteStore(":memory:"))
+    assert greylist.client_network(address, settings) == network

@@ -42,3 +42,23 @@ def test_unit_command_line_is_valid(unit, dkim_keys, tmp_path):
     assert args.socket == f"unix:/run/{unit.stem}/{argv[2].rsplit('.', 1)[1]}.sock"
     assert args.user == "milterkit" and args.socket_group == "postfix"
     module.settings_from_args(args)
+
+
+@pytest.mark.parametrize(
+    ("module", "options"),
+    [
+        ("dkim", ["--key", "--canonicalization", "--internal", "--txt-file"]),
+        ("attachments", ["--reject-extension", "--strip-type", "--max-attachment-size"]),
+        ("greylist", ["--store", "--delay", "--retry-window", "--allow-network"]),
+        ("clamav", ["--clamd", "--infected", "--on-error", "--max-scan-bytes"]),
+        ("spamassassin", ["--spamd", "--quarantine-score", "--reject-score", "--max-size"]),
+    ],
+)
+def test_help_documents_the_filter_and_daemon_options(module, options, capsys):
+    main = importlib.import_module(f"milterkit.contrib.{module}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in [*options, "--socket", "--workers", "--user", "--error-decision"]:
+        assert option in text, option

@@ -75,6 +75,7 @@ class AttachmentPolicy(Milter):
     max_body_bytes = 32 * 1024 * 1024
 
     def __init__(self, settings: AttachmentSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.headers: list[tuple[str, str]] = []
 

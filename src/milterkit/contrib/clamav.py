@@ -90,6 +90,7 @@ class ClamavMilter(Milter):
     actions = Action.ADD_HEADERS | Action.QUARANTINE
 
     def __init__(self, settings: ClamavSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.headers: list[tuple[str, str]] = []
         self.scan: ClamdStream | None = None

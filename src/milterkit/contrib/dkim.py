@@ -78,6 +78,7 @@ class DkimMilter(Milter):
     max_body_bytes = 32 * 1024 * 1024
 
     def __init__(self, settings: DkimSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.client: str | None = None
         self.authenticated = False

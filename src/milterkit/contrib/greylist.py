@@ -190,6 +190,7 @@ class Greylist(Milter):
     macros = {"mail": ["{auth_authen}"]}  # noqa: RUF012 (the request; Milter types it)
 
     def __init__(self, settings: GreylistSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.client: str | None = None
         self.exempt = False
@@ -261,6 +262,8 @@ def client_network(address: str | None, settings: GreylistSettings) -> str:
         ip = ipaddress.ip_address(literal)
     except ValueError:
         return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack listener's view of an IPv4 client
     prefix = settings.ipv4_prefix if ip.version == 4 else settings.ipv6_prefix
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 

@@ -125,6 +125,7 @@ class SpamAssassinMilter(Milter):
     max_body_bytes = None  # over --max-size is not scanned; the body is only spooled
 
     def __init__(self, settings: SpamSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.headers: list[tuple[str, str]] = []
 
