@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import io
+import zipfile
 
 EXE = b"MZ\x90\x00\x03\x00\x00\x00" + bytes(range(256)) * 4  # a PE header and binary noise
 PDF = b"%PDF-1.4\n" + b"0123456789abcdef" * 64 + b"\n%%EOF\n"
@@ -167,3 +169,34 @@ Content-Transfer-Encoding: base64
 )
 
 PLAIN = crlf(HEAD.format(id="plain") + "Content-Type: text/plain\n\nJust text.\n")
+
+
+def zip_of(*names: str) -> bytes:
+    """A ZIP archive holding small files with these names."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in names:
+            archive.writestr(name, b"content of " + name.encode())
+    return out.getvalue()
+
+
+def with_zip(archive: bytes, name: str = "documents.zip") -> bytes:
+    """A message with a text part and ``archive`` attached as application/zip."""
+    encoded = base64.encodebytes(archive).decode()
+    return crlf(
+        HEAD.format(id="zip")
+        + f"""Content-Type: multipart/mixed; boundary="zz"
+
+--zz
+Content-Type: text/plain
+
+The documents.
+--zz
+Content-Type: application/zip; name="{name}"
+Content-Disposition: attachment; filename="{name}"
+Content-Transfer-Encoding: base64
+
+{encoded}
+--zz--
+"""
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 
 import pytest
 
@@ -162,3 +163,39 @@ def test_command_line_errors_name_the_bad_value(argv, error, capsys):
     with pytest.raises(SystemExit):
         attachments.main(["--socket", "inet:1@127.0.0.1", *argv])
     assert error in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ archives
+
+EVIL_ZIP = corpus.with_zip(corpus.zip_of("readme.txt", "invoice.pdf.exe"))
+GOOD_ZIP = corpus.with_zip(corpus.zip_of("readme.txt", "report.pdf"))
+
+
+def test_names_inside_a_zip_are_checked_when_asked(milter_harness):
+    rules = {"reject_extensions": frozenset({"exe"}), "look_inside_zip": True}
+    refused = run(milter_harness, EVIL_ZIP, **rules)
+    assert str(refused.smtp_reply) == (
+        '550 5.7.1 attachment "documents.zip" refused: '
+        'the archive holds "invoice.pdf.exe": .exe is not accepted'
+    )
+    assert_decision(run(milter_harness, GOOD_ZIP, **rules), "continue")
+    assert_decision(run(milter_harness, EVIL_ZIP, reject_extensions=frozenset({"exe"})), "continue")
+
+
+def test_zip_holding_a_stripped_type_is_stripped_whole(milter_harness):
+    result = run(
+        milter_harness, EVIL_ZIP, strip_extensions=frozenset({"exe"}), look_inside_zip=True
+    )
+    after = leaf_summary(result.apply(EVIL_ZIP).message_bytes)
+    assert [t for t, _, _ in after] == ["text/plain", "text/plain"]
+    assert after[1][2].startswith(b'The attachment "documents.zip" (application/zip, ')
+
+
+def test_unreadable_zip_is_kept(milter_harness, caplog):
+    broken = corpus.with_zip(b"PK\x03\x04 not really a zip")
+    with caplog.at_level(logging.INFO, logger="milterkit"):
+        result = run(milter_harness, broken, reject_extensions=frozenset({"exe"}),
+                     look_inside_zip=True)  # fmt: skip
+    assert_decision(result, "continue")
+    assert_no_modifications(result)
+    assert '"documents.zip" application/zip: not a readable ZIP archive' in caplog.text

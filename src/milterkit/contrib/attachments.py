@@ -24,6 +24,7 @@ import email.utils
 import fnmatch
 import io
 import sys
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.generator import BytesGenerator
@@ -35,6 +36,9 @@ from email.parser import BytesParser
 from milterkit.contrib._common import filter_parser, header_block, serve
 from milterkit.milter import Continue, Decision, Milter, ReplyCode
 from milterkit.protocol.constants import Action
+
+ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
+MAX_ZIP_MEMBERS = 10_000  # names looked at per archive
 
 #: compat32 keeps header text as it came; CRLF like the MTA; no re-folding.
 POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
@@ -54,6 +58,8 @@ class AttachmentSettings:
         "The attachment {name} ({type}, {size} bytes) was removed by the mail filter: {reason}."
     )
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Apply the extension rules to the file names inside ZIP attachments too.
+    look_inside_zip: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,27 @@ class AttachmentPolicy(Milter):
             size = decoded_size(part)
             if size > s.max_attachment_size:
                 return Verdict("strip", f"larger than {s.max_attachment_size} bytes")
+        if s.look_inside_zip and (ext == "zip" or ctype in ZIP_TYPES):
+            return self.judge_zip(part)
+        return KEEP
+
+    def judge_zip(self, part: Message) -> Verdict:
+        """The extension rules applied to the names inside a ZIP archive (one level)."""
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = [info.filename for info in archive.infolist()[:MAX_ZIP_MEMBERS]]
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+            self.log.info("%s: not a readable ZIP archive (%s); kept", describe(part), exc)
+            return KEEP
+        s = self.settings
+        for rules, action in ((s.reject_extensions, "reject"), (s.strip_extensions, "strip")):
+            for member in names:
+                ext = extension(member)
+                if ext and ext in rules:
+                    inner = printable(member)
+                    return Verdict(action, f"the archive holds {inner}: .{ext} is not accepted")
         return KEEP
 
     def strip(
@@ -304,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="bodies larger than this get the --error-decision (they are parsed in memory)",
     )
+    p.add_argument(
+        "--look-inside-zip",
+        action="store_true",
+        help="apply the extension rules to the names inside ZIP attachments too "
+        "(one level; the whole archive is refused or stripped)",
+    )
     return parser
 
 
@@ -315,6 +348,7 @@ def settings_from_args(args: argparse.Namespace) -> AttachmentSettings:
         strip_types=tuple(args.strip_type),
         max_attachment_size=args.max_attachment_size,
         max_body_bytes=args.max_message_size,
+        look_inside_zip=args.look_inside_zip,
     )
 
 
