@@ -165,10 +165,11 @@ def spamd_server() -> Iterator[tuple[int, Service]]:
     shutil.copytree("/etc/spamassassin", siteconf)
     with (siteconf / "local.cf").open("a") as local:
         local.write("\nuse_bayes 0\nbayes_auto_learn 0\n")
+    as_nobody = ["-u", "nobody"] if os.geteuid() == 0 else []  # spamd refuses to scan as root
     service = Service(
         "spamd",
         [binary, "--syslog=stderr", "-x", "-L", "-i", "127.0.0.1", "-A", "127.0.0.1",
-         "-p", str(port), "-m", "2", "-u", "nobody", "-H", str(root),
+         "-p", str(port), "-m", "2", *as_nobody, "-H", str(root),
          "--pidfile", str(root / "spamd.pid"), "--siteconfigpath", str(siteconf)],
         root,
     )  # fmt: skip
