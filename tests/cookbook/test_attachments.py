@@ -194,8 +194,9 @@ def test_zip_holding_a_stripped_type_is_stripped_whole(milter_harness):
 def test_unreadable_zip_is_kept(milter_harness, caplog):
     broken = corpus.with_zip(b"PK\x03\x04 not really a zip")
     with caplog.at_level(logging.INFO, logger="milterkit"):
-        result = run(milter_harness, broken, reject_extensions=frozenset({"exe"}),
-                     look_inside_zip=True)  # fmt: skip
+        result = run(
+            milter_harness, broken, reject_extensions=frozenset({"exe"}), look_inside_zip=True
+        )
     assert_decision(result, "continue")
     assert_no_modifications(result)
     assert '"documents.zip" application/zip: not a readable ZIP archive' in caplog.text

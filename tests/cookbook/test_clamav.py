@@ -75,10 +75,13 @@ def test_only_max_scan_bytes_are_scanned(milter_harness, clamd_socket):
     assert_no_modifications(result)
 
 
-@pytest.mark.parametrize(("decision", "reply"), [
-    ("tempfail", "451 4.3.0 virus scanner unavailable, try again later"),
-    ("reject", "550 5.7.1 virus scanner unavailable, message refused"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("decision", "reply"),
+    [
+        ("tempfail", "451 4.3.0 virus scanner unavailable, try again later"),
+        ("reject", "550 5.7.1 virus scanner unavailable, message refused"),
+    ],
+)
 def test_clamd_down_logged_once_and_answered(milter_harness, tmp_path, caplog, decision, reply):
     config = settings(tmp_path / "nothing.sock", on_error=decision)
     with caplog.at_level(logging.ERROR, logger="milterkit"):

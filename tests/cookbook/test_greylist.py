@@ -65,12 +65,16 @@ def test_triples_differ_by_network_sender_and_recipient(milter_harness, store):
     assert_decision(attempt(milter_harness, settings), "continue")
     # same /24: same triple
     other_host = milter_harness(lambda: Greylist(settings), client_address="192.0.2.99")
-    assert_decision(other_host.check(MESSAGE, sender="<alice@example.org>",
-                                     recipients=["<bob@example.com>"]), "continue")  # fmt: skip
+    assert_decision(
+        other_host.check(MESSAGE, sender="<alice@example.org>", recipients=["<bob@example.com>"]),
+        "continue",
+    )
     assert_decision(attempt(milter_harness, settings, "<carol@example.com>"), "tempfail")
     far = milter_harness(lambda: Greylist(settings), client_address="198.51.100.1")
-    assert_decision(far.check(MESSAGE, sender="<alice@example.org>",
-                              recipients=["<bob@example.com>"]), "tempfail")  # fmt: skip
+    assert_decision(
+        far.check(MESSAGE, sender="<alice@example.org>", recipients=["<bob@example.com>"]),
+        "tempfail",
+    )
 
 
 def test_attempt_not_retried_within_the_window_starts_over(milter_harness, store):
@@ -95,22 +99,25 @@ def test_allow_lists_and_authenticated_clients_skip(milter_harness, tmp_path):
     assert_decision(attempt(milter_harness, outside, "<Postmaster@example.com>"), "continue")
     assert_decision(attempt(milter_harness, outside, "<ceo@vip.example>"), "continue")
     assert_decision(attempt(milter_harness, outside), "tempfail")
-    authenticated = attempt(milter_harness, outside, "<dave@example.com>",
-                            macros={"{auth_authen}": "alice"})  # fmt: skip
+    authenticated = attempt(
+        milter_harness, outside, "<dave@example.com>", macros={"{auth_authen}": "alice"}
+    )
     assert_decision(authenticated, "continue")
 
 
 @pytest.mark.parametrize(
     ("decision", "expected"), [("accept", "continue"), ("tempfail", "tempfail")]
 )
-def test_store_failure_logged_once_and_answered(milter_harness, tmp_path, caplog, decision,
-                                                 expected):  # fmt: skip
+def test_store_failure_logged_once_and_answered(
+    milter_harness, tmp_path, caplog, decision, expected
+):
     store = greylist.SqliteStore(str(tmp_path / "missing" / "g.db"))
     settings = GreylistSettings(store, TIMING, on_store_error=decision)
     mta = milter_harness(lambda: Greylist(settings), client_address="192.0.2.10")
     with caplog.at_level(logging.ERROR, logger="milterkit"):
-        result = mta.check(MESSAGE, sender="<a@example.org>",
-                           recipients=["<b@example.com>", "<c@example.com>"])  # fmt: skip
+        result = mta.check(
+            MESSAGE, sender="<a@example.org>", recipients=["<b@example.com>", "<c@example.com>"]
+        )
     assert_decision(result, expected)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, errors

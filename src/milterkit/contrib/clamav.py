@@ -174,8 +174,11 @@ class ClamavMilter(Milter):
             self.failure = exc
             self.log.error(
                 "clamd %s failed: %s: %s; answering %s",
-                self.settings.clamd, type(exc).__name__, exc, self.settings.on_error,
-            )  # fmt: skip
+                self.settings.clamd,
+                type(exc).__name__,
+                exc,
+                self.settings.on_error,
+            )
         if self.scan is not None:
             self.scan.close()
             self.scan = None

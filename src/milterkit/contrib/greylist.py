@@ -78,8 +78,9 @@ class SqliteStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():  # never use a parent's handle
-            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                 check_same_thread=False)  # fmt: skip
+            db = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: no fsync per check; a power cut may lose the last few
             # triples (those senders get greylisted once more), never corrupts.

@@ -143,11 +143,22 @@ class SpamAssassinMilter(Milter):
             self.replace_our_headers(f"No, skipped: over {self.settings.max_size} bytes", None)
             return Continue()
         try:
-            result = spamd_check(self.settings.spamd, self.settings.timeout, head,
-                                 self.body_file, self.body_size, self.settings.user)  # fmt: skip
+            result = spamd_check(
+                self.settings.spamd,
+                self.settings.timeout,
+                head,
+                self.body_file,
+                self.body_size,
+                self.settings.user,
+            )
         except (OSError, SpamdError) as exc:
-            self.log.error("spamd %s failed: %s: %s; answering %s", self.settings.spamd,
-                           type(exc).__name__, exc, self.settings.on_error)  # fmt: skip
+            self.log.error(
+                "spamd %s failed: %s: %s; answering %s",
+                self.settings.spamd,
+                type(exc).__name__,
+                exc,
+                self.settings.on_error,
+            )
             return service_failure(self.settings.on_error, "spam filter")
         return self.act_on(result)
 
