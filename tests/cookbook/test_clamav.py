@@ -12,6 +12,7 @@ import pytest
 from milterkit.contrib import clamav
 from milterkit.contrib._common import service_address
 from milterkit.contrib.clamav import ClamavMilter, ClamavSettings
+from milterkit.mtaprofile import POSTFIX, V2_ONLY
 from milterkit.testing import (
     assert_decision,
     assert_header_added,
@@ -67,10 +68,13 @@ def test_large_body_is_streamed_in_chunks(milter_harness, clamd_socket):
     assert_decision(check(milter_harness, settings(clamd_socket), big), "reject")
 
 
-def test_only_max_scan_bytes_are_scanned(milter_harness, clamd_socket):
+@pytest.mark.parametrize("profile", [POSTFIX, V2_ONLY], ids=lambda p: p.name)
+def test_only_max_scan_bytes_are_scanned(milter_harness, clamd_socket, profile):
+    """Past the limit the filter skips the body, or lets it go by where SKIP is not granted."""
     late = CLEAN.replace(b"hello", b"x" * 200_000 + b"\r\n" + EICAR)
     config = settings(clamd_socket, max_scan_bytes=100_000, add_header=False)
-    result = check(milter_harness, config, late)
+    mta = milter_harness(lambda: ClamavMilter(config), profile=profile)
+    result = mta.check(late, sender="<alice@example.org>", recipients=["<bob@example.com>"])
     assert_decision(result, "continue")
     assert_no_modifications(result)
 

@@ -30,7 +30,7 @@ from milterkit.contrib._common import (
     service_failure,
 )
 from milterkit.milter import Continue, Decision, Discard, Milter, ReplyCode, Skip
-from milterkit.protocol.constants import Action
+from milterkit.protocol.constants import Action, ProtocolFlag
 from milterkit.runtime.address import Address
 
 INFECTED_ACTIONS = ("reject", "quarantine", "discard", "tag")
@@ -116,14 +116,18 @@ class ClamavMilter(Milter):
 
     def body(self, chunk: bytes) -> Decision:
         if self.scan is None:
-            return Skip()  # clamd failed: the rest of the body is of no use
+            return self.skip()  # clamd failed: the rest of the body is of no use
         room = self.settings.max_scan_bytes - self.sent
         try:
             self.stream(chunk[:room])
         except OSError as exc:
             self.fail(exc)
-            return Skip()
-        return Continue() if len(chunk) < room else Skip()
+            return self.skip()
+        return Continue() if len(chunk) < room else self.skip()
+
+    def skip(self) -> Decision:
+        """Skip the rest of the body where the MTA allows it (SMFIP_SKIP), else go on."""
+        return Skip() if self.negotiated.protocol & ProtocolFlag.SKIP else Continue()
 
     def end_of_message(self) -> Decision:
         scan, self.scan = self.scan, None
