@@ -31,7 +31,7 @@ from milterkit.runtime.daemon import DaemonConfig, run_daemon
 from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.supervisor import EX_CONFIG
 
-__all__ = ["add_parser", "load_target", "run"]
+__all__ = ["add_parser", "add_serve_options", "daemon_config", "load_target", "run"]
 
 _DECISIONS = ("tempfail", "accept", "reject", "continue")
 
@@ -203,7 +203,28 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeConfigError as exc:
         print(f"milterkit run: {exc}", file=sys.stderr)
         return EX_CONFIG
-    config = DaemonConfig(
+    return run_daemon(factory, daemon_config(args))
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--socket`` and every daemon/session option of ``milterkit run`` to ``parser``.
+
+    For filters with their own command line (settings passed to a factory),
+    so they take the same daemon options as ``milterkit run``.
+    """
+    parser.add_argument(
+        "--socket",
+        required=True,
+        metavar="ADDR",
+        help="unix:/path, inet:PORT@HOST, inet6:PORT@HOST or fd:N",
+    )
+    _add_daemon_options(parser)
+    _add_session_options(parser)
+
+
+def daemon_config(args: argparse.Namespace) -> DaemonConfig:
+    """The :class:`DaemonConfig` of options added by :func:`add_serve_options`."""
+    return DaemonConfig(
         address=args.socket,
         user=args.user,
         group=args.group,
@@ -229,7 +250,6 @@ def run(args: argparse.Namespace) -> int:
         keep_env=tuple(args.keep_env),
         idle_timeout=args.idle_timeout,
     )
-    return run_daemon(factory, config)
 
 
 def load_target(target: str, pythonpath: list[str] | None = None) -> Callable[[], Milter]:

@@ -1,0 +1,146 @@
+"""What the cookbook filters share: the daemon command line, decisions, networks, messages."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO
+
+from milterkit.cli.run import add_serve_options, daemon_config
+from milterkit.milter import Accept, Decision, Milter, ReplyCode
+from milterkit.runtime.address import (
+    Address,
+    FdAddress,
+    Inet6Address,
+    InetAddress,
+    UnixAddress,
+    parse_address,
+)
+from milterkit.runtime.daemon import run_daemon
+from milterkit.runtime.errors import RuntimeConfigError
+
+#: How a filter answers when the service it needs (clamd, spamd, the store) fails.
+SERVICE_DECISIONS = ("tempfail", "accept", "reject")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def filter_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with ``--socket`` and every option of ``milterkit run``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_serve_options(parser)
+    return parser
+
+
+def serve(factory: Callable[[], Milter], args: argparse.Namespace) -> int:
+    """Run ``factory`` as the daemon ``milterkit run`` would, with the parsed options."""
+    return run_daemon(factory, daemon_config(args))
+
+
+def service_failure(decision: str, what: str) -> Decision:
+    """The reply for a message the service could not judge (``decision`` from settings)."""
+    if decision == "accept":
+        return Accept()
+    if decision == "reject":
+        return ReplyCode(550, f"{what} unavailable, message refused", "5.7.1")
+    if decision == "tempfail":
+        return ReplyCode(451, f"{what} unavailable, try again later", "4.3.0")
+    raise ValueError(f"service decision must be one of {SERVICE_DECISIONS}, not {decision!r}")
+
+
+def networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """Parse CIDR strings (``192.0.2.0/24``, ``::1``); ValueError names the bad one."""
+    out: list[Network] = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network like 192.0.2.0/24") from None
+    return tuple(out)
+
+
+def network_argument(value: str) -> Network:
+    """argparse type for one CIDR network."""
+    try:
+        return networks([value])[0]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def in_networks(address: str | None, nets: Sequence[Network]) -> bool:
+    """Is ``address`` (an IP literal, possibly ``IPv6:``-prefixed as Sendmail sends) in one?"""
+    if not address:
+        return False
+    if address.lower().startswith("ipv6:"):
+        address = address[5:]
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in nets)
+
+
+def header_block(headers: Iterable[tuple[str, str]], *, leading_space: bool = False) -> bytes:
+    """The header section as the MTA holds it: CRLF line ends, blank line at the end.
+
+    Values come with LF (or CRLF) inside folded headers; both become CRLF.
+    Without ``leading_space`` the MTA dropped the space after the colon, so
+    one is put back.
+    """
+    lines = []
+    for name, value in headers:
+        sep = ":" if leading_space else ": "
+        field = f"{name}{sep}{value}".replace("\r\n", "\n").replace("\n", "\r\n")
+        lines.append(field.encode("utf-8", "surrogateescape") + b"\r\n")
+    return b"".join(lines) + b"\r\n"
+
+
+def whole_message(headers: Iterable[tuple[str, str]], body: IO[bytes], **kw: bool) -> bytes:
+    """Headers and the collected body as one message (in memory: bounded by max_body_bytes)."""
+    body.seek(0)
+    return header_block(headers, **kw) + body.read()
+
+
+def service_address(spec: str) -> Address:
+    """A service address in milter syntax (``unix:/path``, ``inet:PORT@HOST``); ValueError."""
+    try:
+        address = parse_address(spec)
+    except RuntimeConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if isinstance(address, FdAddress):
+        raise ValueError(f"{spec!r}: a service address must be unix:, inet: or inet6:")
+    return address
+
+
+def connect_service(address: Address, timeout: float) -> socket.socket:
+    """A connected blocking socket to ``address`` with ``timeout`` on every operation."""
+    if isinstance(address, UnixAddress):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: str | tuple[str, int] = address.path
+    else:
+        assert isinstance(address, InetAddress | Inet6Address)
+        sock = socket.socket(address.family, socket.SOCK_STREAM)
+        target = (address.host, address.port)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(target)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def address_argument(value: str) -> Address:
+    """argparse type for :func:`service_address`."""
+    try:
+        return service_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
