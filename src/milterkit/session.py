@@ -41,6 +41,9 @@ _CONTINUE = msg.Continue()
 
 
 if TYPE_CHECKING:
+    from milterkit.runtime.observe import Observer, RecordBuilder
+
+if TYPE_CHECKING:
     _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
 else:
     # LoggerAdapter is subscriptable at runtime only from Python 3.11 (typeshed
@@ -69,6 +72,7 @@ class MilterSession:
         error_decision: str = "tempfail",
         callback_timeout: float | None = None,
         progress_interval: float | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if error_decision not in ERROR_DECISIONS:
             raise ValueError(
@@ -93,6 +97,12 @@ class MilterSession:
         self._over_limit: str | None = None
         self._body: IO[bytes] | None = None
         self.body_size = 0
+        # observe: per-message records for logs/metrics (None: nothing recorded)
+        self.record: RecordBuilder | None = None
+        if observer is not None:
+            from milterkit.runtime.observe import RecordBuilder  # runtime imports this module
+
+            self.record = RecordBuilder(connection_id, observer)
         self.milter = self._new_milter()
 
     def _new_milter(self) -> Milter:
@@ -188,6 +198,8 @@ class MilterSession:
                 assert isinstance(event, msg.Message)
                 handler = _DISPATCH[type(event)]
             self.current_event = event  # type: ignore[assignment]
+            if self.record is not None:  # observe
+                self.record.event(event, conn.macros)  # type: ignore[arg-type]
             pending = handler(self, event)
             if pending is not None:
                 return pending
@@ -207,6 +219,7 @@ class MilterSession:
             result = getattr(self.milter, name)(*args)
         except Exception:
             self.log.exception("callback %s raised; answering %s", name, self._error_name())
+            self._observe_error("callback_raised")
             self._reply(self._error_reply, failed=True)
             return None
         if result is None:
@@ -230,10 +243,12 @@ class MilterSession:
                 self._callback_timeout,
                 self._error_name(),
             )
+            self._observe_error("timeout")
             self._reply(self._error_reply, failed=True)
             return
         except Exception:
             self.log.exception("callback %s raised; answering %s", name, self._error_name())
+            self._observe_error("callback_raised")
             self._reply(self._error_reply, failed=True)
             return
         finally:
@@ -301,6 +316,8 @@ class MilterSession:
             return
         at_eom = self.conn.awaiting == Command.BODYEOB
         batch = [*self.pending, message] if at_eom and not failed else None
+        if self.record is not None:  # observe: before send(), which forgets the message macros
+            self.record.replied(message, self.pending if batch is not None else ())
         if at_eom:
             self.pending.clear()
             self._new_message()  # not only on MAIL/ABORT: with NOMAIL no MAIL comes
@@ -315,6 +332,10 @@ class MilterSession:
 
     def _error_name(self) -> str:
         return type(self._error_reply).__name__
+
+    def _observe_error(self, kind: str) -> None:
+        if self.record is not None:  # observe
+            self.record.error(kind)
 
     # --------------------------------------------------------------- dispatch
 
@@ -424,6 +445,8 @@ class MilterSession:
 
     def _on_eof(self) -> Pending | None:
         self.closed = True
+        if self.record is not None:  # observe
+            self.record.eof()
         self.pending.clear()
         self._new_message()
         if not self.conn.in_message:

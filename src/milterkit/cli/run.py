@@ -78,6 +78,12 @@ def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="info", choices=("debug", "info", "warning", "error", "critical")
     )
     parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text lines, or one JSON object per line (text)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         drain_timeout=args.drain_timeout,
         use_uvloop=False if args.no_uvloop else None,
+        log_format=args.log_format,
     )
     return run_daemon(factory, config)
 

@@ -30,7 +30,9 @@ from milterkit.milter import Milter
 from milterkit.runtime import systemd
 from milterkit.runtime.address import UnixAddress, parse_address
 from milterkit.runtime.errors import RuntimeConfigError
+from milterkit.runtime.jsonlog import apply_log_format
 from milterkit.runtime.logsetup import configure_logging, reopen_logs
+from milterkit.runtime.observe import LogObserver, Observer
 from milterkit.runtime.pidfile import PidFile
 from milterkit.runtime.privileges import drop_privileges, resolve_group, resolve_user
 from milterkit.runtime.server import (
@@ -73,6 +75,8 @@ class DaemonConfig:
     log_level: str = "info"
     drain_timeout: float = 30.0
     use_uvloop: bool | None = None
+    #: ``text`` or ``json`` (one JSON object per line)
+    log_format: str = "text"
 
 
 def run(
@@ -96,6 +100,7 @@ def run(
     drain_timeout: float = 30.0,
     progress_interval: float | None = None,
     use_uvloop: bool | None = None,
+    log_format: str = "text",
 ) -> int:
     """Run ``milter_class`` as a daemon in the foreground; return the exit status.
 
@@ -124,6 +129,7 @@ def run(
         log_level=log_level,
         drain_timeout=drain_timeout,
         use_uvloop=use_uvloop,
+        log_format=log_format,
     )
     return run_daemon(milter_class, config)
 
@@ -132,6 +138,7 @@ def run_daemon(milter_class: Callable[[], Milter], config: DaemonConfig) -> int:
     """:func:`run` with the settings in a :class:`DaemonConfig`."""
     try:
         configure_logging(config.log, config.log_level)
+        apply_log_format(config.log_format)
         _check_config(config)
         return _Daemon(milter_class, config).run()
     except RuntimeConfigError as exc:
@@ -275,8 +282,13 @@ class _Daemon:
             progress_interval=config.progress_interval,
             error_decision=config.error_decision,
             logger=_log,
+            observer=self._observer(),
         )
         await serve_sockets(server, drain_timeout=config.drain_timeout, on_reopen=reopen_logs)
+
+    def _observer(self) -> Observer:
+        """What a worker reports to: the per-message log lines."""
+        return LogObserver(_log)
 
     def _close_listeners(self) -> None:
         for sock in self.listeners:

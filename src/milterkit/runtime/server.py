@@ -39,6 +39,7 @@ from typing import Any, cast
 from milterkit.milter import Milter
 from milterkit.protocol.errors import ProtocolError
 from milterkit.runtime.logsetup import safe
+from milterkit.runtime.observe import Observer
 from milterkit.session import MilterSession, Pending
 
 __all__ = [
@@ -113,6 +114,7 @@ class Server:
         progress_interval: float | None = None,
         error_decision: str = "tempfail",
         logger: logging.Logger | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
@@ -128,6 +130,8 @@ class Server:
         self.progress_interval = progress_interval
         self.error_decision = error_decision
         self.log = logger or logging.getLogger("milterkit")
+        #: observe: told of connections and messages (logs, metrics); None: nothing
+        self.observer = observer
         self.connections: set[_Connection] = set()
         self.draining = False
         self._counter = 0
@@ -229,6 +233,8 @@ class Server:
 
     def release(self, conn: _Connection) -> None:
         """A connection is completely finished; its slot is free again."""
+        if self.observer is not None and conn in self.connections:  # observe
+            conn.observe_end(self.observer)
         self.connections.discard(conn)
         conn.session = None  # the session's write hook points back at conn: break the cycle
         if not self.connections and self._idle is not None:
@@ -296,6 +302,8 @@ class _Connection(asyncio.Protocol):
         self.session: MilterSession | None = None
         self.peer = "?"
         self.lost = False
+        #: observe: why we closed it (None: the MTA did, see observe_end)
+        self.end_reason: str | None = None
         self._batch: list[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -322,12 +330,16 @@ class _Connection(asyncio.Protocol):
                 error_decision=server.error_decision,
                 callback_timeout=server.callback_timeout,
                 progress_interval=server.progress_interval,
+                observer=server.observer,
             )
         except Exception:
             self.log.exception("[%s] cannot create the milter for %s", self.cid, self.peer)
             self.transport.abort()
             return
-        self.log.debug("[%s] connection from %s", self.cid, self.peer)
+        if server.observer is not None:  # observe
+            server.observer.connection_opened(self.cid, self.peer)
+        else:
+            self.log.debug("[%s] connection from %s", self.cid, self.peer)
         self._last = self.loop.time()
         self._arm(server.read_timeout)
         if server.draining:
@@ -373,7 +385,24 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self.transport is not None and not self.lost:
+            self.end_reason = self.end_reason or "aborted"
             self.transport.abort()
+
+    def observe_end(self, observer: Observer) -> None:
+        """Report the end of this connection and why (observe)."""
+        session = self.session
+        reason = self.end_reason
+        if reason is None:
+            record = session.record if session is not None else None
+            if record is not None and record.quit_seen:
+                reason = "quit"
+            elif session is not None and session.conn.negotiated is None and session.closed:
+                reason = "negotiation_failed"
+            else:
+                reason = "mta_vanished"
+        if reason in ("mta_vanished", "timeout", "protocol_error"):
+            observer.error(reason)
+        observer.connection_done(self.cid, reason, self.peer)
 
     def close_if_idle(self) -> bool:
         """Close now if between messages (or never started); True if closed."""
@@ -382,6 +411,8 @@ class _Connection(asyncio.Protocol):
             return False
         if self._task is not None or session.conn.in_message or session.conn.awaiting:
             return False
+        if self.end_reason is None and not session.closed:
+            self.end_reason = "drain"
         self.transport.close()
         return True
 
@@ -489,7 +520,9 @@ class _Connection(asyncio.Protocol):
 
     def _failed(self, exc: Exception) -> None:
         """A protocol violation or an internal error: close only this connection."""
-        if isinstance(exc, ProtocolError):
+        protocol = isinstance(exc, ProtocolError)
+        self.end_reason = self.end_reason or ("protocol_error" if protocol else "internal_error")
+        if protocol:
             self.log.warning(
                 "[%s] closing connection from %s: %s: %s",
                 self.cid,
@@ -545,6 +578,7 @@ class _Connection(asyncio.Protocol):
             what,
             idle,
         )
+        self.end_reason = "timeout"
         self.abort()
 
 
