@@ -1,4 +1,4 @@
-"""``milterkit`` command line: run | check | bench | demo.
+"""``milterkit`` command line: run | check | ping | bench | demo.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)``, which
 registers its options and sets ``func``; they are imported only when the
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from milterkit import __version__
 
-SUBCOMMANDS = ("run", "check", "bench", "demo")
+SUBCOMMANDS = ("run", "check", "ping", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
