@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from milterkit.cli.config import apply_config, load_config, record_given
 from milterkit.milter import Milter
 from milterkit.runtime.daemon import DaemonConfig, run_daemon
 from milterkit.runtime.errors import RuntimeConfigError
@@ -23,6 +24,7 @@ from milterkit.runtime.supervisor import EX_CONFIG
 __all__ = ["add_parser", "load_target", "run"]
 
 _DECISIONS = ("tempfail", "accept", "reject", "continue")
+EX_USAGE = 64
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,16 +34,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="serve a milter class (daemon: workers, pid file, privilege drop)",
         description="Serve MODULE:CLASS on a socket until SIGTERM (which drains).",
     )
-    parser.add_argument("target", metavar="MODULE:CLASS", help="e.g. examples/spamtrap.py:SpamTrap")
+    record_given(parser)  # so that --config knows what the command line set
+    parser.add_argument(
+        "target",
+        nargs="?",
+        metavar="MODULE:CLASS",
+        help="e.g. examples/spamtrap.py:SpamTrap (or target in --config)",
+    )
     parser.add_argument(
         "--socket",
-        required=True,
         metavar="ADDR",
-        help="unix:/path, inet:PORT@HOST, inet6:PORT@HOST or fd:N",
+        help="unix:/path, inet:PORT@HOST, inet6:PORT@HOST or fd:N (required here or in --config)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with any of these options (the command line wins)",
     )
     _add_daemon_options(parser)
     _add_session_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_options=parser._actions)
     return parser
 
 
@@ -138,6 +150,16 @@ def _octal(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the target and run the daemon; returns the exit status."""
+    try:
+        if args.config is not None:
+            apply_config(args, load_config(args.config, args.config_options))
+    except RuntimeConfigError as exc:
+        print(f"milterkit run: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.target is None or args.socket is None:
+        missing = "MODULE:CLASS" if args.target is None else "--socket"
+        print(f"milterkit run: {missing} is required (or set it in --config)", file=sys.stderr)
+        return EX_USAGE
     try:
         factory = load_target(args.target)
     except RuntimeConfigError as exc:
