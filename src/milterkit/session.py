@@ -97,6 +97,8 @@ class MilterSession:
         self._over_limit: str | None = None
         self._body: IO[bytes] | None = None
         self.body_size = 0
+        #: Messages answered at end of message (a drain closes idle sessions only after one).
+        self.messages_done = 0
         # observe: per-message records for logs/metrics (None: nothing recorded)
         self.record: RecordBuilder | None = None
         if observer is not None:
@@ -319,6 +321,7 @@ class MilterSession:
         if self.record is not None:  # observe: before send(), which forgets the message macros
             self.record.replied(message, self.pending if batch is not None else ())
         if at_eom:
+            self.messages_done += 1
             self.pending.clear()
             self._new_message()  # not only on MAIL/ABORT: with NOMAIL no MAIL comes
         try:

@@ -247,13 +247,17 @@ class Server:
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight messages finish, close the rest after ``timeout``.
 
-        Sessions idle between messages are closed at once; the others as soon
-        as they become idle. Whatever is still open at the deadline is aborted.
+        Connections already waiting in the listen backlog are accepted and
+        served first, and then this process closes its listening sockets (see
+        :meth:`_take_backlog`). Sessions idle between messages are closed at
+        once; the others as soon as they become idle. Whatever is still open
+        at the deadline is aborted.
         """
         self.draining = True
         self._pause_accepting()
         if self._retry is not None:
             self._retry.cancel()
+        self._take_backlog()
         busy = [c for c in list(self.connections) if not c.close_if_idle()]
         if busy:
             self.log.info(
@@ -266,6 +270,32 @@ class Server:
                 conn.abort()
             await self._wait_idle(5.0)
         self._finish()
+
+    def _take_backlog(self) -> None:
+        """Accept every connection queued in the backlog, then close our listeners.
+
+        A connection the kernel has already completed sits in the backlog; the
+        MTA (or a load balancer) has sent its OPTNEG and cannot retry
+        elsewhere, so closing the socket under it (which resets it) loses the
+        message. Once the last process holding the listening socket has
+        closed it, new connections are refused instead, which a load balancer
+        redispatches and an MTA reports as a connect failure. Accepting and
+        closing back to back keeps the window in which a connection can be
+        queued and then reset to a few microseconds, however long the drain
+        itself takes. The connection limit does not apply here: a few more
+        sessions for the length of a drain are better than reset ones.
+        """
+        for sock in self.listeners:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    self.log.warning("accept failed while draining the backlog: %s", exc)
+                    break
+                self._adopt(conn)
+            sock.close()
 
     async def _wait_idle(self, timeout: float) -> bool:
         assert self._idle is not None
@@ -342,8 +372,6 @@ class _Connection(asyncio.Protocol):
             self.log.debug("[%s] connection from %s", self.cid, self.peer)
         self._last = self.loop.time()
         self._arm(server.read_timeout)
-        if server.draining:
-            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -405,11 +433,19 @@ class _Connection(asyncio.Protocol):
         observer.connection_done(self.cid, reason, self.peer)
 
     def close_if_idle(self) -> bool:
-        """Close now if between messages (or never started); True if closed."""
+        """Close now if between messages, after a first one; True if closed.
+
+        A session that has not finished a message yet is kept: the MTA opened
+        it for an SMTP session whose message is on its way (it was accepted
+        from the backlog during a drain, or sits between HELO and MAIL), and
+        closing it would turn that message into a temporary failure.
+        """
         session = self.session
         if session is None or self.transport is None:
             return False
         if self._task is not None or session.conn.in_message or session.conn.awaiting:
+            return False
+        if not session.messages_done and not session.closed:
             return False
         if self.end_reason is None and not session.closed:
             self.end_reason = "drain"
