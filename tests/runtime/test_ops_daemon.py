@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import stat
+import threading
 from pathlib import Path
 
-from tests.runtime.test_daemon import SPAMTRAP, Daemon, daemons, one_message, tmp
+from milterkit.protocol import AddHeader, Connect, EndOfMessage, Family, Mail, OptNeg
+from tests.runtime.test_daemon import SLOW_MILTER, SPAMTRAP, Daemon, daemons, one_message, tmp
+from tests.runtime.test_server_mta import OFFER_V6, RawMTA, kinds, wait_for
 
 __all__ = ["daemons", "tmp"]  # fixtures used below
 
@@ -60,3 +66,119 @@ def test_bad_config_file_exits_78(tmp: Path, daemons: list[Daemon]) -> None:
     assert daemon.log() == (
         f"milterkit run: {config}: invalid value for 'workers': expected an integer, got 'many'\n"
     )
+
+
+def test_sigterm_serves_the_connections_queued_in_the_backlog(
+    tmp: Path, daemons: list[Daemon]
+) -> None:
+    (tmp / "slow.py").write_text(SLOW_MILTER)
+    daemon = Daemon(
+        tmp,
+        "--socket",
+        f"unix:{tmp}/milter.sock",
+        "--workers",
+        "1",
+        "--max-connections",
+        "1",
+        target=f"{tmp}/slow.py:SlowEom",
+    )
+    daemons.append(daemon)
+    daemon.wait_socket()
+    busy = RawMTA.connect(daemon.sock_path, timeout=30)
+    busy.hello()
+    busy.command(Mail(b"<a@example.org>"))
+    busy.send(EndOfMessage())  # takes a second: the one connection slot is taken
+    queued = [RawMTA.connect(daemon.sock_path, timeout=30) for _ in range(3)]
+    for mta in queued:
+        mta.send(OFFER_V6)  # what an MTA sends at once; nobody accepted it yet
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert kinds(busy.replies()) == ["Accept"]
+    for mta in queued:
+        assert isinstance(mta.replies()[0], OptNeg)
+        mta.command(Connect(b"client.example", Family.INET, 4567, b"192.0.2.1"))
+        assert kinds(mta.message())[-1] == "Accept"
+        assert mta.wait_closed(10)  # draining: closed once its message is done
+    assert daemon.proc.wait(60) == 0
+    for mta in (busy, *queued):
+        mta.close()
+    log = daemon.log()
+    assert "internal error" not in log and "closing connection" not in log
+
+
+VERSIONED = """\
+from milterkit.milter import Accept, Milter
+from milterkit.protocol.constants import Action
+
+
+class Versioned(Milter):
+    actions = Action.ADD_HEADERS
+
+    def end_of_message(self):
+        self.add_header("X-Version", "{version}")
+        return Accept()
+"""
+
+
+class Load:
+    """Clients sending one message per connection in a loop, recording X-Version or the error."""
+
+    def __init__(self, address: str, clients: int = 4) -> None:
+        self.address = address
+        self.results: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with RawMTA.connect(self.address, timeout=30) as mta:
+                    mta.hello()
+                    replies = mta.message()
+                    with contextlib.suppress(OSError):  # a draining worker closes after it
+                        mta.quit()
+                headers = [r for r in replies if isinstance(r, AddHeader)]
+                self.results.append(headers[0].value.decode() if headers else repr(replies))
+            except Exception as exc:
+                self.results.append(f"failed: {exc!r}")
+
+    def finish(self) -> list[str]:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+        return self.results
+
+
+def test_sigusr2_reload_picks_up_new_code_and_fails_nothing(
+    tmp: Path, daemons: list[Daemon]
+) -> None:
+    code = tmp / "versioned.py"
+    code.write_text(VERSIONED.format(version="1"))
+    daemon = Daemon(
+        tmp,
+        "--socket",
+        f"unix:{tmp}/milter.sock",
+        "--workers",
+        "2",
+        target=f"{code}:Versioned",
+    )
+    daemons.append(daemon)
+    daemon.wait_socket()
+    load = Load(daemon.sock_path)
+    try:
+        wait_for(lambda: load.results.count("1") >= 20, 60, "messages before the reload")
+        code.write_text(VERSIONED.format(version="2") + "# a different size than v1\n")
+        daemon.proc.send_signal(signal.SIGUSR2)
+        wait_for(lambda: "reload: every worker replaced" in daemon.log(), 60, "reload")
+        gone = re.compile(r"old worker pid \d+ exited")
+        wait_for(lambda: len(gone.findall(daemon.log())) == 2, 60, "old workers gone")
+        after = len(load.results)
+        wait_for(lambda: len(load.results) >= after + 20, 60, "messages after the reload")
+    finally:
+        results = load.finish()
+    failed = [r for r in results if r not in ("1", "2")]
+    assert failed == [], failed[:5]
+    assert set(results[after + 4 :]) == {"2"}  # at most one message per client in flight
+    assert daemon.log().count("reload: imported") == 2
+    assert daemon.stop() == 0

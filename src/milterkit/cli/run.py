@@ -102,6 +102,14 @@ def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, how long in-flight messages may take (30)",
     )
+    parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM, go on serving this long before draining, while /healthz "
+        "says 503, so a load balancer moves away first (0)",
+    )
 
 
 def _add_session_options(parser: argparse.ArgumentParser) -> None:
@@ -185,16 +193,22 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         use_uvloop=False if args.no_uvloop else None,
         log_format=args.log_format,
+        shutdown_delay=args.shutdown_delay,
+        target=args.target,
     )
     return run_daemon(factory, config)
 
 
-def load_target(target: str) -> type[Milter]:
-    """Resolve ``module:Class`` or ``path/to/file.py:Class`` to a Milter subclass."""
+def load_target(target: str, *, fresh: bool = False) -> type[Milter]:
+    """Resolve ``module:Class`` or ``path/to/file.py:Class`` to a Milter subclass.
+
+    A file is always executed anew; with ``fresh`` an already imported module
+    is reloaded too (a SIGUSR2 reload; the modules it imports are not).
+    """
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
         raise RuntimeConfigError(f"target {target!r} must look like module:ClassName")
-    module = _load_module(module_name)
+    module = _load_module(module_name, fresh)
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -204,15 +218,18 @@ def load_target(target: str) -> type[Milter]:
     return obj
 
 
-def _load_module(name: str) -> Any:
+def _load_module(name: str, fresh: bool = False) -> Any:
     if name.endswith(".py") or os.sep in name:
         return _load_file(Path(name))
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
+        return importlib.reload(module) if fresh else module
     except ImportError as exc:
         raise RuntimeConfigError(f"cannot import {name}: {exc}") from exc
+    except Exception as exc:
+        raise RuntimeConfigError(f"error while loading {name}: {exc}") from exc
 
 
 def _load_file(path: Path) -> Any:

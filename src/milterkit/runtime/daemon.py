@@ -11,7 +11,9 @@ Start-up order, and why:
    before it reads a single byte of mail. The supervisor keeps its identity:
    it never parses mail, and it must be able to remove the PID file and the
    unix socket from root-owned ``/run`` at exit and to restart workers;
-5. READY=1 to systemd; SIGTERM/SIGINT drain, SIGHUP reopens log files;
+5. READY=1 to systemd; SIGTERM/SIGINT drain (after ``shutdown_delay``),
+   SIGHUP reopens log files, SIGUSR2 replaces the workers one at a time,
+   each importing the milter code afresh (``target``);
 6. at exit STOPPING=1, the unix socket and the PID file are removed.
 """
 
@@ -77,6 +79,11 @@ class DaemonConfig:
     use_uvloop: bool | None = None
     #: ``text`` or ``json`` (one JSON object per line)
     log_format: str = "text"
+    #: After SIGTERM, go on serving this long before draining (load balancers move away).
+    shutdown_delay: float = 0.0
+    #: ``module:Class`` or ``path.py:Class`` the milter came from; workers started by a
+    #: reload (SIGUSR2) import it afresh. None: they keep the class already imported.
+    target: str | None = None
 
 
 def run(
@@ -160,6 +167,8 @@ def _check_config(config: DaemonConfig) -> None:
         raise RuntimeConfigError(f"invalid max_connections {config.max_connections}: must be >= 1")
     if config.timeout <= 0:
         raise RuntimeConfigError(f"invalid timeout {config.timeout}: must be positive")
+    if config.shutdown_delay < 0:
+        raise RuntimeConfigError(f"invalid shutdown delay {config.shutdown_delay}: negative")
     if config.read_timeout <= 0:
         raise RuntimeConfigError(f"invalid read timeout {config.read_timeout}: must be positive")
     if config.callback_timeout is not None and config.callback_timeout <= 0:
@@ -190,6 +199,7 @@ class _Daemon:
         self.unix_path: str | None = None
         self.per_worker: int | None = None
         self.supervisor_pid = os.getpid()
+        self.supervisor: Supervisor | None = None
 
     def run(self) -> int:
         with ExitStack() as stack:
@@ -241,14 +251,29 @@ class _Daemon:
         workers = (os.cpu_count() or 1) if self.config.workers is None else self.config.workers
         limit = self.config.max_connections
         self.per_worker = None if limit is None else math.ceil(limit / max(workers, 1))
-        return Supervisor(
+        self.supervisor = Supervisor(
             self._worker_main,
             workers,
             drain_timeout=self.config.drain_timeout + _KILL_GRACE,
             on_reopen=reopen_logs,
             on_stop=systemd.stopping,
             logger=_log,
+            shutdown_delay=self.config.shutdown_delay,
+            on_drain=self._release_listeners,
         )
+        return self.supervisor
+
+    def _release_listeners(self) -> None:
+        """The workers drain: close the supervisor's copy of the listening sockets.
+
+        The socket stops listening when the last process holding it closes it;
+        each worker closes its copy right after taking what is queued in the
+        backlog, so the last one to do so leaves nothing queued behind. (The
+        unix socket's path is removed at exit, as before.)
+        """
+        if os.getpid() == self.supervisor_pid and self.config.workers != 0:
+            for sock in self.listeners:
+                sock.close()
 
     def _worker_main(self, index: int) -> int:
         """Body of one worker: drop privileges, then serve until told to stop."""
@@ -262,6 +287,7 @@ class _Daemon:
             return EX_CONFIG
         if os.getpid() != self.supervisor_pid:  # forked (not --workers 0): die with the parent
             exit_with_parent(self.supervisor_pid)
+        self._reimport_after_reload(index)
         loop = new_event_loop(self.config.use_uvloop)
         try:
             loop.run_until_complete(self._serve(index))
@@ -285,6 +311,26 @@ class _Daemon:
             observer=self._observer(),
         )
         await serve_sockets(server, drain_timeout=config.drain_timeout, on_reopen=reopen_logs)
+
+    def _reimport_after_reload(self, index: int) -> None:
+        """In a worker started by a reload, import the milter code afresh.
+
+        A forked worker inherits the classes the supervisor imported at start;
+        new code on disk only runs if it is imported again here, after the
+        privilege drop. If the new code does not load, the worker logs why and
+        serves the code it inherited, so a broken edit cannot take the service down.
+        """
+        supervisor, target = self.supervisor, self.config.target
+        if supervisor is None or supervisor.generation == 0 or target is None:
+            return
+        from milterkit.cli.run import load_target  # the CLI's loader: module or file path
+
+        try:
+            self.milter_class = load_target(target, fresh=True)
+        except RuntimeConfigError as exc:
+            _log.error("worker %d: reload: %s; serving the code loaded before", index, exc)
+            return
+        _log.info("worker %d: reload: imported %s afresh", index, target)
 
     def _observer(self) -> Observer:
         """What a worker reports to: the per-message log lines."""
