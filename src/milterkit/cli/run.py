@@ -103,6 +103,11 @@ def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long in-flight messages may take (30)",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="ADDR",
+        help="inet:PORT@HOST: serve Prometheus /metrics and /healthz over HTTP there",
+    )
+    parser.add_argument(
         "--shutdown-delay",
         type=float,
         default=0.0,
@@ -195,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         shutdown_delay=args.shutdown_delay,
         target=args.target,
+        metrics=args.metrics,
     )
     return run_daemon(factory, config)
 

@@ -34,7 +34,8 @@ from milterkit.runtime.address import UnixAddress, parse_address
 from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.jsonlog import apply_log_format
 from milterkit.runtime.logsetup import configure_logging, reopen_logs
-from milterkit.runtime.observe import LogObserver, Observer
+from milterkit.runtime.metrics import MetricsHub, MetricsSender
+from milterkit.runtime.observe import LogObserver, MultiObserver, Observer
 from milterkit.runtime.pidfile import PidFile
 from milterkit.runtime.privileges import drop_privileges, resolve_group, resolve_user
 from milterkit.runtime.server import (
@@ -84,6 +85,8 @@ class DaemonConfig:
     #: ``module:Class`` or ``path.py:Class`` the milter came from; workers started by a
     #: reload (SIGUSR2) import it afresh. None: they keep the class already imported.
     target: str | None = None
+    #: ``inet:PORT@HOST``: serve Prometheus ``/metrics`` and ``/healthz`` there.
+    metrics: str | None = None
 
 
 def run(
@@ -167,6 +170,10 @@ def _check_config(config: DaemonConfig) -> None:
         raise RuntimeConfigError(f"invalid max_connections {config.max_connections}: must be >= 1")
     if config.timeout <= 0:
         raise RuntimeConfigError(f"invalid timeout {config.timeout}: must be positive")
+    if config.metrics is not None and config.workers == 0:
+        raise RuntimeConfigError(
+            "--metrics needs forked workers (--workers 1 or more): the supervisor serves it"
+        )
     if config.shutdown_delay < 0:
         raise RuntimeConfigError(f"invalid shutdown delay {config.shutdown_delay}: negative")
     if config.read_timeout <= 0:
@@ -200,6 +207,8 @@ class _Daemon:
         self.per_worker: int | None = None
         self.supervisor_pid = os.getpid()
         self.supervisor: Supervisor | None = None
+        self.metrics: MetricsHub | None = None
+        self.sender: MetricsSender | None = None
 
     def run(self) -> int:
         with ExitStack() as stack:
@@ -207,6 +216,9 @@ class _Daemon:
                 stack.enter_context(PidFile(self.config.pid_file))
             stack.callback(self._close_listeners)
             self._bind()
+            if self.config.metrics is not None:
+                self.metrics = MetricsHub(self.config.metrics)
+                stack.callback(self.metrics.close)
             supervisor = self._supervisor()
             systemd.ready(f"serving on {self._describe()}")
             _log.info("milterkit serving %s on %s", _name(self.milter_class), self._describe())
@@ -261,6 +273,10 @@ class _Daemon:
             shutdown_delay=self.config.shutdown_delay,
             on_drain=self._release_listeners,
         )
+        if self.metrics is not None:
+            self.metrics.attach(self.supervisor)
+            host, port = self.metrics.http.getsockname()[:2]
+            _log.info("metrics on http://%s:%d/metrics and /healthz", host, port)
         return self.supervisor
 
     def _release_listeners(self) -> None:
@@ -311,6 +327,8 @@ class _Daemon:
             observer=self._observer(),
         )
         await serve_sockets(server, drain_timeout=config.drain_timeout, on_reopen=reopen_logs)
+        if self.sender is not None:
+            self.sender.flush()  # the last increments, before the worker exits
 
     def _reimport_after_reload(self, index: int) -> None:
         """In a worker started by a reload, import the milter code afresh.
@@ -333,8 +351,12 @@ class _Daemon:
         _log.info("worker %d: reload: imported %s afresh", index, target)
 
     def _observer(self) -> Observer:
-        """What a worker reports to: the per-message log lines."""
-        return LogObserver(_log)
+        """What a worker reports to: the per-message log lines, and the metrics if wanted."""
+        log = LogObserver(_log)
+        if self.metrics is None:
+            return log
+        self.sender = self.metrics.worker_sender()
+        return MultiObserver([log, self.sender])
 
     def _close_listeners(self) -> None:
         for sock in self.listeners:

@@ -233,7 +233,8 @@ class Server:
 
     def release(self, conn: _Connection) -> None:
         """A connection is completely finished; its slot is free again."""
-        if self.observer is not None and conn in self.connections:  # observe
+        if self.observer is not None and conn.observed:  # observe
+            conn.observed = False
             conn.observe_end(self.observer)
         self.connections.discard(conn)
         conn.session = None  # the session's write hook points back at conn: break the cycle
@@ -334,6 +335,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
         #: observe: why we closed it (None: the MTA did, see observe_end)
         self.end_reason: str | None = None
+        self.observed = False  # connection_opened was reported
         self._batch: list[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -367,6 +369,7 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
             return
         if server.observer is not None:  # observe
+            self.observed = True
             server.observer.connection_opened(self.cid, self.peer)
         else:
             self.log.debug("[%s] connection from %s", self.cid, self.peer)

@@ -149,6 +149,22 @@ class Supervisor:
         self.stopping = False
         #: Worker processes started to replace one that died (not by a reload).
         self.restarts = 0
+        self._readers: dict[int, Callable[[], object]] = {}
+        self._selector: selectors.BaseSelector | None = None
+
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        """Call ``callback`` from the loop when ``fd`` is readable (e.g. a metrics socket).
+
+        The callback runs in the supervisor between signals; it must not block.
+        """
+        self._readers[fd] = callback
+        if self._selector is not None:
+            self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd`` (call before closing it)."""
+        if self._readers.pop(fd, None) is not None and self._selector is not None:
+            self._selector.unregister(fd)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -221,15 +237,31 @@ class Supervisor:
         self._log.info("supervisor %d starting %d workers", os.getpid(), len(self._slots))
         with selectors.DefaultSelector() as selector:
             selector.register(self._wakeup_r, selectors.EVENT_READ)
-            while True:
-                self._handle_signals()
-                self._reap()
-                self._tick()
-                if self._stopping and not self._live_pids():
-                    break
-                if selector.select(self._timeout()):
-                    self._drain_wakeup()
+            for fd, callback in self._readers.items():
+                selector.register(fd, selectors.EVENT_READ, callback)
+            self._selector = selector
+            try:
+                while True:
+                    self._handle_signals()
+                    self._reap()
+                    self._tick()
+                    if self._stopping and not self._live_pids():
+                        break
+                    self._dispatch(selector.select(self._timeout()))
+            finally:
+                self._selector = None
         self._log.info("supervisor %d stopped", os.getpid())
+
+    def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Empty the wakeup pipe; run the callbacks of other readable fds."""
+        for key, _ in ready:
+            if key.fd == self._wakeup_r:
+                self._drain_wakeup()
+            elif key.fd in self._readers:
+                try:
+                    key.data()
+                except Exception:
+                    self._log.exception("reader callback for fd %d failed", key.fd)
 
     def _timeout(self) -> float | None:
         """Seconds until the next timer, or None to sleep until a signal."""
