@@ -58,6 +58,8 @@ _STAGES: dict[type, str] = {
     msg.EndOfMessage: "end_of_message",
     msg.Unknown: "unknown",
 }
+_PLAIN_STEPS = frozenset({msg.Header, msg.Body, msg.Data, msg.EndOfHeaders, msg.EndOfMessage})
+_clock = time.perf_counter
 _MODIFICATIONS: dict[type, str] = {
     msg.AddHeader: "add_header",
     msg.InsertHeader: "insert_header",
@@ -226,11 +228,23 @@ class RecordBuilder:
     answer is what the milter took; it is summed per message.
     """
 
-    __slots__ = ("_started", "cid", "client", "current", "observer", "quit_seen", "stage")
+    __slots__ = (
+        "_started",
+        "_timed",
+        "cid",
+        "client",
+        "current",
+        "observer",
+        "quit_seen",
+        "stage",
+    )
 
     def __init__(self, cid: str, observer: Observer) -> None:
         self.cid = cid
         self.observer = observer
+        # performance: skip the per-command call when the observer does not time callbacks
+        overridden = type(observer).callback_timed is not Observer.callback_timed
+        self._timed = observer.callback_timed if overridden else None
         self.client: str | None = None
         self.current: MessageRecord | None = None
         self.stage = "connect"
@@ -243,7 +257,12 @@ class RecordBuilder:
         stage = _STAGES.get(kind)
         if stage is not None:
             self.stage = stage
-            self._started = time.perf_counter()
+            self._started = _clock()
+            current = self.current
+            if kind in _PLAIN_STEPS:  # performance: headers and body chunks, most commands
+                if current is not None and current.queue_id is None:
+                    current.queue_id = _macro(macros, "i")
+                return
         if kind is msg.Mail:
             self._finish("incomplete")  # MAIL without an end to the previous message
             assert isinstance(event, msg.Mail)
@@ -264,12 +283,15 @@ class RecordBuilder:
 
     def replied(self, reply: msg.Message, modifications: Sequence[msg.Message] = ()) -> None:
         """The answer to the current command is about to be sent."""
-        elapsed = time.perf_counter() - self._started
+        elapsed = _clock() - self._started
         stage = self.stage
-        self.observer.callback_timed(stage, elapsed)
+        if self._timed is not None:
+            self._timed(stage, elapsed)
         record = self.current
         if record is not None:
             record.milter_ms += elapsed * 1000.0
+        if type(reply) is msg.Continue and stage != "end_of_message":
+            return  # performance: the common answer decides nothing
         decision = _decision(reply)
         if decision is None:
             if stage == "end_of_message" and isinstance(reply, msg.Continue):
