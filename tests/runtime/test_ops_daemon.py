@@ -182,3 +182,14 @@ def test_sigusr2_reload_picks_up_new_code_and_fails_nothing(
     assert set(results[after + 4 :]) == {"2"}  # at most one message per client in flight
     assert daemon.log().count("reload: imported") == 2
     assert daemon.stop() == 0
+
+
+def test_sigusr2_without_a_supervisor_is_ignored(tmp: Path, daemons: list[Daemon]) -> None:
+    daemon = Daemon(tmp, "--socket", f"unix:{tmp}/milter.sock", "--workers", "0")
+    daemons.append(daemon)
+    daemon.wait_socket()
+    assert one_message(daemon.sock_path)[-1] == "Accept"  # serving: its handlers are set
+    daemon.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "SIGUSR2 ignored: send it to the supervisor" in daemon.log(), 10, "log")
+    assert one_message(daemon.sock_path)[-1] == "Accept"
+    assert daemon.stop() == 0

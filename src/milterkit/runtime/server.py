@@ -661,15 +661,20 @@ async def serve_sockets(
         if on_reopen is not None:
             on_reopen()
 
+    def no_reload() -> None:
+        # SIGUSR2 is the supervisor's reload; its default action would kill this process
+        server.log.warning("worker %d: SIGUSR2 ignored: send it to the supervisor", server.worker)
+
     handled = (signal.SIGTERM, signal.SIGINT)
     for signum in handled:
         loop.add_signal_handler(signum, stop, signum)
     loop.add_signal_handler(signal.SIGHUP, reopen)
+    loop.add_signal_handler(signal.SIGUSR2, no_reload)
     try:
         await server.serve_forever()
         for task in draining:
             await task
     finally:
-        for signum in (*handled, signal.SIGHUP):
+        for signum in (*handled, signal.SIGHUP, signal.SIGUSR2):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
