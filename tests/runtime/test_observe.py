@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -244,3 +245,12 @@ def test_bad_log_format_names_it() -> None:
     expected = "invalid log format 'yaml': expected text or json"
     with pytest.raises(RuntimeConfigError, match=expected):
         apply_log_format("yaml")
+
+
+def test_fields_has_every_field_of_the_record() -> None:
+    record = MessageRecord("w0-c1", modifications={"add_header": 1}, milter_ms=1.23456)
+    data = record.fields()
+    assert set(data) == {f.name for f in dataclasses.fields(MessageRecord)}
+    assert data["milter_ms"] == 1.235
+    data["modifications"]["add_header"] = 5
+    assert record.modifications == {"add_header": 1}  # a copy

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from milterkit.protocol import messages as msg
@@ -106,10 +106,24 @@ class MessageRecord:
     milter_ms: float = 0.0
 
     def fields(self) -> dict[str, Any]:
-        """The record as a plain dict (for JSON); milliseconds rounded to 0.001."""
-        data = asdict(self)
-        data["milter_ms"] = round(self.milter_ms, 3)
-        return data
+        """The record as a plain dict (for JSON); milliseconds rounded to 0.001.
+
+        Spelled out rather than ``dataclasses.asdict``, which deep-copies and
+        cost more than the rest of the log line.
+        """
+        return {
+            "connection_id": self.connection_id,
+            "client": self.client,
+            "queue_id": self.queue_id,
+            "sender": self.sender,
+            "recipients": self.recipients,
+            "decision": self.decision,
+            "reply": self.reply,
+            "stage": self.stage,
+            "modifications": dict(self.modifications),
+            "quarantine": self.quarantine,
+            "milter_ms": round(self.milter_ms, 3),
+        }
 
     def line(self) -> str:
         """``key=value`` text for the info log; peer-supplied values escaped."""
