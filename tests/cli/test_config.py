@@ -133,3 +133,28 @@ def test_run_needs_target_and_socket_somewhere(tmp_path: Path) -> None:
         64,
         "milterkit run: --socket is required (or set it in --config)\n",
     )
+
+
+def test_every_run_option_has_a_key(tmp_path: Path) -> None:
+    """A new option of ``milterkit run`` is a config key without further work."""
+    lines = []
+    for action in parse().config_options:
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        if not longs or longs[0] in ("--help", "--config"):
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            value = "true"
+        elif action.choices is not None:
+            value = f'"{next(iter(action.choices))}"'
+        elif action.type is int:
+            value = "2"
+        elif action.type is float:
+            value = "2.5"
+        elif action.type is None:
+            value = '"x"'
+        else:
+            value = '"600"'  # the octal socket mode
+        lines.append(f"{longs[0][2:]} = {value}")
+    assert len(lines) >= 20
+    values = load_config(write(tmp_path, "\n".join(lines) + "\n"), parse().config_options)
+    assert len(values) == len(lines)

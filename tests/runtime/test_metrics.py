@@ -104,6 +104,7 @@ def test_metrics_across_workers_and_health(tmp: Path, daemons: list[Daemon]) -> 
         (("--metrics", "unix:/tmp/m.sock"), "invalid metrics address 'unix:/tmp/m.sock'"),
         (("--metrics", "inet:9@127.0.0.1", "--workers", "0"), "--metrics needs forked workers"),
         (("--shutdown-delay", "-1"), "invalid shutdown delay -1.0: negative"),
+        (("--shutdown-delay", "1", "--workers", "0"), "--shutdown-delay needs forked workers"),
     ],
 )
 def test_bad_metrics_options_exit_78(

@@ -174,6 +174,10 @@ def _check_config(config: DaemonConfig) -> None:
         raise RuntimeConfigError(
             "--metrics needs forked workers (--workers 1 or more): the supervisor serves it"
         )
+    if config.shutdown_delay > 0 and config.workers == 0:
+        raise RuntimeConfigError(
+            "--shutdown-delay needs forked workers (--workers 1 or more): the supervisor waits"
+        )
     if config.shutdown_delay < 0:
         raise RuntimeConfigError(f"invalid shutdown delay {config.shutdown_delay}: negative")
     if config.read_timeout <= 0:
