@@ -316,6 +316,11 @@ class Server:
             conn.abort()
         self._finish()
 
+    @property
+    def stopped(self) -> bool:
+        """:meth:`close` ran, or :meth:`drain` finished."""
+        return self._stopped is not None and self._stopped.is_set()
+
     def _finish(self) -> None:
         if self._stopped is not None:
             self._stopped.set()
@@ -375,6 +380,8 @@ class _Connection(asyncio.Protocol):
             self.log.debug("[%s] connection from %s", self.cid, self.peer)
         self._last = self.loop.time()
         self._arm(server.read_timeout)
+        if server.stopped:  # close() ran while this connection was being set up
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
