@@ -6,6 +6,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,9 @@ def test_metrics_across_workers_and_health(tmp: Path, daemons: list[Daemon]) -> 
 
     assert get(port, "/nothing")[0] == 404
     assert get(port, "/metrics", "POST")[0] == 405
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"nonsense\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400 Bad Request\r\n")
     daemon.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: get(port, "/healthz")[0] == 503, 10, "503 while stopping")
     assert get(port, "/healthz")[2] == "draining\n"
@@ -114,6 +118,17 @@ def test_bad_metrics_options_exit_78(
     daemons.append(daemon)
     assert daemon.proc.wait(30) == 78
     assert error in daemon.log()
+
+
+def test_metrics_port_in_use_exits_78(tmp: Path, daemons: list[Daemon]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        args = ("--socket", f"unix:{tmp}/milter.sock", "--metrics", f"inet:{port}@127.0.0.1")
+        daemon = Daemon(tmp, *args)
+        daemons.append(daemon)
+        assert daemon.proc.wait(30) == 78
+    assert f"cannot listen for metrics on inet:{port}@127.0.0.1: " in daemon.log()
+    assert not (tmp / "milter.sock").exists()
 
 
 def test_histogram_buckets_are_cumulative() -> None:

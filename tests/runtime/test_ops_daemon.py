@@ -193,3 +193,26 @@ def test_sigusr2_without_a_supervisor_is_ignored(tmp: Path, daemons: list[Daemon
     wait_for(lambda: "SIGUSR2 ignored: send it to the supervisor" in daemon.log(), 10, "log")
     assert one_message(daemon.sock_path)[-1] == "Accept"
     assert daemon.stop() == 0
+
+
+def test_reload_with_broken_code_keeps_serving_the_old(tmp: Path, daemons: list[Daemon]) -> None:
+    code = tmp / "versioned.py"
+    code.write_text(VERSIONED.format(version="1"))
+    daemon = Daemon(
+        tmp, "--socket", f"unix:{tmp}/milter.sock", "--workers", "1", target=f"{code}:Versioned"
+    )
+    daemons.append(daemon)
+    daemon.wait_socket()
+    assert one_message(daemon.sock_path)[-1] == "Accept"
+    code.write_text("this is not python\n")
+    daemon.proc.send_signal(signal.SIGUSR2)
+    gone = re.compile(r"old worker pid \d+ exited")
+    wait_for(lambda: gone.search(daemon.log()), 60, "old worker gone")
+    with RawMTA.connect(daemon.sock_path) as mta:
+        mta.hello()
+        replies = mta.message()
+    assert AddHeader(b"X-Version", b"1") in replies
+    log = daemon.log()
+    assert f"worker 0: reload: error while loading {code}: " in log
+    assert "; serving the code loaded before" in log
+    assert daemon.stop() == 0
