@@ -159,7 +159,7 @@ def test_sender_merges_into_the_hub() -> None:
         worker.message_done(MessageRecord("w0-c1", decision="reject"))
         worker.error("timeout")
         hub._on_datagram()
-        hub._workers = lambda: [os.getpid()]
+        hub._serving = lambda: [os.getpid()]
         values = samples(hub.render())
     finally:
         hub.close()

@@ -170,6 +170,7 @@ class MetricsHub:
         self._add_reader: Callable[[int, Callable[[], object]], None] | None = None
         self._remove_reader: Callable[[int], None] | None = None
         self._workers: Callable[[], Iterable[int]] = list
+        self._serving: Callable[[], Iterable[int]] = list
         self._stopping: Callable[[], bool] = lambda: False
         self._restarts: Callable[[], int] = lambda: 0
 
@@ -182,6 +183,7 @@ class MetricsHub:
         self._add_reader = supervisor.add_reader
         self._remove_reader = supervisor.remove_reader
         self._workers = lambda: list(supervisor.worker_pids)
+        self._serving = lambda: list(supervisor.all_pids)  # with old ones draining
         self._stopping = lambda: bool(supervisor.stopping)
         self._restarts = lambda: int(supervisor.restarts)
         supervisor.add_reader(self._receiver.fileno(), self._on_datagram)
@@ -218,9 +220,9 @@ class MetricsHub:
 
     def render(self) -> str:
         """The Prometheus text exposition of the current totals."""
-        live = set(self._workers())
-        for pid in [p for p in self.active if p not in live]:
-            del self.active[pid]
+        serving = set(self._serving())
+        for pid in [p for p in self.active if p not in serving]:
+            del self.active[pid]  # a dead worker's connections are gone with it
         out: list[str] = []
         counters = self.totals.counters
         _family(out, "milterkit_messages_total", "counter", "Messages by decision.")
@@ -235,7 +237,7 @@ class MetricsHub:
         _labelled(out, "milterkit_errors_total", "kind", counters.get("errors", {}))
         self._render_histogram(out)
         _family(out, "milterkit_workers", "gauge", "Worker processes running.")
-        out.append(f"milterkit_workers {len(live)}")
+        out.append(f"milterkit_workers {len(list(self._workers()))}")
         _family(out, "milterkit_worker_restarts_total", "counter", "Workers restarted after dying.")
         out.append(f"milterkit_worker_restarts_total {self._restarts()}")
         return "\n".join(out) + "\n"

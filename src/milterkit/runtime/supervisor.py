@@ -400,6 +400,11 @@ class Supervisor:
     # -- children --------------------------------------------------------
 
     def _live_pids(self) -> list[int]:
+        return self.all_pids
+
+    @property
+    def all_pids(self) -> list[int]:
+        """The workers, plus old ones still draining after a reload."""
         return [*self.worker_pids, *self._retiring]
 
     def _reap(self) -> None:
