@@ -7,13 +7,20 @@ headers, EOH, body chunks, EOM, ABORT + QUIT), with a new session per message
 as with one message per connection. Prints the median CPU microseconds per
 message of several batches, or with --profile the top of a cProfile.
 
-    python benchmarks/session_micro.py [--body BYTES] [--profile]
+    python benchmarks/session_micro.py [--body BYTES] [--profile] [--observer noop|log]
+
+``--observer`` measures the per-message record (runtime/observe.py): ``noop``
+the record building alone, ``log`` also the info line, formatted as JSON and
+written to a discarding stream, as the daemon does.
     PYTHONPATH=/other/checkout/src python benchmarks/session_micro.py   # A/B
 """
 
 from __future__ import annotations
 
 import cProfile
+import io
+import logging
+import os
 import pstats
 import statistics
 import struct
@@ -25,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
 from milterkit_canonical import Canonical
 
+from milterkit.runtime.jsonlog import JsonFormatter
+from milterkit.runtime.observe import LogObserver, Observer
 from milterkit.session import MilterSession
 
 QID = ("i", "4Bench1234")
@@ -76,9 +85,25 @@ def message_steps(body_size: int) -> list[bytes]:
     return steps
 
 
+OBSERVER: Observer | None = None
+
+
+def make_observer(kind: str) -> Observer:
+    if kind == "noop":
+        return Observer()
+    logger = logging.getLogger("milterkit.bench")
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    handler.stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return LogObserver(logger)
+
+
 def one_connection(steps: list[bytes]) -> list[bytes]:
     sent: list[bytes] = []
-    session = MilterSession(Canonical, sent.append)
+    session = MilterSession(Canonical, sent.append, observer=OBSERVER)
     for step in steps:
         session.data_received(step)
     session.connection_lost()
@@ -93,7 +118,10 @@ def batch_us(steps: list[bytes], messages: int) -> float:
 
 
 def main(argv: list[str]) -> int:
+    global OBSERVER
     body = int(argv[argv.index("--body") + 1]) if "--body" in argv else 8192
+    if "--observer" in argv:
+        OBSERVER = make_observer(argv[argv.index("--observer") + 1])
     steps = message_steps(body)
     replies = one_connection(steps)
     if not replies or not replies[-1].endswith(b"\x00\x00\x00\x01a"):

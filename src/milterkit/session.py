@@ -44,6 +44,9 @@ _CONTINUE = msg.Continue()
 
 
 if TYPE_CHECKING:
+    from milterkit.runtime.observe import Observer, RecordBuilder
+
+if TYPE_CHECKING:
     _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
 else:
     # LoggerAdapter is subscriptable at runtime only from Python 3.11 (typeshed
@@ -80,6 +83,7 @@ class MilterSession:
         settings: ExecutionSettings | None = None,
         runner: CallbackRunner | None = None,
         write_now: Callable[[bytes], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         settings = settings or _DEFAULT_SETTINGS
         if settings.error_decision not in ERROR_DECISIONS:
@@ -117,6 +121,14 @@ class MilterSession:
         self._skipping_body = False
         self._body: IO[bytes] | None = None
         self.body_size = 0
+        #: Messages answered at end of message (a drain closes idle sessions only after one).
+        self.messages_done = 0
+        # observe: per-message records for logs/metrics (None: nothing recorded)
+        self.record: RecordBuilder | None = None
+        if observer is not None:
+            from milterkit.runtime.observe import RecordBuilder  # runtime imports this module
+
+            self.record = RecordBuilder(connection_id, observer)
         self.milter = self._new_milter()
 
     def _new_milter(self) -> Milter:
@@ -219,6 +231,8 @@ class MilterSession:
                 assert isinstance(event, msg.Message)
                 handler = _DISPATCH[type(event)]
             self.current_event = event  # type: ignore[assignment]
+            if self.record is not None:  # observe
+                self.record.event(event, conn.macros)  # type: ignore[arg-type]
             pending = handler(self, event)
             if pending is not None:
                 return pending
@@ -261,6 +275,7 @@ class MilterSession:
         except Exception as exc:
             self.callback_errors.append(exc)
             self.log.exception("callback %s raised; answering %s", name, self._error_name())
+            self._observe_error("callback_raised")
             self._reply(self._error_reply, failed=True)
             return None
         finally:
@@ -292,6 +307,7 @@ class MilterSession:
     def _timed_out(self, name: str, elapsed: float, mark: int) -> None:
         """Past callback_timeout: error decision now, drop what the call queued, then close."""
         del self.pending[mark:]
+        self._observe_error("timeout")
         self.log.error(
             "callback %s ran %.0f ms, over callback_timeout %gs; answering %s, discarding its "
             "result and actions, and closing the connection",
@@ -314,6 +330,7 @@ class MilterSession:
         except Exception as exc:
             self.callback_errors.append(exc)
             self.log.exception("callback %s raised; answering %s", name, self._error_name())
+            self._observe_error("callback_raised")
             self._reply(self._error_reply, failed=True)
             return
         finally:
@@ -336,6 +353,7 @@ class MilterSession:
         except Exception as exc:
             self.callback_errors.append(exc)
             self.log.exception("callback %s raised; answering %s", name, self._error_name())
+            self._observe_error("callback_raised")
             self._reply(self._error_reply, failed=True)
             return
         finally:
@@ -434,7 +452,10 @@ class MilterSession:
             return
         at_eom = self.conn.awaiting == Command.BODYEOB
         batch = [*self.pending, message] if at_eom and not failed else None
+        if self.record is not None:  # observe: before send(), which forgets the message macros
+            self.record.replied(message, self.pending if batch is not None else ())
         if at_eom:
+            self.messages_done += 1
             self.pending.clear()
             self._new_message()  # not only on MAIL/ABORT: with NOMAIL no MAIL comes
         try:
@@ -448,6 +469,10 @@ class MilterSession:
 
     def _error_name(self) -> str:
         return type(self._error_reply).__name__
+
+    def _observe_error(self, kind: str) -> None:
+        if self.record is not None:  # observe
+            self.record.error(kind)
 
     # --------------------------------------------------------------- dispatch
 
@@ -558,6 +583,8 @@ class MilterSession:
 
     def _on_eof(self) -> Pending | None:
         self.closed = True
+        if self.record is not None:  # observe
+            self.record.eof()
         self.pending.clear()
         self._new_message()
         if not self.conn.in_message:

@@ -412,6 +412,7 @@ def test_drain_finishes_in_flight_and_closes_idle() -> None:
             idle = RawMTA.connect(address)
             busy = RawMTA.connect(address)
             idle.hello()
+            idle.message()  # idle between messages, after a first one
             busy.hello()
             for step in (Mail(b"<a@b>"), Header(b"A", b"b")):
                 busy.command(step)
@@ -430,6 +431,49 @@ def test_drain_finishes_in_flight_and_closes_idle() -> None:
             busy.close()
     finally:
         Slow.eom_delay = 0.0
+
+
+def test_drain_keeps_a_session_until_its_first_message() -> None:
+    server, address = start(Recorder)
+    with serving(server) as runner:
+        fresh = RawMTA.connect(address)
+        fresh.hello()  # between HELO and the first MAIL: its message is on its way
+        wait_for(lambda: len(server.connections) == 1, 2, "session")
+        drained = threading.Thread(target=runner.drain, args=(10.0,))
+        drained.start()
+        assert not fresh.wait_closed(0.5)
+        assert kinds(fresh.message())[-1] == "Accept"
+        assert fresh.wait_closed(2)
+        drained.join(10)
+        assert not drained.is_alive()
+        fresh.close()
+
+
+def test_drain_serves_connections_queued_in_the_backlog() -> None:
+    """Connections the kernel completed but nobody accepted yet are served, not reset."""
+    server, address = start(Recorder, max_connections=1)
+    with serving(server) as runner:
+        first = RawMTA.connect(address)
+        first.hello()
+        wait_for(lambda: len(server.connections) == 1, 2, "first session")
+        queued = [RawMTA.connect(address) for _ in range(3)]  # over the limit: in the backlog
+        for mta in queued:
+            mta.send(OFFER_V6)  # as an MTA does at once; nobody has accepted it yet
+        assert len(server.connections) == 1
+        drained = threading.Thread(target=runner.drain, args=(10.0,))
+        drained.start()
+        for mta in queued:
+            assert isinstance(mta.replies(timeout=5)[0], OptNeg)
+            mta.command(Connect(b"client.example", Family.INET, 4567, b"192.0.2.1"))
+            assert kinds(mta.message())[-1] == "Accept"
+            assert mta.wait_closed(2)
+        assert kinds(first.message())[-1] == "Accept"
+        drained.join(10)
+        assert not drained.is_alive()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=2)  # the listener is closed now
+        for mta in (first, *queued):
+            mta.close()
 
 
 def test_drain_deadline_aborts_stuck_sessions() -> None:

@@ -1,4 +1,4 @@
-"""``milterkit`` command line: run | check | bench | demo.
+"""``milterkit`` command line: run | check | ping | bench | demo.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)``, which
 registers its options and sets ``func``; they are imported only when the
@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from milterkit import __version__
 
-SUBCOMMANDS = ("run", "check", "bench", "demo")
+SUBCOMMANDS = ("run", "check", "ping", "bench", "demo")
 
 
 #: sysexits.h EX_USAGE: what a usage error exits with (argparse's own default is 2,

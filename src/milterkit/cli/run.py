@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from milterkit.cli.config import apply_config, load_config, record_given
 from milterkit.execution import EXECUTION_MODES
 from milterkit.milter import Milter
 from milterkit.runtime.daemon import DaemonConfig, run_daemon
@@ -34,6 +35,7 @@ from milterkit.runtime.supervisor import EX_CONFIG
 __all__ = ["add_parser", "add_serve_options", "daemon_config", "load_target", "run"]
 
 _DECISIONS = ("tempfail", "accept", "reject", "continue")
+EX_USAGE = 64
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -43,12 +45,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="serve a milter class (daemon: workers, pid file, privilege drop)",
         description="Serve MODULE:CLASS on a socket until SIGTERM (which drains).",
     )
-    parser.add_argument("target", metavar="MODULE:CLASS", help="e.g. examples/spamtrap.py:SpamTrap")
+    record_given(parser)  # so that --config knows what the command line set
+    parser.add_argument(
+        "target",
+        nargs="?",
+        metavar="MODULE:CLASS",
+        help="e.g. examples/spamtrap.py:SpamTrap (or target in --config)",
+    )
     parser.add_argument(
         "--socket",
-        required=True,
         metavar="ADDR",
-        help="unix:/path, inet:PORT@HOST, inet6:PORT@HOST or fd:N",
+        help="unix:/path, inet:PORT@HOST, inet6:PORT@HOST or fd:N (required here or in --config)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with any of these options (the command line wins)",
     )
     parser.add_argument(
         "--pythonpath",
@@ -59,7 +71,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_daemon_options(parser)
     _add_session_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_options=parser._actions)
     return parser
 
 
@@ -105,11 +117,30 @@ def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="info", choices=("debug", "info", "warning", "error", "critical")
     )
     parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text lines, or one JSON object per line (text)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM, how long in-flight messages may take (30)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="ADDR",
+        help="inet:PORT@HOST: serve Prometheus /metrics and /healthz over HTTP there",
+    )
+    parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM, go on serving this long before draining, while /healthz "
+        "says 503, so a load balancer moves away first (0)",
     )
 
 
@@ -199,6 +230,16 @@ def _octal(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Load the target and run the daemon; returns the exit status."""
     try:
+        if args.config is not None:
+            apply_config(args, load_config(args.config, args.config_options))
+    except RuntimeConfigError as exc:
+        print(f"milterkit run: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.target is None or args.socket is None:
+        missing = "MODULE:CLASS" if args.target is None else "--socket"
+        print(f"milterkit run: {missing} is required (or set it in --config)", file=sys.stderr)
+        return EX_USAGE
+    try:
         factory = load_target(args.target, args.pythonpath)
     except RuntimeConfigError as exc:
         print(f"milterkit run: {exc}", file=sys.stderr)
@@ -249,17 +290,25 @@ def daemon_config(args: argparse.Namespace) -> DaemonConfig:
         loop_block_warning=args.loop_block_warning_ms / 1000,
         keep_env=tuple(args.keep_env),
         idle_timeout=args.idle_timeout,
+        log_format=args.log_format,
+        shutdown_delay=args.shutdown_delay,
+        target=getattr(args, "target", None),
+        metrics=args.metrics,
     )
 
 
-def load_target(target: str, pythonpath: list[str] | None = None) -> Callable[[], Milter]:
+def load_target(
+    target: str, pythonpath: list[str] | None = None, *, fresh: bool = False
+) -> Callable[[], Milter]:
     """Resolve ``module:NAME`` or ``path/to/file.py:NAME`` to a Milter factory.
 
     NAME is a Milter subclass or any callable that returns a Milter when called
     with no arguments (a function reading its configuration, a
     ``functools.partial``); what it returns is checked when a worker starts.
     ``pythonpath`` directories are searched first for ``module``; the current
-    directory is not searched (see the module docstring).
+    directory is not searched (see the module docstring). A file is always
+    executed anew; with ``fresh`` an already imported module is reloaded too
+    (a SIGUSR2 reload; the modules it imports are not).
     """
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
@@ -269,7 +318,7 @@ def load_target(target: str, pythonpath: list[str] | None = None) -> Callable[[]
         if not os.path.isdir(directory):
             raise RuntimeConfigError(f"--pythonpath {directory}: not a directory")
         sys.path.insert(0, os.path.abspath(directory))
-    module = _load_module(module_name)
+    module = _load_module(module_name, fresh)
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -289,11 +338,12 @@ def _forget_current_directory() -> None:
         del sys.path[0]
 
 
-def _load_module(name: str) -> Any:
+def _load_module(name: str, fresh: bool = False) -> Any:
     if name.endswith(".py") or os.sep in name:
         return _load_file(Path(name))
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
+        return importlib.reload(module) if fresh else module
     except ImportError as exc:
         raise RuntimeConfigError(
             f"cannot import {name}: {exc} (the current directory is not searched; "

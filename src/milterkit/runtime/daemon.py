@@ -17,7 +17,9 @@ Start-up order, and why:
    (:mod:`milterkit.runtime.logforward`); after the drop it moves to ``/``,
    trims its environment and sets PR_SET_NO_NEW_PRIVS
    (:mod:`milterkit.runtime.confine`);
-5. READY=1 to systemd; SIGTERM/SIGINT drain, SIGHUP reopens log files;
+5. READY=1 to systemd; SIGTERM/SIGINT drain (after ``shutdown_delay``),
+   SIGHUP reopens log files, SIGUSR2 replaces the workers one at a time,
+   each importing the milter code afresh (``target``);
 6. at exit STOPPING=1, the unix socket and the PID file are removed.
 """
 
@@ -38,9 +40,12 @@ from milterkit.runtime import systemd
 from milterkit.runtime.address import Inet6Address, InetAddress, UnixAddress, parse_address
 from milterkit.runtime.confine import confine_worker, set_process_name
 from milterkit.runtime.errors import RuntimeConfigError
+from milterkit.runtime.jsonlog import apply_log_format
 from milterkit.runtime.logfile import ReopenableFileHandler
 from milterkit.runtime.logforward import LogForwarder
 from milterkit.runtime.logsetup import configure_logging, reopen_logs
+from milterkit.runtime.metrics import MetricsHub, MetricsSender
+from milterkit.runtime.observe import LogObserver, MultiObserver, Observer
 from milterkit.runtime.pidfile import PidFile
 from milterkit.runtime.privileges import drop_privileges, resolve_group, resolve_user
 from milterkit.runtime.server import (
@@ -109,6 +114,15 @@ class DaemonConfig:
 
     keep_env: tuple[str, ...] = ()
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: ``text`` or ``json`` (one JSON object per line)
+    log_format: str = "text"
+    #: After SIGTERM, go on serving this long before draining (load balancers move away).
+    shutdown_delay: float = 0.0
+    #: ``module:Class`` or ``path.py:Class`` the milter came from; workers started by a
+    #: reload (SIGUSR2) import it afresh. None: they keep the class already imported.
+    target: str | None = None
+    #: ``inet:PORT@HOST``: serve Prometheus ``/metrics`` and ``/healthz`` there.
+    metrics: str | None = None
 
 
 def run(
@@ -138,6 +152,7 @@ def run(
     loop_block_warning: float = 0.100,
     keep_env: tuple[str, ...] = (),
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    log_format: str = "text",
 ) -> int:
     """Run ``milter_class`` as a daemon in the foreground; return the exit status.
 
@@ -174,6 +189,7 @@ def run(
         loop_block_warning=loop_block_warning,
         keep_env=keep_env,
         idle_timeout=idle_timeout,
+        log_format=log_format,
     )
     return run_daemon(milter_class, config)
 
@@ -182,6 +198,7 @@ def run_daemon(milter_class: Callable[[], Milter], config: DaemonConfig) -> int:
     """:func:`run` with the settings in a :class:`DaemonConfig`."""
     try:
         configure_logging(config.log, config.log_level)
+        apply_log_format(config.log_format)
         _check_config(config)
         return _Daemon(milter_class, config).run()
     except RuntimeConfigError as exc:
@@ -205,6 +222,16 @@ def _check_config(config: DaemonConfig) -> None:
         raise RuntimeConfigError(f"invalid timeout {config.timeout}: must be positive")
     if config.idle_timeout <= 0:
         raise RuntimeConfigError(f"invalid idle timeout {config.idle_timeout}: must be positive")
+    if config.metrics is not None and config.workers == 0:
+        raise RuntimeConfigError(
+            "--metrics needs forked workers (--workers 1 or more): the supervisor serves it"
+        )
+    if config.shutdown_delay > 0 and config.workers == 0:
+        raise RuntimeConfigError(
+            "--shutdown-delay needs forked workers (--workers 1 or more): the supervisor waits"
+        )
+    if config.shutdown_delay < 0:
+        raise RuntimeConfigError(f"invalid shutdown delay {config.shutdown_delay}: negative")
     if config.read_timeout <= 0:
         raise RuntimeConfigError(f"invalid read timeout {config.read_timeout}: must be positive")
     if config.callback_timeout is not None and config.callback_timeout <= 0:
@@ -244,8 +271,12 @@ class _Daemon:
         self.unix_path: str | None = None
         self.per_worker: int | None = None
         self.supervisor_pid = os.getpid()
+        self.forked = False
         self.pid_file: PidFile | None = None
         self.log_forwarder: LogForwarder | None = None
+        self.supervisor: Supervisor | None = None
+        self.metrics: MetricsHub | None = None
+        self.sender: MetricsSender | None = None
 
     def run(self) -> int:
         with ExitStack() as stack:
@@ -253,6 +284,9 @@ class _Daemon:
                 self.pid_file = stack.enter_context(PidFile(self.config.pid_file))
             stack.callback(self._close_listeners)
             self._bind()
+            if self.config.metrics is not None:
+                self.metrics = MetricsHub(self.config.metrics)
+                stack.callback(self.metrics.close)
             supervisor = self._supervisor()
             if self.log_forwarder is not None:
                 stack.callback(self.log_forwarder.close)
@@ -301,12 +335,13 @@ class _Daemon:
             workers = 1
         limit = self.config.max_connections
         self.per_worker = None if limit is None else math.ceil(limit / max(workers, 1))
+        self.forked = workers > 0
         readers = {}
         if workers > 0:
             self.log_forwarder = _log_forwarder()
             if self.log_forwarder is not None:
                 readers[self.log_forwarder.fileno()] = self.log_forwarder.drain
-        return Supervisor(
+        self.supervisor = Supervisor(
             self._worker_main,
             workers,
             drain_timeout=self.config.drain_timeout,
@@ -316,7 +351,26 @@ class _Daemon:
             logger=_log,
             after_fork=self._after_fork,
             readers=readers,
+            shutdown_delay=self.config.shutdown_delay,
+            on_drain=self._release_listeners,
         )
+        if self.metrics is not None:
+            self.metrics.attach(self.supervisor)
+            host, port = self.metrics.http.getsockname()[:2]
+            _log.info("metrics on http://%s:%d/metrics and /healthz", host, port)
+        return self.supervisor
+
+    def _release_listeners(self) -> None:
+        """The workers drain: close the supervisor's copy of the listening sockets.
+
+        The socket stops listening when the last process holding it closes it;
+        each worker closes its copy right after taking what is queued in the
+        backlog, so the last one to do so leaves nothing queued behind. (The
+        unix socket's path is removed at exit, as before.)
+        """
+        if os.getpid() == self.supervisor_pid and self.forked:
+            for sock in self.listeners:
+                sock.close()
 
     def _after_fork(self, index: int) -> None:
         """First thing in a new worker: let go of the supervisor's root-owned files."""
@@ -341,6 +395,7 @@ class _Daemon:
             set_process_name(
                 f"milterkit-w{index}", f"milterkit: worker {index} serving {self._describe()}"
             )
+        self._reimport_after_reload(index)
         loop = new_event_loop(self.config.use_uvloop)
         try:
             loop.run_until_complete(self._serve(index))
@@ -363,8 +418,39 @@ class _Daemon:
             execution=config.execution_settings(),
             logger=_log,
             idle_timeout=config.idle_timeout,
+            observer=self._observer(),
         )
         await serve_sockets(server, drain_timeout=config.drain_timeout, on_reopen=reopen_logs)
+        if self.sender is not None:
+            self.sender.flush()  # the last increments, before the worker exits
+
+    def _reimport_after_reload(self, index: int) -> None:
+        """In a worker started by a reload, import the milter code afresh.
+
+        A forked worker inherits the classes the supervisor imported at start;
+        new code on disk only runs if it is imported again here, after the
+        privilege drop. If the new code does not load, the worker logs why and
+        serves the code it inherited, so a broken edit cannot take the service down.
+        """
+        supervisor, target = self.supervisor, self.config.target
+        if supervisor is None or supervisor.generation == 0 or target is None:
+            return
+        from milterkit.cli.run import load_target  # the CLI's loader: module or file path
+
+        try:
+            self.milter_class = load_target(target, fresh=True)
+        except RuntimeConfigError as exc:
+            _log.error("worker %d: reload: %s; serving the code loaded before", index, exc)
+            return
+        _log.info("worker %d: reload: imported %s afresh", index, target)
+
+    def _observer(self) -> Observer:
+        """What a worker reports to: the per-message log lines, and the metrics if wanted."""
+        log = LogObserver(_log)
+        if self.metrics is None:
+            return log
+        self.sender = self.metrics.worker_sender()
+        return MultiObserver([log, self.sender])
 
     def _close_listeners(self) -> None:
         for sock in self.listeners:

@@ -43,6 +43,7 @@ from milterkit.milter import Milter
 from milterkit.protocol.errors import ProtocolError
 from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.logsetup import safe
+from milterkit.runtime.observe import Observer
 from milterkit.runtime.sockets import public_name
 from milterkit.session import MilterSession, Pending
 
@@ -179,6 +180,7 @@ class Server:
         error_decision: str | None = None,
         logger: logging.Logger | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        observer: Observer | None = None,
     ) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
@@ -195,6 +197,8 @@ class Server:
         self.log = logger or logging.getLogger("milterkit")
         self.runner = CallbackRunner(self.execution, self.log)
         self._watchdog: LoopWatchdog | None = None
+        #: observe: told of connections and messages (logs, metrics); None: nothing
+        self.observer = observer
         self.connections: set[_Connection] = set()
         self.draining = False
         self._counter = 0
@@ -340,6 +344,9 @@ class Server:
 
     def release(self, conn: _Connection) -> None:
         """A connection is completely finished; its slot is free again."""
+        if self.observer is not None and conn.observed:  # observe
+            conn.observed = False
+            conn.observe_end(self.observer)
         self.connections.discard(conn)
         conn.session = None  # the session's write hook points back at conn: break the cycle
         if not self.connections and self._idle is not None:
@@ -352,13 +359,17 @@ class Server:
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight messages finish, close the rest after ``timeout``.
 
-        Sessions idle between messages are closed at once; the others as soon
-        as they become idle. Whatever is still open at the deadline is aborted.
+        Connections already waiting in the listen backlog are accepted and
+        served first, and then this process closes its listening sockets (see
+        :meth:`_take_backlog`). Sessions idle between messages are closed at
+        once; the others as soon as they become idle. Whatever is still open
+        at the deadline is aborted.
         """
         self.draining = True
         self._pause_accepting()
         if self._retry is not None:
             self._retry.cancel()
+        self._take_backlog()
         busy = [c for c in list(self.connections) if not c.close_if_idle()]
         if busy:
             self.log.info(
@@ -371,6 +382,32 @@ class Server:
                 conn.abort()
             await self._wait_idle(5.0)
         self._finish()
+
+    def _take_backlog(self) -> None:
+        """Accept every connection queued in the backlog, then close our listeners.
+
+        A connection the kernel has already completed sits in the backlog; the
+        MTA (or a load balancer) has sent its OPTNEG and cannot retry
+        elsewhere, so closing the socket under it (which resets it) loses the
+        message. Once the last process holding the listening socket has
+        closed it, new connections are refused instead, which a load balancer
+        redispatches and an MTA reports as a connect failure. Accepting and
+        closing back to back keeps the window in which a connection can be
+        queued and then reset to a few microseconds, however long the drain
+        itself takes. The connection limit does not apply here: a few more
+        sessions for the length of a drain are better than reset ones.
+        """
+        for sock in self.listeners:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    self.log.warning("accept failed while draining the backlog: %s", exc)
+                    break
+                self._adopt(conn)
+            sock.close()
 
     async def _wait_idle(self, timeout: float) -> bool:
         assert self._idle is not None
@@ -390,6 +427,11 @@ class Server:
             conn.abort()
         self._finish()
 
+    @property
+    def stopped(self) -> bool:
+        """:meth:`close` ran, or :meth:`drain` finished."""
+        return self._stopped is not None and self._stopped.is_set()
+
     def _finish(self) -> None:
         if self._stopped is not None:
             self._stopped.set()
@@ -407,6 +449,9 @@ class _Connection(asyncio.Protocol):
         self.session: MilterSession | None = None
         self.peer = "?"
         self.lost = False
+        #: observe: why we closed it (None: the MTA did, see observe_end)
+        self.end_reason: str | None = None
+        self.observed = False  # connection_opened was reported
         self._batch: list[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -433,16 +478,21 @@ class _Connection(asyncio.Protocol):
                 settings=server.execution,
                 runner=server.runner,
                 write_now=self._write_now,
+                observer=server.observer,
             )
         except Exception:
             self.log.exception("[%s] cannot create the milter for %s", self.cid, self.peer)
             self.transport.abort()
             return
-        self.log.debug("[%s] connection from %s", self.cid, self.peer)
+        if server.observer is not None:  # observe
+            self.observed = True
+            server.observer.connection_opened(self.cid, self.peer)
+        else:
+            self.log.debug("[%s] connection from %s", self.cid, self.peer)
         self._last = self.loop.time()
         self._arm(min(server.read_timeout, server.idle_timeout))
-        if server.draining:
-            transport.close()
+        if server.stopped:  # close() ran while this connection was being set up
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -484,15 +534,42 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self.transport is not None and not self.lost:
+            self.end_reason = self.end_reason or "aborted"
             self.transport.abort()
 
+    def observe_end(self, observer: Observer) -> None:
+        """Report the end of this connection and why (observe)."""
+        session = self.session
+        reason = self.end_reason
+        if reason is None:
+            record = session.record if session is not None else None
+            if record is not None and record.quit_seen:
+                reason = "quit"
+            elif session is not None and session.conn.negotiated is None and session.closed:
+                reason = "negotiation_failed"
+            else:
+                reason = "mta_vanished"
+        if reason in ("mta_vanished", "timeout", "protocol_error"):
+            observer.error(reason)
+        observer.connection_done(self.cid, reason, self.peer)
+
     def close_if_idle(self) -> bool:
-        """Close now if between messages (or never started); True if closed."""
+        """Close now if between messages, after a first one; True if closed.
+
+        A session that has not finished a message yet is kept: the MTA opened
+        it for an SMTP session whose message is on its way (it was accepted
+        from the backlog during a drain, or sits between HELO and MAIL), and
+        closing it would turn that message into a temporary failure.
+        """
         session = self.session
         if session is None or self.transport is None:
             return False
         if self._task is not None or session.conn.in_message or session.conn.awaiting:
             return False
+        if not session.messages_done and not session.closed:
+            return False
+        if self.end_reason is None and not session.closed:
+            self.end_reason = "drain"
         self.transport.close()
         return True
 
@@ -609,7 +686,9 @@ class _Connection(asyncio.Protocol):
 
     def _failed(self, exc: Exception) -> None:
         """A protocol violation or an internal error: close only this connection."""
-        if isinstance(exc, ProtocolError):
+        protocol = isinstance(exc, ProtocolError)
+        self.end_reason = self.end_reason or ("protocol_error" if protocol else "internal_error")
+        if protocol:
             self.log.warning(
                 "[%s] closing connection from %s: %s: %s",
                 self.cid,
@@ -669,6 +748,7 @@ class _Connection(asyncio.Protocol):
             what,
             idle,
         )
+        self.end_reason = "timeout"
         self.abort()
 
 
@@ -712,15 +792,20 @@ async def serve_sockets(
         if on_reopen is not None:
             on_reopen()
 
+    def no_reload() -> None:
+        # SIGUSR2 is the supervisor's reload; its default action would kill this process
+        server.log.warning("worker %d: SIGUSR2 ignored: send it to the supervisor", server.worker)
+
     handled = (signal.SIGTERM, signal.SIGINT)
     for signum in handled:
         loop.add_signal_handler(signum, stop, signum)
     loop.add_signal_handler(signal.SIGHUP, reopen)
+    loop.add_signal_handler(signal.SIGUSR2, no_reload)
     try:
         await server.serve_forever()
         for task in draining:
             await task
     finally:
-        for signum in (*handled, signal.SIGHUP):
+        for signum in (*handled, signal.SIGHUP, signal.SIGUSR2):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)

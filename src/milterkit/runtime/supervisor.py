@@ -10,6 +10,15 @@ fork), replaces children that die, and coordinates shutdown:
 * SIGTERM/SIGINT also run the ``on_stop`` hook first (sd_notify STOPPING=1).
 * SIGHUP: run the ``on_reopen`` hook in the supervisor (e.g. reopen log files)
   and forward SIGHUP to the workers.
+* ``shutdown_delay``: after SIGTERM, the workers go on serving that long
+  before they are told to drain (``stopping`` is already True, so a health
+  endpoint can report 503 and a load balancer move away first). The
+  ``on_drain`` hook runs when they are told (the daemon closes its copy of
+  the listening socket there, so the last worker to drain closes it).
+* SIGUSR2: reload. Each worker in turn is replaced: a new one is started
+  (``generation`` is higher in it, so it can import the milter code afresh),
+  and once it has run ``reload_settle`` seconds the old one gets SIGTERM and
+  drains. The listening socket stays open throughout.
 * SIGCHLD: reap and, unless shutting down, restart.
 * ``after_fork(index)`` runs first in each new child, before its signals are
   reset: the place to close what a worker must not hold (the root-owned PID
@@ -51,7 +60,7 @@ from milterkit.runtime.errors import RuntimeConfigError
 __all__ = ["EX_CONFIG", "Supervisor", "describe_wait_status"]
 
 EX_CONFIG = 78
-_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR2)
 _SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
@@ -109,7 +118,10 @@ class Supervisor:
         on_stop: Callable[[], object] | None = None,
         logger: logging.Logger | None = None,
         after_fork: Callable[[int], None] | None = None,
-        readers: Mapping[int, Callable[[], None]] | None = None,
+        readers: Mapping[int, Callable[[], object]] | None = None,
+        shutdown_delay: float = 0.0,
+        on_drain: Callable[[], object] | None = None,
+        reload_settle: float = 1.0,
     ) -> None:
         count = (os.cpu_count() or 1) if workers is None else workers
         if count < 0:
@@ -130,7 +142,7 @@ class Supervisor:
         # after_fork(index) runs first in each child (close what workers must not hold);
         # readers: fd -> callback, run in the loop when fd is readable (workers' logs).
         self._after_fork = after_fork
-        self._readers = dict(readers or {})
+        self._readers: dict[int, Callable[[], object]] = dict(readers or {})
         self._log = logger or logging.getLogger("milterkit.runtime.supervisor")
         self._pending: list[int] = []
         self._stopping = False
@@ -139,7 +151,34 @@ class Supervisor:
         self._status = 0
         self._wakeup_r = -1
         self._wakeup_w = -1
+        self._shutdown_delay = shutdown_delay
+        self._on_drain = on_drain
+        self._drain_at: float | None = None  # when the workers get SIGTERM (stopping)
+        self._reload_settle = reload_settle
+        self._reload_queue: list[_Slot] = []
+        self._retire: tuple[int, float] | None = None  # (old pid, when to SIGTERM it)
+        self._retiring: set[int] = set()  # old workers draining after a reload
+        #: Incremented by each reload; a worker forked after it sees the new value.
+        self.generation = 0
+        #: True from SIGTERM on (during ``shutdown_delay`` the workers still serve).
+        self.stopping = False
+        #: Worker processes started to replace one that died (not by a reload).
+        self.restarts = 0
         self._selector: selectors.BaseSelector | None = None
+
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        """Call ``callback`` from the loop when ``fd`` is readable (e.g. a metrics socket).
+
+        The callback runs in the supervisor between signals; it must not block.
+        """
+        self._readers[fd] = callback
+        if self._selector is not None:
+            self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd`` (call before closing it)."""
+        if self._readers.pop(fd, None) is not None and self._selector is not None:
+            self._selector.unregister(fd)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -213,41 +252,51 @@ class Supervisor:
         with selectors.DefaultSelector() as selector:
             self._selector = selector
             selector.register(self._wakeup_r, selectors.EVENT_READ)
-            for fd in self._readers:
-                selector.register(fd, selectors.EVENT_READ)
-            while True:
-                self._handle_signals()
-                self._reap()
-                self._tick()
-                if self._stopping and not self.worker_pids:
-                    break
-                for key, _ in selector.select(self._timeout()):
-                    self._on_readable(key.fd)
+            for fd, callback in self._readers.items():
+                selector.register(fd, selectors.EVENT_READ, callback)
+            self._selector = selector
+            try:
+                while True:
+                    self._handle_signals()
+                    self._reap()
+                    self._tick()
+                    if self._stopping and not self._live_pids():
+                        break
+                    self._dispatch(selector.select(self._timeout()))
+            finally:
+                self._selector = None
         self._call_readers()  # what the last workers wrote before exiting
         self._log.info("supervisor %d stopped", os.getpid())
 
-    def _on_readable(self, fd: int) -> None:
-        """Empty the wakeup pipe, or let a reader consume its fd."""
-        if fd == self._wakeup_r:
-            self._drain_wakeup()
-        else:
-            self._call_readers(fd)
-
-    def _call_readers(self, only: int | None = None) -> None:
-        """Run reader callbacks; one that fails is logged, not fatal."""
-        for fd, callback in self._readers.items():
-            if only is None or fd == only:
+    def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Empty the wakeup pipe; run the callbacks of other readable fds."""
+        for key, _ in ready:
+            if key.fd == self._wakeup_r:
+                self._drain_wakeup()
+            elif key.fd in self._readers:
                 try:
-                    callback()
+                    key.data()
                 except Exception:
-                    self._log.exception("reading file descriptor %d failed", fd)
+                    self._log.exception("reader callback for fd %d failed", key.fd)
+
+    def _call_readers(self) -> None:
+        """Run every reader callback once; one that fails is logged, not fatal."""
+        for fd, callback in list(self._readers.items()):
+            try:
+                callback()
+            except Exception:
+                self._log.exception("reading file descriptor %d failed", fd)
 
     def _timeout(self) -> float | None:
         """Seconds until the next timer, or None to sleep until a signal."""
         now = time.monotonic()
         if self._stopping:
+            if self._drain_at is not None:
+                return max(0.0, self._drain_at - now)
             return None if self._killed else max(0.0, self._deadline - now)
         due = [slot.restart_at for slot in self._slots if slot.pid is None]
+        if self._retire is not None:
+            due.append(self._retire[1])
         return max(0.0, min(due) - now) if due else None
 
     def _handle_signals(self) -> None:
@@ -258,6 +307,8 @@ class Supervisor:
                 self._begin_stop(f"received {signal.Signals(signum).name}")
             elif signum == signal.SIGHUP:
                 self._reload()
+            elif signum == signal.SIGUSR2:
+                self._begin_reload()
 
     def _reload(self) -> None:
         """SIGHUP: reopen our own resources, then tell the workers."""
@@ -279,18 +330,77 @@ class Supervisor:
             len(self.worker_pids),
             self._drain_timeout,
         )
-        self._stopping = True
-        self._deadline = time.monotonic() + self._drain_timeout + self._kill_grace
+        self._stopping = self.stopping = True
+        self._reload_queue.clear()
+        self._retire = None
         if self._on_stop is not None:
             try:  # e.g. sd_notify STOPPING=1, which systemd wants when the drain begins
                 self._on_stop()
             except Exception:
                 self._log.exception("stop hook failed")
+        if self._shutdown_delay > 0:
+            self._log.info(
+                "serving %.1fs more before draining (shutdown delay)", self._shutdown_delay
+            )
+            self._drain_at = time.monotonic() + self._shutdown_delay
+            return
+        self._drain_workers()
+
+    def _drain_workers(self) -> None:
+        """Tell every worker to drain, and arm the deadline."""
+        self._drain_at = None
+        self._deadline = time.monotonic() + self._drain_timeout + self._kill_grace
+        if self._on_drain is not None:
+            try:
+                self._on_drain()
+            except Exception:
+                self._log.exception("drain hook failed")
         self._signal_workers(signal.SIGTERM)
 
+    # -- reload ------------------------------------------------------------
+
+    def _begin_reload(self) -> None:
+        """SIGUSR2: replace the workers one at a time (a reload already running restarts)."""
+        if self._stopping:
+            return
+        self.generation += 1
+        self._reload_queue = list(self._slots)
+        self._log.info(
+            "received SIGUSR2; replacing %d workers one at a time (generation %d)",
+            len(self._reload_queue),
+            self.generation,
+        )
+        if self._retire is None:
+            self._next_replacement()
+
+    def _next_replacement(self) -> None:
+        """Start the new worker of the next slot; its old one retires after the settle time."""
+        while self._reload_queue:
+            slot = self._reload_queue.pop(0)
+            old = slot.pid
+            if old is None:
+                continue  # dead: its restart (due anyway) runs the new code
+            self._retiring.add(old)
+            slot.pid = None
+            self._spawn(slot)
+            self._retire = (old, time.monotonic() + self._reload_settle)
+            return
+        self._log.info("reload: every worker replaced (generation %d)", self.generation)
+
+    def _retire_due(self, now: float) -> None:
+        """The new worker has settled: SIGTERM the old one and go on with the next slot."""
+        if self._retire is None or now < self._retire[1]:
+            return
+        old, _ = self._retire
+        self._retire = None
+        self._log.info("reload: old worker pid %d drains and exits", old)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGTERM)
+        self._next_replacement()
+
     def _signal_workers(self, signum: int) -> None:
-        """Send ``signum`` to every live worker."""
-        for pid in self.worker_pids:
+        """Send ``signum`` to every live worker (old ones still draining after a reload too)."""
+        for pid in [*self.worker_pids, *self._retiring]:
             with contextlib.suppress(ProcessLookupError):  # dead: reaped soon
                 os.kill(pid, signum)
 
@@ -301,7 +411,11 @@ class Supervisor:
             for slot in self._slots:
                 if slot.pid is None and slot.restart_at <= now:
                     self._spawn(slot)
-        elif not self._killed and now >= self._deadline and self.worker_pids:
+            self._retire_due(now)
+        elif self._drain_at is not None:
+            if now >= self._drain_at:
+                self._drain_workers()
+        elif not self._killed and now >= self._deadline and self._live_pids():
             self._log.warning("drain timeout expired; killing workers %s", self.worker_pids)
             self._killed = True
             self._status = self._status or 1
@@ -309,8 +423,24 @@ class Supervisor:
 
     # -- children --------------------------------------------------------
 
+    def _live_pids(self) -> list[int]:
+        return self.all_pids
+
+    @property
+    def all_pids(self) -> list[int]:
+        """The workers, plus old ones still draining after a reload."""
+        return [*self.worker_pids, *self._retiring]
+
     def _reap(self) -> None:
         """Collect exited workers without touching unrelated children."""
+        for pid in list(self._retiring):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self._retiring.discard(pid)
+                self._log.info("old worker pid %d %s", pid, describe_wait_status(status))
         for slot in self._slots:
             if slot.pid is None:
                 continue
@@ -337,6 +467,7 @@ class Supervisor:
             self._begin_stop("fatal worker exit")
             return
         delay = self._schedule_restart(slot)
+        self.restarts += 1
         self._log.warning(
             "worker %d (pid %s) %s unexpectedly; restarting in %.1fs",
             slot.index,
