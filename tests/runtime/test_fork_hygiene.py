@@ -129,5 +129,6 @@ def test_the_watch_sees_a_thread_started_before_run(
     daemon.serve_one_message_then_restart_a_worker()
     assert daemon.stop() == 0, daemon.log()
     assert all(threads == 2 for _, threads in daemon.forks()), daemon.forks()
+    assert daemon.log().count("has 2 threads while forking worker") == 1, daemon.log()
     if sys.version_info >= (3, 12):
         assert FORK_WARNING in daemon.log()

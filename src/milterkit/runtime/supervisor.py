@@ -33,6 +33,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ class Supervisor:
         self._status = 0
         self._wakeup_r = -1
         self._wakeup_w = -1
+        self._warned_threads = False
 
     @property
     def worker_pids(self) -> list[int]:
@@ -325,6 +327,7 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         """Fork one worker with signals blocked across the fork."""
+        self._warn_if_threaded(slot.index)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
         try:
             pid = os.fork()
@@ -340,6 +343,25 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         slot.pid, slot.started = pid, time.monotonic()
         self._log.info("started worker %d (pid %d)", slot.index, pid)
+
+    def _warn_if_threaded(self, index: int) -> None:
+        """Say once if we fork with threads: they are not copied into the worker.
+
+        A lock one of them holds at that moment (logging, malloc, a resolver)
+        stays locked in the worker for ever. milterkit starts none before the
+        fork; this catches those started by the program around ``run()``.
+        """
+        threads = _thread_count()
+        if threads > 1 and not self._warned_threads:
+            self._warned_threads = True
+            self._log.warning(
+                "supervisor %d has %d threads while forking worker %d: the worker gets only "
+                "this one, and locks the others hold stay locked in it; start threads in "
+                "the workers, not before run()",
+                os.getpid(),
+                threads,
+                index,
+            )
 
     def _child(self, index: int, old_mask: Iterable[int]) -> NoReturn:
         """Child side of fork: reset inherited state, run the worker, exit."""
@@ -377,6 +399,14 @@ def _flush_before_exit() -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
     logging.shutdown()
+
+
+def _thread_count() -> int:
+    """Kernel threads of this process, including those Python does not know (libuv's)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 _PR_SET_PDEATHSIG = 1
