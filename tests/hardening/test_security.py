@@ -80,7 +80,8 @@ def test_workers_run_as_nobody(daemon_factory: Callable[..., Daemon]) -> None:
     daemon = daemon_factory("Hardened", "--user", "nobody", inet=True)
     nobody = 65534
     for pid in daemon.workers():
-        wait_for(lambda pid=pid: proc_ids(pid)["Uid"][0] != 0, 10)  # forked, not yet dropped
+        # A worker is listed from its fork on; it drops privileges right after.
+        wait_for(lambda pid=pid: proc_ids(pid)["Uid"][0] != 0, 10)
         ids = proc_ids(pid)
         assert ids["Uid"] == [nobody] * 4, ids  # real, effective, saved, filesystem
         assert ids["Gid"] == [nobody] * 4, ids

@@ -13,13 +13,14 @@ import pytest
 
 from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.pidfile import PidFile
+from tests.forking import fork_single_threaded
 
 
 @contextmanager
 def _held_by_child(path: Path) -> Iterator[int]:
     """Hold ``path`` in a forked child (locks are per process); yield its PID."""
     ready_r, ready_w = os.pipe()
-    pid = os.fork()
+    pid = fork_single_threaded()
     if pid == 0:
         os.close(ready_r)
         with PidFile(path):
@@ -63,7 +64,7 @@ def test_same_process_second_acquire_refused_without_losing_lock(tmp_path: Path)
     with PidFile(path):
         with pytest.raises(RuntimeConfigError, match="already held by this process"):
             PidFile(path).acquire()
-        pid = os.fork()
+        pid = fork_single_threaded()
         if pid == 0:  # the lock must still be effective for other processes
             try:
                 PidFile(path).acquire()
@@ -151,7 +152,7 @@ def _race(path: Path, contenders: int) -> list[int]:
     done_r, done_w = os.pipe()
     pids = []
     for _ in range(contenders):
-        pid = os.fork()
+        pid = fork_single_threaded()
         if pid == 0:
             os.close(go_w)
             os.close(done_w)

@@ -18,6 +18,7 @@ from milterkit.runtime.privileges import (
     resolve_group,
     resolve_user,
 )
+from tests.forking import fork_single_threaded
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 NOBODY = pwd.getpwnam("nobody")
@@ -27,7 +28,7 @@ NOGROUP = grp.getgrnam("nogroup")
 def _in_child(action: Callable[[], object]) -> dict[str, object]:
     """Run ``action`` in a forked child; return its JSON result or error."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = fork_single_threaded()
     if pid == 0:
         os.close(read_fd)
         try:

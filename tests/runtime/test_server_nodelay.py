@@ -32,10 +32,11 @@ async def _nodelay_of_accepted(family: int, host: str) -> int:
     listener.listen(8)
     server = Server(Quiet, listener)
     server.start()
-    loop = asyncio.get_running_loop()
     client = socket.socket(family, socket.SOCK_STREAM)
-    client.setblocking(False)
-    await loop.sock_connect(client, listener.getsockname()[:2])
+    # A blocking connect to a listening local socket completes in the kernel. Not
+    # loop.sock_connect: uvloop resolves the address on libuv's thread pool, whose
+    # threads then live as long as pytest, and later tests fork pytest.
+    client.connect(listener.getsockname()[:2])
     for _ in range(200):
         if server.connections and next(iter(server.connections)).transport is not None:
             break

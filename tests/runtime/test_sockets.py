@@ -24,6 +24,7 @@ from milterkit.runtime.sockets import (
     remove_unix_socket,
     socket_from_fd,
 )
+from tests.forking import fork_single_threaded
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -191,7 +192,7 @@ def test_remove_unix_socket_keeps_replacement(sock_dir: Path) -> None:
 def test_remove_unix_socket_not_from_forked_child(sock_dir: Path) -> None:
     path = str(sock_dir / "m.sock")
     open_listener(UnixAddress(path)).close()
-    pid = os.fork()
+    pid = fork_single_threaded()
     if pid == 0:
         os._exit(0 if remove_unix_socket(path) is False else 1)
     _, status = os.waitpid(pid, 0)

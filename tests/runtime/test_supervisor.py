@@ -20,6 +20,7 @@ import pytest
 
 from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.supervisor import Supervisor, describe_wait_status
+from tests.forking import fork_single_threaded
 
 
 class Run:
@@ -147,7 +148,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     runs: list[Run] = []
 
     def _start(behaviour: str = "serve", workers: int = 2, **kwargs: object) -> Run:
-        run = Run(os.fork(), tmp_path / "events", tmp_path / "supervisor.log")
+        run = Run(fork_single_threaded(), tmp_path / "events", tmp_path / "supervisor.log")
         if run.pid == 0:
             _supervisor_process(run, behaviour, workers, kwargs)
         runs.append(run)

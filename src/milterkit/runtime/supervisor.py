@@ -49,6 +49,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ class Supervisor:
         #: Worker processes started to replace one that died (not by a reload).
         self.restarts = 0
         self._selector: selectors.BaseSelector | None = None
+        self._warned_threads = False
 
     def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
         """Call ``callback`` from the loop when ``fd`` is readable (e.g. a metrics socket).
@@ -492,6 +494,7 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         """Fork one worker with signals blocked across the fork."""
+        self._warn_if_threaded(slot.index)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
         try:
             pid = os.fork()
@@ -507,6 +510,25 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         slot.pid, slot.started = pid, time.monotonic()
         self._log.info("started worker %d (pid %d)", slot.index, pid)
+
+    def _warn_if_threaded(self, index: int) -> None:
+        """Say once if we fork with threads: they are not copied into the worker.
+
+        A lock one of them holds at that moment (logging, malloc, a resolver)
+        stays locked in the worker for ever. milterkit starts none before the
+        fork; this catches those started by the program around ``run()``.
+        """
+        threads = _thread_count()
+        if threads > 1 and not self._warned_threads:
+            self._warned_threads = True
+            self._log.warning(
+                "supervisor %d has %d threads while forking worker %d: the worker gets only "
+                "this one, and locks the others hold stay locked in it; start threads in "
+                "the workers, not before run()",
+                os.getpid(),
+                threads,
+                index,
+            )
 
     def _child(self, index: int, old_mask: Iterable[int]) -> NoReturn:
         """Child side of fork: reset inherited state, run the worker, exit."""
@@ -551,6 +573,14 @@ def _flush_before_exit() -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
     logging.shutdown()
+
+
+def _thread_count() -> int:
+    """Kernel threads of this process, including those Python does not know (libuv's)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 _PR_SET_PDEATHSIG = 1
