@@ -77,32 +77,50 @@ class Config:
 
 
 def milter_specs(venv_python: str) -> list[compare.ServerSpec]:
-    """The canonical milters: milterkit with/without the speed extra, 1 and 2 workers, peers."""
+    """The milters: milterkit (speed extra or not, 1 or 2 workers), the peers, minimal variants.
+
+    ``libmilter-C`` and ``pymilter`` run as shipped, with Nagle on;
+    ``-nodelay`` sets TCP_NODELAY on libmilter's listener (as compare.py does).
+    ``-minimal`` is the same filter written with only the end-of-message
+    callback, so the library negotiates the NO* bits for the other steps.
+    """
     py = sys.executable
 
-    def mk(loop: str, workers: int) -> compare.ServerSpec:
+    def mk(loop: str, workers: int, style: str = "canonical") -> compare.ServerSpec:
         script = str(compare.PEERS / "milterkit_canonical.py")
+        argv = [script, "--workers", str(workers), "--loop", loop]
+        if style != "canonical":
+            argv += ["--style", style]
+        suffix = "" if style == "canonical" else f"-{style}"
         return compare.ServerSpec(
-            f"milterkit-{loop}-{workers}w",
-            lambda port: [py, script, str(port), "--workers", str(workers), "--loop", loop],
+            f"milterkit-{loop}-{workers}w{suffix}",
+            lambda port: [py, argv[0], str(port), *argv[1:]],
             loop,
             "milterkit",
         )
 
-    def peer(name: str, script: str) -> compare.ServerSpec:
-        argv = [venv_python, str(compare.PEERS / script)]
-        return compare.ServerSpec(name, lambda port: [*argv, str(port)], None, "peer", "venv")
+    def pymilter(name: str, *options: str) -> compare.ServerSpec:
+        argv = [venv_python, str(compare.PEERS / "pymilter_canonical.py")]
+        return compare.ServerSpec(
+            name, lambda port: [*argv, str(port), *options], None, "peer", "venv"
+        )
 
-    c_peer = str(compare.C_PEER)
+    def libmilter(name: str, *options: str) -> compare.ServerSpec:
+        c_peer = str(compare.C_PEER)
+        return compare.ServerSpec(
+            name, lambda port: [c_peer, str(port), *options], None, "peer", "libmilter"
+        )
+
     return [
         mk("uvloop", 1),
         mk("uvloop", 2),
         mk("asyncio", 1),
         mk("asyncio", 2),
-        peer("pymilter", "pymilter_canonical.py"),
-        compare.ServerSpec(
-            "libmilter-C", lambda port: [c_peer, str(port)], None, "peer", "libmilter"
-        ),
+        pymilter("pymilter", "nagle"),
+        libmilter("libmilter-C", "nagle"),
+        libmilter("libmilter-C-nodelay"),
+        mk("uvloop", 1, "minimal"),
+        libmilter("libmilter-C-nodelay-minimal", "minimal"),
     ]
 
 
@@ -262,7 +280,7 @@ _SENT = re.compile(
 )
 _HEADER = re.compile(r"cleanup\[\d+\]: ([0-9A-F]+): milter-header-info: header X-Bench: ")
 _PROBLEM = re.compile(
-    r"warning|error|fatal|panic|reject|milter-|status=(?:deferred|bounced|expired)"
+    r"warning|error|fatal|panic|reject|milter-(?:discard|hold)|status=(?:deferred|bounced|expired)"
     r"|lost connection|timeout|timed out|4\.7\.1|try again",
     re.IGNORECASE,
 )
@@ -577,11 +595,11 @@ def choose_configs(args: argparse.Namespace) -> tuple[list[Config], str]:
     names = [s.name for s in milter_specs("")]
     if wanted is None:
         wanted = [ALONE, *names]
-    if "pymilter" in wanted:
+    if any(n.startswith("pymilter") for n in wanted):
         venv_python = compare.ensure_peers_venv()
     specs = {s.name: s for s in milter_specs(venv_python)}
-    if "libmilter-C" in wanted and not compare.build_c_peer():
-        wanted.remove("libmilter-C")
+    if any(n.startswith("libmilter") for n in wanted) and not compare.build_c_peer():
+        wanted = [n for n in wanted if not n.startswith("libmilter")]
     if any(n.startswith("milterkit-uvloop") for n in wanted) and not _have_uvloop():
         compare.log("uvloop is not installed: leaving out the milterkit-uvloop configurations")
         wanted = [n for n in wanted if not n.startswith("milterkit-uvloop")]
