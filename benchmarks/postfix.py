@@ -561,6 +561,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default=None, help="comma-separated configurations")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown file to update")
     parser.add_argument("--notes", type=Path, default=None, help="Markdown for the section")
+    parser.add_argument(
+        "--alt-src",
+        type=Path,
+        default=None,
+        help="another milterkit source tree (its src/ directory): each selected milterkit "
+        "configuration also runs from it, named NAME+LABEL (to A/B a change)",
+    )
+    parser.add_argument("--alt-label", default="alt", help="suffix for --alt-src configurations")
     args = parser.parse_args(argv)
     seconds, repeats, sessions = (3.0, 5, "1,8,32") if args.full else (1.5, 3, "1,8,32")
     if args.smoke:
@@ -569,6 +577,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.repeats = args.repeats if args.repeats is not None else repeats
     args.sessions = [int(s) for s in (args.sessions or sessions).split(",")]
     known = {ALONE, *(spec.name for spec in milter_specs(""))}
+    if args.alt_src is not None and not (args.alt_src / "milterkit" / "__init__.py").exists():
+        parser.error(f"--alt-src {args.alt_src}: no milterkit package in it")
     unknown = set(args.only.split(",") if args.only else ()) - known
     if unknown:
         names = ", ".join(sorted(unknown))
@@ -603,7 +613,24 @@ def choose_configs(args: argparse.Namespace) -> tuple[list[Config], str]:
     if any(n.startswith("milterkit-uvloop") for n in wanted) and not _have_uvloop():
         compare.log("uvloop is not installed: leaving out the milterkit-uvloop configurations")
         wanted = [n for n in wanted if not n.startswith("milterkit-uvloop")]
-    return [Config(n, specs.get(n)) for n in wanted], venv_python
+    configs = [Config(n, specs.get(n)) for n in wanted]
+    if args.alt_src is not None:
+        configs += [
+            Config(f"{c.name}+{args.alt_label}", alt_spec(c.spec, args.alt_src, args.alt_label))
+            for c in configs
+            if c.spec is not None and c.spec.kind == "milterkit"
+        ]
+    return configs, venv_python
+
+
+def alt_spec(spec: compare.ServerSpec, src: Path, label: str) -> compare.ServerSpec:
+    """The same milterkit server, importing milterkit from another source tree."""
+    src = src.resolve()
+    return dataclasses.replace(
+        spec,
+        name=f"{spec.name}+{label}",
+        argv=lambda port: ["env", f"PYTHONPATH={src}", *spec.argv(port)],
+    )
 
 
 def _have_uvloop() -> bool:
