@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -59,6 +60,8 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 NOTES = HERE / "postfix-analysis.md"
+#: The raw runs behind docs/benchmarks.md, for --render (other --out: OUT.json beside it).
+RESULTS = HERE / "postfix-results.json"
 BEGIN = "<!-- begin benchmarks/postfix.py -->"
 END = "<!-- end benchmarks/postfix.py -->"
 BODY = 8192
@@ -440,14 +443,11 @@ def section(
     *,
     throughput: str,
     detail: str,
-    args: argparse.Namespace,
-    argv: list[str],
-    servers: list[compare.Server],
-    versions: dict[str, str],
-    load: str,
+    meta: dict[str, Any],
     notes: str,
     problems: list[str],
 ) -> str:
+    """The Markdown section; ``meta`` is what main() saves next to the raw runs."""
     parts = [
         BEGIN,
         "## Behind a real Postfix: what the milter costs the MTA",
@@ -457,7 +457,8 @@ def section(
         "SMTP session) into an smtpd listener without a milter (*Postfix alone*) or with one "
         "canonical milter (`inet:` on loopback, milter protocol 6, "
         "`milter_default_action = tempfail`). "
-        f"Each cell ran {args.repeats} time(s) for about {args.seconds:g} s, the configurations "
+        f"Each cell ran {meta['repeats']} time(s) for about {meta['seconds']:g} s, the "
+        "configurations "
         "alternating within each repeat; figures are medians, with the range over the repeats. "
         "msgs/s is what smtpd accepted divided by smtp-source's wall time; CPU per message is "
         "counted from the start of a run until the queue has drained to smtp-sink. The "
@@ -482,14 +483,8 @@ def section(
         ]
     if notes:
         parts += [notes.rstrip(), ""]
-    parts += ["### How it was run", "", "```", shlex.join(["python3", *argv]), "```", ""]
-    parts += ["Milters:", "", "```"]
-    for server in servers:
-        text = shlex.join(server.argv).replace(sys.executable, "python3")
-        parts.append(
-            f"{server.spec.name}: "
-            + text.replace(str(REPO) + "/", "").replace(str(server.port), "PORT")
-        )
+    parts += ["### How it was run", "", "```", shlex.join(["python3", *meta["argv"]]), "```", ""]
+    parts += ["Milters:", "", "```", *meta["commands"]]
     parts += [
         "```",
         "",
@@ -497,11 +492,11 @@ def section(
         "-t sink@example.net -M client.test.example 127.0.0.1:PORT`, N sized from a pilot "
         "run so that a run lasts about the configured seconds.",
         "",
-        "Versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()),
+        "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         "",
         "Machine: "
-        + "; ".join(f"{k} {v}" for k, v in compare.machine_info().items())
-        + f"; load average (1/5/15 min) {load}.",
+        + "; ".join(f"{k} {v}" for k, v in meta["machine"].items())
+        + f"; load average (1/5/15 min) {meta['load']}.",
         END,
     ]
     return "\n".join(parts) + "\n"
@@ -567,6 +562,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="another milterkit source tree (its src/ directory): each selected milterkit "
         "configuration also runs from it, named NAME+LABEL (to A/B a change)",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help=f"no run: rewrite the section from saved runs (e.g. {RESULTS.relative_to(REPO)})",
     )
     parser.add_argument("--alt-label", default="alt", help="suffix for --alt-src configurations")
     args = parser.parse_args(argv)
@@ -686,11 +687,12 @@ def run_all(
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.render is not None:
+        return render(json.loads(args.render.read_text()), args)
     reason = unavailable()
     if reason is not None:
         compare.log(f"cannot run: {reason}")
         return 2
-    started = time.monotonic()
     load_start = compare._loadavg()
     configs, venv_python = choose_configs(args)
     logdir = compare.BUILD / "logs"
@@ -712,28 +714,58 @@ def main(argv: list[str] | None = None) -> int:
         sink.stop()
         for server in servers.values():
             server.stop()
-    names = [c.name for c in configs]
-    throughput = render_throughput(cells, names, args.sessions)
-    detail = render_detail(cells, names, args.sessions)
+    meta = {
+        "seconds": args.seconds,
+        "repeats": args.repeats,
+        "sessions": args.sessions,
+        "names": [c.name for c in configs],
+        "argv": [str(Path(__file__).relative_to(REPO)), *argv],
+        "commands": [command_line(server) for server in servers.values()],
+        "versions": versions_of(venv_python),
+        "machine": compare.machine_info(),
+        "load": f"{load_start} at the start, {compare._loadavg()} at the end",
+    }
+    saved = {
+        "meta": meta,
+        "cells": {
+            f"{n}|{s}": [dataclasses.asdict(r) for r in c.runs] for (n, s), c in cells.items()
+        },
+    }
+    results = RESULTS if args.out == DEFAULT_OUT else args.out.with_suffix(".json")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(saved, indent=1))
+    return render(saved, args)
+
+
+def command_line(server: compare.Server) -> str:
+    text = shlex.join(server.argv).replace(sys.executable, "python3")
+    text = text.replace(str(REPO) + "/", "").replace(str(server.port), "PORT")
+    return f"{server.spec.name}: {text}"
+
+
+def render(saved: dict[str, Any], args: argparse.Namespace) -> int:
+    """Write the section from saved runs (a fresh run's, or --render FILE's); print the tables."""
+    meta = saved["meta"]
+    cells: dict[tuple[str, int], Cell] = {}
+    for key, runs in saved["cells"].items():
+        name, sessions = key.rsplit("|", 1)
+        cells[(name, int(sessions))] = Cell(name, int(sessions), [Run(**r) for r in runs])
+    names, sessions = meta["names"], meta["sessions"]
+    throughput = render_throughput(cells, names, sessions)
+    detail = render_detail(cells, names, sessions)
     problems = [p for cell in cells.values() for p in cell.problems]
     notes_file = args.notes or (None if args.smoke or not NOTES.exists() else NOTES)
     text = section(
         throughput=throughput,
         detail=detail,
-        args=args,
-        argv=[str(Path(__file__).relative_to(REPO)), *argv],
-        servers=list(servers.values()),
-        versions=versions_of(venv_python),
-        load=f"{load_start} at the start, {compare._loadavg()} at the end",
+        meta=meta,
         notes=notes_file.read_text() if notes_file else "",
         problems=problems,
     )
     write_section(args.out, text)
-    raw = {f"{name}|{s}": [dataclasses.asdict(r) for r in c.runs] for (name, s), c in cells.items()}
-    (compare.BUILD / "postfix-results.json").write_text(json.dumps(raw, indent=1))
     print(throughput)
     print(detail)
-    compare.log(f"section written to {args.out} in {time.monotonic() - started:.0f}s")
+    compare.log(f"section written to {args.out}")
     if problems:
         compare.log(f"FAILED: {len(problems)} problem(s); first: {problems[0][:300]}")
     return 1 if problems or not cells else 0
