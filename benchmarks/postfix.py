@@ -289,6 +289,18 @@ _PROBLEM = re.compile(
 )
 
 
+#: Log lines that match _PROBLEM but say nothing about the milter or lost mail: cleanup
+#: notices that the file system's clock runs ahead of the system clock (a shared
+#: machine's file system).
+_BENIGN = re.compile(
+    r"warning: file system clock is \d+ seconds? ahead|warning: resetting file time stamps"
+)
+
+
+def is_problem(line: str) -> bool:
+    return _BENIGN.search(line) is None
+
+
 @dataclasses.dataclass
 class LogCounts:
     accepted: set[str]
@@ -306,14 +318,22 @@ def scan_log(text: str, sink_port: int) -> LogCounts:
             counts.delivered.add(m.group(1))
         elif m := _HEADER.search(line):
             counts.headers.add(m.group(1))
-        elif _PROBLEM.search(line):
+        elif _PROBLEM.search(line) and is_problem(line):
             counts.problems.append(line.strip())
     return counts
 
 
-def run_source(port: int, sessions: int, messages: int) -> tuple[float, float, str]:
-    """Run smtp-source; return its wall time, its CPU seconds and what it printed."""
-    argv = [SMTP_SOURCE, "-4", "-s", str(sessions), "-m", str(messages), "-l", str(BODY)]
+@dataclasses.dataclass
+class SourceRun:
+    wall_s: float
+    cpu_s: float
+    completed: int  # DATA commands smtp-source saw completed (its -c counter)
+    output: str  # anything else it printed (errors)
+
+
+def run_source(port: int, sessions: int, messages: int) -> SourceRun:
+    """Run smtp-source with its DATA counter (``-c``: "1\\r2\\r...")."""
+    argv = [SMTP_SOURCE, "-c", "-4", "-s", str(sessions), "-m", str(messages), "-l", str(BODY)]
     argv += ["-f", SENDER, "-t", RECIPIENT, "-M", "client.test.example", f"127.0.0.1:{port}"]
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -322,9 +342,19 @@ def run_source(port: int, sessions: int, messages: int) -> tuple[float, float, s
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - started
+    counted = [int(word) for word in output.replace("\r", " ").split() if word.isdigit()]
+    rest = " ".join(w for w in output.replace("\r", " ").split() if not w.isdigit())
     if proc.returncode != 0:
-        output += f"\nsmtp-source exited {proc.returncode}"
-    return wall, usage.ru_utime + usage.ru_stime, output.strip()
+        rest += f"\nsmtp-source exited {proc.returncode}"
+    return SourceRun(wall, usage.ru_utime + usage.ru_stime, max(counted, default=0), rest.strip())
+
+
+def keep_log(text: str, name: str, sessions: int) -> None:
+    """Keep the Postfix log of a run that had problems (the instance's directory goes)."""
+    logdir = compare.BUILD / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%H%M%S")
+    (logdir / f"postfix-{name}-{sessions}-{stamp}.log").write_text(text)
 
 
 def measure(
@@ -344,7 +374,8 @@ def measure(
     cpu_postfix = compare.tree_cpu_seconds(master)
     cpu_milter = compare.tree_cpu_seconds(milter.pid) if milter else 0.0
     cpu_sink = compare.tree_cpu_seconds(sink.pid)
-    wall, source_cpu, output = run_source(postfix.listeners[config.name], sessions, messages)
+    source = run_source(postfix.listeners[config.name], sessions, messages)
+    wall = source.wall_s
 
     def drained() -> LogCounts | None:
         counts = scan_log(postfix.log_since(offset), sink.port)
@@ -360,14 +391,21 @@ def measure(
     accepted = len(counts.accepted)
     per_msg = 1000.0 / accepted if accepted else float("inf")
     problems = list(counts.problems)
-    if output:
-        problems.append(f"smtp-source: {output[-500:]}")
+    if source.output:
+        problems.append(f"smtp-source: {source.output[-500:]}")
+    if source.completed != accepted:
+        problems.append(
+            f"smtp-source completed {source.completed} DATA commands, the log shows {accepted} "
+            f"queued and {len(counts.delivered)} sent to smtp-sink"
+        )
     if len(counts.delivered & counts.accepted) != accepted:
         problems.append(f"{accepted - len(counts.delivered & counts.accepted)} not delivered")
     if accepted != messages:
         problems.append(f"smtpd accepted {accepted} of {messages}")
     if milter is not None and len(counts.headers & counts.accepted) != accepted:
         problems.append(f"{accepted - len(counts.headers & counts.accepted)} without X-Bench")
+    if problems:
+        keep_log(postfix.log_since(offset), config.name, sessions)
     return Run(
         sessions=sessions,
         sent=messages,
@@ -381,7 +419,7 @@ def measure(
         milter_cpu_ms=(compare.tree_cpu_seconds(milter.pid) - cpu_milter) * per_msg
         if milter
         else 0.0,
-        source_cpu_ms=source_cpu * per_msg,
+        source_cpu_ms=source.cpu_s * per_msg,
         sink_cpu_ms=(compare.tree_cpu_seconds(sink.pid) - cpu_sink) * per_msg,
         load1=load1,
     )
@@ -749,7 +787,10 @@ def render(saved: dict[str, Any], args: argparse.Namespace) -> int:
     cells: dict[tuple[str, int], Cell] = {}
     for key, runs in saved["cells"].items():
         name, sessions = key.rsplit("|", 1)
-        cells[(name, int(sessions))] = Cell(name, int(sessions), [Run(**r) for r in runs])
+        kept = [Run(**r) for r in runs]
+        for run in kept:
+            run.problems = [p for p in run.problems if is_problem(p)]
+        cells[(name, int(sessions))] = Cell(name, int(sessions), kept)
     names, sessions = meta["names"], meta["sessions"]
     throughput = render_throughput(cells, names, sessions)
     detail = render_detail(cells, names, sessions)
