@@ -526,7 +526,7 @@ def section(
     parts += [
         "```",
         "",
-        "Load, per run: `smtp-source -4 -s SESSIONS -m N -l 8192 -f bench@example.com "
+        "Load, per run: `smtp-source -c -4 -s SESSIONS -m N -l 8192 -f bench@example.com "
         "-t sink@example.net -M client.test.example 127.0.0.1:PORT`, N sized from a pilot "
         "run so that a run lasts about the configured seconds.",
         "",
@@ -794,7 +794,11 @@ def render(saved: dict[str, Any], args: argparse.Namespace) -> int:
     names, sessions = meta["names"], meta["sessions"]
     throughput = render_throughput(cells, names, sessions)
     detail = render_detail(cells, names, sessions)
-    problems = [p for cell in cells.values() for p in cell.problems]
+    problems = [
+        f"{cell.config}, {cell.sessions} session(s): {p}"
+        for cell in cells.values()
+        for p in cell.problems
+    ]
     notes_file = args.notes or (None if args.smoke or not NOTES.exists() else NOTES)
     text = section(
         throughput=throughput,
