@@ -86,6 +86,7 @@ def milter_specs(venv_python: str) -> list[compare.ServerSpec]:
     ``-nodelay`` sets TCP_NODELAY on libmilter's listener (as compare.py does).
     ``-minimal`` is the same filter written with only the end-of-message
     callback, so the library negotiates the NO* bits for the other steps.
+    ``-noreply`` (an experiment, see EXPERIMENTS) negotiates NR_* for the content steps.
     """
     py = sys.executable
 
@@ -124,7 +125,12 @@ def milter_specs(venv_python: str) -> list[compare.ServerSpec]:
         libmilter("libmilter-C-nodelay"),
         mk("uvloop", 1, "minimal"),
         libmilter("libmilter-C-nodelay-minimal", "minimal"),
+        mk("uvloop", 1, "noreply"),
     ]
+
+
+#: Configurations that run only when named in --only: experiments, not ways users write milters.
+EXPERIMENTS = ("milterkit-uvloop-1w-noreply",)
 
 
 SMOKE_CONFIGS = (ALONE, "milterkit-asyncio-1w")
@@ -643,7 +649,7 @@ def choose_configs(args: argparse.Namespace) -> tuple[list[Config], str]:
     venv_python = ""
     names = [s.name for s in milter_specs("")]
     if wanted is None:
-        wanted = [ALONE, *names]
+        wanted = [ALONE, *(n for n in names if n not in EXPERIMENTS)]
     if any(n.startswith("pymilter") for n in wanted):
         venv_python = compare.ensure_peers_venv()
     specs = {s.name: s for s in milter_specs(venv_python)}

@@ -8,8 +8,14 @@ header and accepts.
 ``end_of_message`` is overridden, so milterkit negotiates the NO* bits (the
 MTA skips those steps) for the rest.
 
+``--style noreply`` is an experiment, not a way users write milters: the
+canonical milter that also negotiates NR_HDR, NR_EOH and NR_BODY, so the MTA
+does not wait for a reply to each header, end of headers and body chunk. Its
+callbacks always continue, so nothing is lost by not replying; it measures
+how much those round trips cost (benchmarks/postfix-analysis.md).
+
 Usage: python milterkit_canonical.py PORT [--workers N] [--loop asyncio|uvloop]
-       [--style canonical|minimal]
+       [--style canonical|minimal|noreply]
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import sys
 
 import milterkit
 from milterkit import Accept, Action, Decision, Family, Milter
+from milterkit.protocol.constants import ProtocolFlag
+from milterkit.protocol.messages import OptNeg
+from milterkit.protocol.negotiate import build_filter_reply
 
 
 class Canonical(Milter):
@@ -62,6 +71,24 @@ class Minimal(Milter):
         return Accept()
 
 
+class NoReply(Canonical):
+    content_no_reply = ProtocolFlag.NR_HDR | ProtocolFlag.NR_EOH | ProtocolFlag.NR_BODY
+
+    def negotiate(self, offer: OptNeg) -> OptNeg | None:
+        cls = type(self)
+        offered = self.content_no_reply & ProtocolFlag(offer.protocol)
+        return build_filter_reply(
+            offer,
+            version=cls.version,
+            actions=cls.actions,
+            protocol=cls.wanted_protocol() | offered,
+            macros=cls.macro_request(),
+        )
+
+
+STYLES: dict[str, type[Milter]] = {"canonical": Canonical, "minimal": Minimal, "noreply": NoReply}
+
+
 def main() -> None:
     # plain sys.argv parsing: argparse (+gettext) would add ~0.3 MiB of RSS to
     # every worker, which is the script's cost, not the library's
@@ -70,14 +97,14 @@ def main() -> None:
     if not args or set(options) - {"--workers", "--loop", "--style"} or len(args) % 2 == 0:
         raise SystemExit(__doc__)
     style = options.get("--style", "canonical")
-    if style not in ("canonical", "minimal"):
-        raise SystemExit(f"--style must be canonical or minimal, not {style!r}")
+    if style not in STYLES:
+        raise SystemExit(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
     loop = options.get("--loop", "asyncio")
     if loop not in ("asyncio", "uvloop"):
         raise SystemExit(f"--loop must be asyncio or uvloop, not {loop!r}")
     raise SystemExit(
         milterkit.run(
-            Minimal if style == "minimal" else Canonical,
+            STYLES[style],
             f"inet:{int(args[0])}@127.0.0.1",
             workers=int(options.get("--workers", "1")),
             use_uvloop=loop == "uvloop",
