@@ -521,8 +521,9 @@ def section(
     else:
         parts += [
             "Every message smtpd accepted was logged `status=sent` to smtp-sink and, behind a "
-            "milter, carried its header; the Postfix log of the runs has no warning, reject, "
-            "deferral, milter timeout or tempfail.",
+            "milter, carried its header; smtp-source's count of completed DATA commands matched "
+            "the log; the Postfix log of the runs has no warning, reject, deferral, milter "
+            "timeout or tempfail.",
             "",
         ]
     if notes:
