@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -697,6 +698,21 @@ def write_report(
 # ----------------------------------------------------------------------- main
 
 
+_OWNED = re.compile(r"<!-- begin (\S+) -->\n.*?<!-- end \1 -->\n", re.DOTALL)
+
+
+def kept_sections(path: Path) -> str:
+    """Sections of the report that other scripts own (``<!-- begin X -->``), kept on rewrite.
+
+    benchmarks/postfix.py writes its section into the same file.
+    """
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    return "\n".join(m.group(0) for m in _OWNED.finditer(text))
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke mode (< 60 s)")
@@ -788,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = notes_file.read_text() if notes_file else ""
     load_end = _loadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    kept = kept_sections(args.out)
     with open(args.out, "w") as out:
         write_report(
             out,
@@ -800,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
             notes=notes,
             load=f"{load_start} at the start, {load_end} at the end",
         )
+        if kept:
+            out.write("\n" + kept)
     raw = {
         f"{name}|{cell.conns}|{cell.body}": [dataclasses.asdict(r) for r in res.runs]
         for (name, cell), res in results.items()

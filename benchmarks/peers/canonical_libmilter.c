@@ -13,8 +13,14 @@
  * listening socket to the sockets it accepts, so main() sets it on the
  * listener that smfi_opensocket() created (libmilter gives no handle to it).
  *
+ * Options after PORT (benchmarks/postfix.py uses them):
+ *   nagle     leave Nagle on, as a libmilter filter runs by default
+ *   minimal   register only the end-of-message callback (and abort/close):
+ *             the same filter written with the one callback that does
+ *             something; libmilter then negotiates the NO* bits for the rest.
+ *
  * Build: gcc -O2 -o canonical_libmilter canonical_libmilter.c -lmilter -lpthread
- * Usage: canonical_libmilter PORT
+ * Usage: canonical_libmilter PORT [nagle] [minimal]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,9 +117,31 @@ static int nodelay_on_listeners(void) {
     return found;
 }
 
+/* Drop every step callback but end of message (see "minimal" above). */
+static void keep_only_eom(void) {
+    desc.xxfi_connect = NULL;
+    desc.xxfi_helo = NULL;
+    desc.xxfi_envfrom = NULL;
+    desc.xxfi_envrcpt = NULL;
+    desc.xxfi_header = NULL;
+    desc.xxfi_eoh = NULL;
+    desc.xxfi_body = NULL;
+    desc.xxfi_data = NULL;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s PORT\n", argv[0]);
+    int nagle = 0;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "nagle") == 0) {
+            nagle = 1;
+        } else if (strcmp(argv[i], "minimal") == 0) {
+            keep_only_eom();
+        } else {
+            argc = 0;
+        }
+    }
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s PORT [nagle] [minimal]\n", argv[0]);
         return 64;
     }
     char conn[64];
@@ -123,6 +151,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "canonical_libmilter: setup failed\n");
         return 1;
     }
-    if (nodelay_on_listeners() == 0) fprintf(stderr, "canonical_libmilter: no listener for TCP_NODELAY\n");
+    if (!nagle && nodelay_on_listeners() == 0) fprintf(stderr, "canonical_libmilter: no listener for TCP_NODELAY\n");
     return smfi_main() == MI_SUCCESS ? 0 : 1;
 }

@@ -4,8 +4,18 @@ Every step callback is overridden (returning None, i.e. continue), so the
 negotiation asks the MTA for each step with a reply; end of message adds one
 header and accepts.
 
+``--style minimal`` runs the same filter written as most users would: only
+``end_of_message`` is overridden, so milterkit negotiates the NO* bits (the
+MTA skips those steps) for the rest.
+
+``--style noreply`` is an experiment, not a way users write milters: the
+canonical milter that also negotiates NR_HDR, NR_EOH and NR_BODY, so the MTA
+does not wait for a reply to each header, end of headers and body chunk. Its
+callbacks always continue, so nothing is lost by not replying; it measures
+how much those round trips cost (benchmarks/postfix-analysis.md).
+
 Usage: python milterkit_canonical.py PORT [--workers N] [--loop asyncio|uvloop]
-                                   [--execution auto|inline|threads]
+       [--style canonical|minimal|noreply] [--execution auto|inline|threads]
 """
 
 from __future__ import annotations
@@ -14,6 +24,9 @@ import sys
 
 import milterkit
 from milterkit import Accept, Action, Decision, Family, Milter
+from milterkit.protocol.constants import ProtocolFlag
+from milterkit.protocol.messages import OptNeg
+from milterkit.protocol.negotiate import build_filter_reply
 
 
 class Canonical(Milter):
@@ -50,19 +63,49 @@ class Canonical(Milter):
         return Accept()
 
 
+class Minimal(Milter):
+    actions = Action.ADD_HEADERS
+
+    def end_of_message(self) -> Decision | None:
+        self.add_header("X-Bench", "milterkit")
+        return Accept()
+
+
+class NoReply(Canonical):
+    content_no_reply = ProtocolFlag.NR_HDR | ProtocolFlag.NR_EOH | ProtocolFlag.NR_BODY
+
+    def negotiate(self, offer: OptNeg) -> OptNeg | None:
+        cls = type(self)
+        offered = self.content_no_reply & ProtocolFlag(offer.protocol)
+        return build_filter_reply(
+            offer,
+            version=cls.version,
+            actions=cls.actions,
+            protocol=cls.wanted_protocol() | offered,
+            macros=cls.macro_request(),
+        )
+
+
+STYLES: dict[str, type[Milter]] = {"canonical": Canonical, "minimal": Minimal, "noreply": NoReply}
+
+
 def main() -> None:
     # plain sys.argv parsing: argparse (+gettext) would add ~0.3 MiB of RSS to
     # every worker, which is the script's cost, not the library's
     args = sys.argv[1:]
     options = dict(zip(args[1::2], args[2::2], strict=False))
-    if not args or set(options) - {"--workers", "--loop", "--execution"} or len(args) % 2 == 0:
+    allowed = {"--workers", "--loop", "--style", "--execution"}
+    if not args or set(options) - allowed or len(args) % 2 == 0:
         raise SystemExit(__doc__)
+    style = options.get("--style", "canonical")
+    if style not in STYLES:
+        raise SystemExit(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
     loop = options.get("--loop", "asyncio")
     if loop not in ("asyncio", "uvloop"):
         raise SystemExit(f"--loop must be asyncio or uvloop, not {loop!r}")
     raise SystemExit(
         milterkit.run(
-            Canonical,
+            STYLES[style],
             f"inet:{int(args[0])}@127.0.0.1",
             workers=int(options.get("--workers", "1")),
             use_uvloop=loop == "uvloop",

@@ -9,7 +9,12 @@ reply as two small writes, so with Nagle the second waits for the MTA's
 delayed ACK (40 ms). As for the C peer, TCP_NODELAY is set on the listening
 socket right after libmilter opens it (Linux copies it to accepted sockets).
 
-Usage: python pymilter_canonical.py PORT
+Options after PORT (benchmarks/postfix.py uses them): ``nagle`` leaves Nagle
+on, as a pymilter filter runs by default; ``minimal`` defines only ``eom``
+(the same filter written with the one callback that does something, so
+pymilter negotiates the NO* bits for the rest).
+
+Usage: python pymilter_canonical.py PORT [nagle] [minimal]
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ class Canonical(Milter.Base):  # type: ignore[misc]
         return int(Milter.ACCEPT)
 
 
+class Minimal(Milter.Base):  # type: ignore[misc]
+    def eom(self) -> int:
+        self.addheader("X-Bench", "pymilter")
+        return int(Milter.ACCEPT)
+
+
 def nodelay_on_listeners() -> None:
     """TCP_NODELAY on each listening socket of this process (libmilter's listener)."""
     for name in os.listdir("/proc/self/fd"):
@@ -71,9 +82,15 @@ def nodelay_on_listeners() -> None:
 
 def main() -> None:
     port = int(sys.argv[1])
-    Milter.factory = Canonical
+    options = set(sys.argv[2:])
+    if options - {"nagle", "minimal"}:
+        raise SystemExit(__doc__)
+    Milter.factory = Minimal if "minimal" in options else Canonical
     Milter.set_flags(Milter.ADDHDRS)
     opensocket = Milter.milter.opensocket
+    if "nagle" in options:
+        Milter.runmilter("canonical", f"inet:{port}@127.0.0.1", 240)
+        return
 
     def opensocket_nodelay(rmsock: bool) -> Any:
         result = opensocket(rmsock)

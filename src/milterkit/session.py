@@ -478,7 +478,7 @@ class MilterSession:
 
     def _on_optneg(self, event: msg.OptNeg) -> Pending | None:
         cls = type(self.milter)
-        protocol, macros = _class_request(cls)
+        protocol, macros = cls.wanted_protocol(), cls.macro_request()
         try:
             reply = self.milter.negotiate(event) or build_filter_reply(
                 event, version=cls.version, actions=cls.actions, protocol=protocol, macros=macros
@@ -629,16 +629,6 @@ def _no_progress(scope: CallScope) -> None:
 
 
 _OVERRIDDEN_CACHE: dict[type[Milter], dict[str, bool]] = {}
-_REQUEST_CACHE: dict[type[Milter], tuple[ProtocolFlag, dict[int, str]]] = {}
-
-
-def _class_request(cls: type[Milter]) -> tuple[ProtocolFlag, dict[int, str]]:
-    """The protocol bits and macro lists a class asks for, computed once per class
-    (Postfix opens one milter connection per SMTP session: this was per-message work)."""
-    request = _REQUEST_CACHE.get(cls)
-    if request is None:
-        request = _REQUEST_CACHE[cls] = (cls.wanted_protocol(), cls.macro_request())
-    return request
 
 
 def _overridden_callbacks(cls: type[Milter]) -> dict[str, bool]:

@@ -72,6 +72,9 @@ DEFAULT_READ_TIMEOUT = 300.0
 _ACCEPT_RETRY_DELAY = 1.0
 #: Buffered, unprocessed bytes past which reading pauses while a callback runs.
 BUFFER_HIGH_WATER = 256 * 1024
+#: Linux's TCP_QUICKACK (None elsewhere): see _Connection._ack_now.
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+_QUICKACK_OPTION = _QUICKACK or 0
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 MilterFactory = Callable[[], Milter]
@@ -322,10 +325,13 @@ class Server:
     def _adopt(self, sock: socket.socket) -> None:
         """Wrap an accepted socket in a transport driving a new session."""
         sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+        tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._counter += 1
         conn = _Connection(self, f"w{self.worker}-c{self._counter}")
+        if tcp and _QUICKACK is not None:
+            conn.tcp_sock = sock
         self.connections.add(conn)
         assert self._loop is not None and self._idle is not None
         self._idle.clear()
@@ -446,6 +452,8 @@ class _Connection(asyncio.Protocol):
         self.log = server.log
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        #: The accepted TCP socket, for TCP_QUICKACK (None on unix sockets).
+        self.tcp_sock: socket.socket | None = None
         self.session: MilterSession | None = None
         self.peer = "?"
         self.lost = False
@@ -612,6 +620,8 @@ class _Connection(asyncio.Protocol):
             self._flush(batch)
             self._failed(exc)
             return
+        if not batch and pending is None and self.tcp_sock is not None:
+            self._ack_now(self.tcp_sock)
         self._flush(batch)
         if pending is not None:
             self._task = self.loop.create_task(self._drive(pending))
@@ -619,6 +629,18 @@ class _Connection(asyncio.Protocol):
             if session.conn.buffered or self._partial_buffered:
                 self._note_partial(session, len(data))
             self._after_events()
+
+    @staticmethod
+    def _ack_now(sock: socket.socket) -> None:
+        """A read that needed no reply (MACRO, a step under an NR flag): ACK it at once.
+
+        Postfix sets no TCP_NODELAY on milter sockets, so its next packet waits
+        behind the unacknowledged one until our delayed ACK fires (about 40 ms
+        per message for a milter that turned steps off; docs/benchmarks.md).
+        Reads that get a reply carry the ACK with it and never come here.
+        """
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK_OPTION, 1)
 
     def _note_partial(self, session: MilterSession, received: int) -> None:
         """Track since when a packet is incomplete (only runs while one is).
