@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO
+from typing import IO, TypeVar
 
 from milterkit.cli.run import add_serve_options, daemon_config
 from milterkit.milter import Accept, Decision, Milter, ReplyCode
@@ -41,6 +41,28 @@ def filter_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def serve(factory: Callable[[], Milter], args: argparse.Namespace) -> int:
     """Run ``factory`` as the daemon ``milterkit run`` would, with the parsed options."""
     return run_daemon(factory, daemon_config(args))
+
+
+S = TypeVar("S")
+
+
+def main_with_settings(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    read_settings: Callable[[argparse.Namespace], S],
+    make_milter: Callable[[S], Milter],
+) -> int:
+    """The ``main()`` of a contrib filter: parse, build the settings, serve.
+
+    A settings error (ValueError, OSError such as an unreadable key) is a usage
+    error: argparse prints it and exits 64, before anything is bound.
+    """
+    args = parser.parse_args(argv)
+    try:
+        settings = read_settings(args)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    return serve(lambda: make_milter(settings), args)
 
 
 def service_failure(decision: str, what: str) -> Decision:

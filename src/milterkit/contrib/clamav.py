@@ -26,7 +26,7 @@ from milterkit.contrib._common import (
     connect_service,
     filter_parser,
     header_block,
-    serve,
+    main_with_settings,
     service_failure,
 )
 from milterkit.milter import Continue, Decision, Discard, Milter, ReplyCode, Skip
@@ -256,13 +256,7 @@ def settings_from_args(args: argparse.Namespace) -> ClamavSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return serve(lambda: ClamavMilter(settings), args)
+    return main_with_settings(argv, build_parser(), settings_from_args, ClamavMilter)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ from milterkit.contrib._common import (
     filter_parser,
     header_block,
     in_networks,
+    main_with_settings,
     network_argument,
     networks,
-    serve,
 )
 from milterkit.milter import Continue, Decision, Milter
 from milterkit.protocol.constants import Action, Family, ProtocolFlag
@@ -317,13 +317,7 @@ def settings_from_args(args: argparse.Namespace) -> DkimSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except (OSError, ValueError) as exc:
-        parser.error(str(exc))
-    return serve(lambda: DkimMilter(settings), args)
+    return main_with_settings(argv, build_parser(), settings_from_args, DkimMilter)
 
 
 if __name__ == "__main__":

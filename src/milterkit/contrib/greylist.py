@@ -30,8 +30,8 @@ from milterkit.contrib._common import (
     Network,
     filter_parser,
     in_networks,
+    main_with_settings,
     network_argument,
-    serve,
     service_failure,
 )
 from milterkit.contrib.resp import RedisAddress, RedisClient, RedisError
@@ -363,13 +363,7 @@ def settings_from_args(args: argparse.Namespace) -> GreylistSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return serve(lambda: Greylist(settings), args)
+    return main_with_settings(argv, build_parser(), settings_from_args, Greylist)
 
 
 if __name__ == "__main__":

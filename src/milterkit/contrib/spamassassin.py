@@ -28,7 +28,7 @@ from milterkit.contrib._common import (
     connect_service,
     filter_parser,
     header_block,
-    serve,
+    main_with_settings,
     service_failure,
 )
 from milterkit.milter import Continue, Decision, Milter, ReplyCode
@@ -252,13 +252,7 @@ def settings_from_args(args: argparse.Namespace) -> SpamSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return serve(lambda: SpamAssassinMilter(settings), args)
+    return main_with_settings(argv, build_parser(), settings_from_args, SpamAssassinMilter)
 
 
 if __name__ == "__main__":
