@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from milterkit._compiled import build_description
 from milterkit.execution import ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.runtime import systemd
@@ -224,7 +225,12 @@ class _Daemon:
             self._bind()
             supervisor = self._supervisor()
             systemd.ready(f"serving on {self._describe()}")
-            _log.info("milterkit serving %s on %s", _name(self.milter_class), self._describe())
+            _log.info(
+                "milterkit serving %s on %s (%s)",
+                _name(self.milter_class),
+                self._describe(),
+                build_description(),
+            )
             try:
                 status = supervisor.run()
             finally:
