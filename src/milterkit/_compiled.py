@@ -29,7 +29,6 @@ COMPILABLE = (
     "protocol.constants",
     "protocol.framing",
     "protocol.messages",
-    "protocol.macros",
     "protocol.negotiate",
     "protocol.filter",
     "protocol.mta",
