@@ -52,6 +52,8 @@ C_PEER = BUILD / "canonical_libmilter"
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 #: Hand-written analysis appended to the report (not in --quick mode).
 ANALYSIS = HERE / "analysis.md"
+COMPILED_VENV = BUILD / ".venv-compiled"
+MYPY_PIN = "mypy==2.4.1"  # the dev extra's pin: the mypyc that builds the compiled wheel
 
 #: What the peers venv gets; the versions are printed and written to the report.
 PEER_PINS = {
@@ -136,16 +138,23 @@ def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
 
-def python_servers(venv_python: str) -> list[ServerSpec]:
+def python_servers(venv_python: str, compiled_python: str = "") -> list[ServerSpec]:
     py = sys.executable
 
     def bare(loop: str) -> Callable[[int], list[str]]:
         return lambda port: [py, str(PEERS / "bare_milter.py"), str(port), loop]
 
-    def mk(loop: str, workers: int, execution: str = "auto") -> Callable[[int], list[str]]:
+    def mk(
+        loop: str, workers: int, execution: str = "auto", python: str = py
+    ) -> Callable[[int], list[str]]:
         script = str(PEERS / "milterkit_canonical.py")
         options = ["--workers", str(workers), "--loop", loop, "--execution", execution]
-        return lambda port: [py, script, str(port), *options]
+        return lambda port: [python, script, str(port), *options]
+
+    def compiled(workers: int) -> ServerSpec:
+        name = f"milterkit-compiled-uvloop-{workers}w"
+        argv = mk("uvloop", workers, python=compiled_python)
+        return ServerSpec(name, argv, "uvloop", "milterkit", "compiled")
 
     def peer(script: str) -> Callable[[int], list[str]]:
         return lambda port: [venv_python, str(PEERS / script), str(port)]
@@ -160,6 +169,9 @@ def python_servers(venv_python: str) -> list[ServerSpec]:
         ServerSpec(
             "milterkit-uvloop-1w-threads", mk("uvloop", 1, "threads"), "uvloop", "milterkit"
         ),
+        # the same canonical milter on the mypyc-compiled build (setup.py, MILTERKIT_MYPYC=1)
+        compiled(1),
+        compiled(2),
         ServerSpec("libmilter-C", lambda port: [str(C_PEER), str(port)], None, "peer", "libmilter"),
         ServerSpec("pymilter", peer("pymilter_canonical.py"), None, "peer", "venv"),
         ServerSpec("purepythonmilter", peer("ppm_canonical.py"), "asyncio", "peer", "venv"),
@@ -219,6 +231,29 @@ def ensure_peers_venv() -> str:
     pins = [f"{name}=={version}" for name, version in PEER_PINS.items()]
     run_checked([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins])
     stamp.write_text(wanted)
+    return str(python)
+
+
+def ensure_compiled_venv() -> str:
+    """benchmarks/build/.venv-compiled: this checkout built by mypyc; return its python.
+
+    milterkit is rebuilt from the working tree on every run, so the compiled
+    servers run the same source as the pure ones.
+    """
+    python = COMPILED_VENV / "bin" / "python"
+    BUILD.mkdir(parents=True, exist_ok=True)
+    if not python.exists():
+        run_checked([sys.executable, "-m", "venv", str(COMPILED_VENV)])
+        tools = ["setuptools>=68", "wheel", MYPY_PIN]
+        run_checked(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *tools]
+        )
+    env = {**os.environ, "MILTERKIT_MYPYC": "1"}
+    install = ["install", "-q", "--disable-pip-version-check", "--no-build-isolation"]
+    install += ["--force-reinstall", f"{REPO}[speed]"]
+    run_checked([str(python), "-m", "pip", *install], env=env, cwd=BUILD)
+    check = "import milterkit, sys; sys.exit(0 if milterkit.compiled() else 1)"
+    run_checked([str(python), "-c", check], cwd=BUILD)
     return str(python)
 
 
@@ -511,6 +546,24 @@ def evaluate_targets(
         "msgs_per_s",
         1.0,
     )
+    compare(
+        "Compiled, one worker >= 1.3x pymilter msgs/s at 8 and 64 connections",
+        [("milterkit-compiled-uvloop-1w", "pymilter", by_conns.get(n)) for n in (8, 64)],
+        "msgs_per_s",
+        1.3,
+    )
+    compare(
+        "Compiled, two workers >= 1.3x C libmilter msgs/s (8 and 64 connections)",
+        [("milterkit-compiled-uvloop-2w", "libmilter-C", by_conns.get(n)) for n in (8, 64)],
+        "msgs_per_s",
+        1.3,
+    )
+    compare(
+        "Compiled, one worker >= 0.85x bare-uvloop msgs/s",
+        [("milterkit-compiled-uvloop-1w", "bare-uvloop", c) for c in small],
+        "msgs_per_s",
+        0.85,
+    )
     for name in ("milterkit-uvloop-1w", "milterkit-uvloop-2w"):
         compare(
             f"Latency p99 at 64 connections <= 1.5x C libmilter's ({name})",
@@ -533,7 +586,13 @@ def evaluate_targets(
             )
         )
     sixty_four = by_conns.get(64)
-    for name in ("milterkit-asyncio-1w", "milterkit-uvloop-1w", "milterkit-uvloop-2w"):
+    compiled_workers = ("milterkit-compiled-uvloop-1w", "milterkit-compiled-uvloop-2w")
+    for name in (
+        "milterkit-asyncio-1w",
+        "milterkit-uvloop-1w",
+        "milterkit-uvloop-2w",
+        *compiled_workers,
+    ):
         res = get(name, sixty_four) if sixty_four else None
         if res is None:
             continue
@@ -752,7 +811,10 @@ def main(argv: list[str] | None = None) -> int:
         name in ("pymilter", "purepythonmilter", "kilter") for name in wanted
     ):
         venv_python = ensure_peers_venv()
-    specs = [s for s in python_servers(venv_python) if s.name in wanted]
+    compiled_python = ""
+    if any(name.startswith("milterkit-compiled-") for name in wanted):
+        compiled_python = ensure_compiled_venv()
+    specs = [s for s in python_servers(venv_python, compiled_python) if s.name in wanted]
     unknown = set(wanted) - {s.name for s in specs}
     if unknown:
         log(f"unknown or unavailable servers: {', '.join(sorted(unknown))}")
@@ -764,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = [s for s in specs if s.needs != "venv"]
     peers = peer_versions(venv_python) if venv_python else {}
     versions = software_versions(peers)
+    if compiled_python:
+        build = run_checked([compiled_python, "-m", "milterkit", "--version"], capture_output=True)
+        versions["milterkit (compiled servers)"] = build.stdout.strip()
     for name, version in versions.items():
         log(f"version {name}: {version}")
 

@@ -24,3 +24,18 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     return shared_dir() / "vectors"
+
+
+#: Set by scripts/test-compiled: the run is against the installed mypyc-compiled build.
+TESTING_COMPILED = os.environ.get("MILTERKIT_TEST_COMPILED") == "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under scripts/test-compiled, skip (and so count) tests marked incompatible_with_compiled."""
+    if not TESTING_COMPILED:
+        return
+    for item in items:
+        marker = item.get_closest_marker("incompatible_with_compiled")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "cannot run against compiled modules"
+            item.add_marker(pytest.mark.skip(reason=f"incompatible_with_compiled: {reason}"))

@@ -103,6 +103,9 @@ def main() -> None:
     loop = options.get("--loop", "asyncio")
     if loop not in ("asyncio", "uvloop"):
         raise SystemExit(f"--loop must be asyncio or uvloop, not {loop!r}")
+    # only when asked: a milterkit older than the execution model (--alt-src A/B runs)
+    # has no such argument
+    execution = {"execution": options["--execution"]} if "--execution" in options else {}
     raise SystemExit(
         milterkit.run(
             STYLES[style],
@@ -110,7 +113,7 @@ def main() -> None:
             workers=int(options.get("--workers", "1")),
             use_uvloop=loop == "uvloop",
             log_level="warning",
-            execution=options.get("--execution"),
+            **execution,  # type: ignore[arg-type]
         )
     )
 

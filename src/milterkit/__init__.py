@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# First: under MILTERKIT_PURE=1 this makes the imports below load .py sources.
+from milterkit._compiled import compiled
 from milterkit.milter import (
     Accept,
     ActionNotNegotiatedError,
@@ -48,6 +50,7 @@ __all__ = [
     "TempFail",
     "__version__",
     "blocking",
+    "compiled",
     "run",
 ]
 

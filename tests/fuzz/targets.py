@@ -15,7 +15,7 @@ import struct
 from milterkit import Milter
 from milterkit.milter import Accept, Continue
 from milterkit.protocol import FilterConnection, MTAConnection, ProtocolError
-from milterkit.protocol.constants import Action
+from milterkit.protocol.constants import Action, ProtocolFlag
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.framing import FrameDecoder
 from milterkit.protocol.messages import OptNeg
@@ -106,7 +106,9 @@ def fuzz_filter(data: bytes, sizes: list[int], prefix: bytes = b"") -> None:
                 if event is NEED_DATA or isinstance(event, ConnectionClosed):
                     break
                 if isinstance(event, OptNeg) and conn.awaiting is not None:
-                    conn.negotiate(version=6, actions=Action.ADD_HEADERS, protocol=0)
+                    conn.negotiate(
+                        version=6, actions=Action.ADD_HEADERS, protocol=ProtocolFlag.NONE
+                    )
         conn.receive_data(b"")
         conn.next_event()
     except ProtocolError:

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from milterkit import __version__
 
@@ -31,12 +31,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version and whether the compiled modules are loaded."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from milterkit._compiled import build_description
+
+        print(f"milterkit {__version__} ({build_description()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="milterkit",
         description="Run, check and load-test milters (Sendmail/Postfix mail filters).",
     )
-    parser.add_argument("--version", action="version", version=f"milterkit {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and build")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"milterkit.cli.{name}")

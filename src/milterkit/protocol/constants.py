@@ -105,7 +105,9 @@ class ProtocolFlag(IntFlag):
     MDS_1M = 0x20000000
     TEST = 0x80000000
 
-    NOHREPL = NR_HDR
+    # An alias of NR_HDR (same value), spelt as a literal: mypyc cannot compile a
+    # member defined by reference to another member.
+    NOHREPL = 0x00000080
 
 
 class MacroStage(IntEnum):

@@ -82,6 +82,8 @@ Event = Message | NeedData | ConnectionClosed
 # callers: ``awaiting`` is still a Command member.
 _REPLY_BY_CODE: dict[int, Reply] = {int(reply): reply for reply in Reply if reply != Reply.OPTNEG}
 _ALL_COMMANDS = tuple(Command)
+# By value: compiled (mypyc) code reads ``Message.code`` as a plain int.
+_COMMAND_BY_CODE: dict[int, Command] = {int(command): command for command in Command}
 _MACRO = int(Command.MACRO)
 #: Exact type -> (reply, wire bytes) of the payload-less replies that may be sent.
 _FIXED_FRAMES: dict[type[Message], tuple[Reply, bytes]] = {
@@ -313,7 +315,7 @@ class FilterConnection:
         assert self.negotiated is not None
         code = message.code
         if code in self._answers()._replied:
-            self.awaiting = code if isinstance(code, Command) else Command(code)
+            self.awaiting = _COMMAND_BY_CODE[code]
         return message
 
     def _end_message(self) -> None:

@@ -94,7 +94,6 @@ class OptNeg(Message):
     kept as they came.
     """
 
-    code: ClassVar[int] = Command.OPTNEG
     version: int
     actions: Action
     protocol: ProtocolFlag
@@ -147,7 +146,6 @@ class Macro(Message):
     round-trips; lookups ignore it.
     """
 
-    code: ClassVar[int] = Command.MACRO
     stage: int | None
     pairs: tuple[tuple[bytes, bytes], ...] = ()
     dangling: bytes | None = None
@@ -199,7 +197,6 @@ def split_macro_payload(payload: bytes) -> tuple[tuple[tuple[bytes, bytes], ...]
 class Connect(Message):
     """SMFIC_CONNECT. ``port`` and ``address`` are None for family 'U'."""
 
-    code: ClassVar[int] = Command.CONNECT
     hostname: bytes
     family: Family
     port: int | None = None
@@ -249,7 +246,6 @@ class Connect(Message):
 
 @dataclass(frozen=True, slots=True)
 class Helo(Message):
-    code: ClassVar[int] = Command.HELO
     name: bytes
 
     def payload(self) -> bytes:
@@ -272,7 +268,6 @@ def _pack_args(first: bytes, args: tuple[bytes, ...], what: str) -> bytes:
 class Mail(Message):
     """SMFIC_MAIL: the sender as given (``<a@b>``, ``<>``, bare, or empty) and ESMTP args."""
 
-    code: ClassVar[int] = Command.MAIL
     sender: bytes
     args: tuple[bytes, ...] = ()
 
@@ -287,7 +282,6 @@ class Mail(Message):
 
 @dataclass(frozen=True, slots=True)
 class Rcpt(Message):
-    code: ClassVar[int] = Command.RCPT
     recipient: bytes
     args: tuple[bytes, ...] = ()
 
@@ -304,7 +298,6 @@ class Rcpt(Message):
 class Header(Message):
     """SMFIC_HEADER. Folded values carry LF (not CRLF) before continuation whitespace."""
 
-    code: ClassVar[int] = Command.HEADER
     name: bytes
     value: bytes
 
@@ -323,7 +316,6 @@ class Header(Message):
 class Body(Message):
     """SMFIC_BODY: one raw chunk (may contain NUL bytes)."""
 
-    code: ClassVar[int] = Command.BODY
     chunk: bytes
 
     def payload(self) -> bytes:
@@ -338,7 +330,6 @@ class Body(Message):
 class EndOfMessage(Message):
     """SMFIC_BODYEOB. libmilter treats data in it as a last body chunk; we keep it."""
 
-    code: ClassVar[int] = Command.BODYEOB
     chunk: bytes = b""
 
     def payload(self) -> bytes:
@@ -351,7 +342,6 @@ class EndOfMessage(Message):
 
 @dataclass(frozen=True, slots=True)
 class Unknown(Message):
-    code: ClassVar[int] = Command.UNKNOWN
     command: bytes
 
     def payload(self) -> bytes:
@@ -379,27 +369,27 @@ class _Empty(Message):
 
 @dataclass(frozen=True, slots=True)
 class Data(_Empty):
-    code: ClassVar[int] = Command.DATA
+    """The ``Command.DATA`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class EndOfHeaders(_Empty):
-    code: ClassVar[int] = Command.EOH
+    """The ``Command.EOH`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Abort(_Empty):
-    code: ClassVar[int] = Command.ABORT
+    """The ``Command.ABORT`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Quit(_Empty):
-    code: ClassVar[int] = Command.QUIT
+    """The ``Command.QUIT`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class QuitNoClose(_Empty):
-    code: ClassVar[int] = Command.QUIT_NC
+    """The ``Command.QUIT_NC`` packet (no payload)."""
 
 
 # ---------------------------------------------------------------------------- replies
@@ -407,47 +397,47 @@ class QuitNoClose(_Empty):
 
 @dataclass(frozen=True, slots=True)
 class Continue(_Empty):
-    code: ClassVar[int] = Reply.CONTINUE
+    """The ``Reply.CONTINUE`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Accept(_Empty):
-    code: ClassVar[int] = Reply.ACCEPT
+    """The ``Reply.ACCEPT`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Reject(_Empty):
-    code: ClassVar[int] = Reply.REJECT
+    """The ``Reply.REJECT`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class TempFail(_Empty):
-    code: ClassVar[int] = Reply.TEMPFAIL
+    """The ``Reply.TEMPFAIL`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Discard(_Empty):
-    code: ClassVar[int] = Reply.DISCARD
+    """The ``Reply.DISCARD`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Skip(_Empty):
-    code: ClassVar[int] = Reply.SKIP
+    """The ``Reply.SKIP`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Progress(_Empty):
-    code: ClassVar[int] = Reply.PROGRESS
+    """The ``Reply.PROGRESS`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Shutdown(_Empty):
-    code: ClassVar[int] = Reply.SHUTDOWN
+    """The ``Reply.SHUTDOWN`` packet (no payload)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ConnFail(_Empty):
-    code: ClassVar[int] = Reply.CONN_FAIL
+    """The ``Reply.CONN_FAIL`` packet (no payload)."""
 
 
 _REPLY_LINE = re.compile(rb"([45])(\d\d)([ -])(?:([245])\.\d{1,3}\.\d{1,3}(?: |$))?")
@@ -461,7 +451,6 @@ class ReplyCode(Message):
     ``%`` the way both MTAs require (PROTOCOL.md section 9).
     """
 
-    code: ClassVar[int] = Reply.REPLYCODE
     text: bytes
 
     def payload(self) -> bytes:
@@ -534,7 +523,6 @@ def _check_reply_parts(smtp_code: int, enhanced: str | None, lines: list[str]) -
 
 @dataclass(frozen=True, slots=True)
 class AddHeader(Message):
-    code: ClassVar[int] = Reply.ADDHEADER
     name: bytes
     value: bytes
 
@@ -558,7 +546,6 @@ def _indexed_header(payload: bytes, what: str) -> tuple[int, bytes, bytes]:
 class InsertHeader(Message):
     """SMFIR_INSHEADER: index 0 is the very top (above the MTA's Received)."""
 
-    code: ClassVar[int] = Reply.INSHEADER
     index: int
     name: bytes
     value: bytes
@@ -575,7 +562,6 @@ class InsertHeader(Message):
 class ChangeHeader(Message):
     """SMFIR_CHGHEADER: the index-th header of that name (1-based); empty value deletes."""
 
-    code: ClassVar[int] = Reply.CHGHEADER
     index: int
     name: bytes
     value: bytes
@@ -605,7 +591,6 @@ def _pack_addr_args(addr: bytes, args: bytes | None, what: str) -> bytes:
 class ChangeFrom(Message):
     """SMFIR_CHGFROM: new sender plus ONE optional string of space-separated ESMTP args."""
 
-    code: ClassVar[int] = Reply.CHGFROM
     sender: bytes
     args: bytes | None = None
 
@@ -619,7 +604,6 @@ class ChangeFrom(Message):
 
 @dataclass(frozen=True, slots=True)
 class AddRecipient(Message):
-    code: ClassVar[int] = Reply.ADDRCPT
     recipient: bytes
 
     def payload(self) -> bytes:
@@ -634,7 +618,6 @@ class AddRecipient(Message):
 class AddRecipientPar(Message):
     """SMFIR_ADDRCPT_PAR: recipient plus ONE optional string of ESMTP args."""
 
-    code: ClassVar[int] = Reply.ADDRCPT_PAR
     recipient: bytes
     args: bytes | None = None
 
@@ -648,7 +631,6 @@ class AddRecipientPar(Message):
 
 @dataclass(frozen=True, slots=True)
 class DeleteRecipient(Message):
-    code: ClassVar[int] = Reply.DELRCPT
     recipient: bytes
 
     def payload(self) -> bytes:
@@ -663,7 +645,6 @@ class DeleteRecipient(Message):
 class ReplaceBody(Message):
     """SMFIR_REPLBODY: one chunk of the new body; all chunks of one EOM concatenate."""
 
-    code: ClassVar[int] = Reply.REPLBODY
     chunk: bytes
 
     def payload(self) -> bytes:
@@ -691,7 +672,6 @@ def replace_body_chunks(body: bytes, max_size: int = CHUNK_SIZE) -> Iterator[Rep
 
 @dataclass(frozen=True, slots=True)
 class Quarantine(Message):
-    code: ClassVar[int] = Reply.QUARANTINE
     reason: bytes
 
     def payload(self) -> bytes:
@@ -704,6 +684,48 @@ class Quarantine(Message):
 
 
 # --------------------------------------------------------------------------- decoding
+
+# The packet byte of each type. It is set here, not as ``code: ClassVar[int] = ...``
+# in each class body, because mypyc hands a ClassVar of a dataclass body to
+# ``dataclasses`` as a field, which breaks the compiled build (see setup.py).
+_CODES: tuple[tuple[type[Message], int], ...] = (
+    (OptNeg, Command.OPTNEG),
+    (Macro, Command.MACRO),
+    (Connect, Command.CONNECT),
+    (Helo, Command.HELO),
+    (Mail, Command.MAIL),
+    (Rcpt, Command.RCPT),
+    (Header, Command.HEADER),
+    (Body, Command.BODY),
+    (EndOfMessage, Command.BODYEOB),
+    (Unknown, Command.UNKNOWN),
+    (Data, Command.DATA),
+    (EndOfHeaders, Command.EOH),
+    (Abort, Command.ABORT),
+    (Quit, Command.QUIT),
+    (QuitNoClose, Command.QUIT_NC),
+    (Continue, Reply.CONTINUE),
+    (Accept, Reply.ACCEPT),
+    (Reject, Reply.REJECT),
+    (TempFail, Reply.TEMPFAIL),
+    (Discard, Reply.DISCARD),
+    (Skip, Reply.SKIP),
+    (Progress, Reply.PROGRESS),
+    (Shutdown, Reply.SHUTDOWN),
+    (ConnFail, Reply.CONN_FAIL),
+    (ReplyCode, Reply.REPLYCODE),
+    (AddHeader, Reply.ADDHEADER),
+    (InsertHeader, Reply.INSHEADER),
+    (ChangeHeader, Reply.CHGHEADER),
+    (ChangeFrom, Reply.CHGFROM),
+    (AddRecipient, Reply.ADDRCPT),
+    (AddRecipientPar, Reply.ADDRCPT_PAR),
+    (DeleteRecipient, Reply.DELRCPT),
+    (ReplaceBody, Reply.REPLBODY),
+    (Quarantine, Reply.QUARANTINE),
+)
+for _type, _code in _CODES:
+    _type.code = _code
 
 CommandMessage = (
     OptNeg
