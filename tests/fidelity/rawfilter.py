@@ -85,8 +85,14 @@ class RawFilter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # close() alone does not wake a thread blocked in accept() on Linux: the
+        # thread would outlive the test, and later tests that fork pytest (which
+        # must be single-threaded then, tests/forking.py) would fail.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._sock.close()
+        self._thread.join(10)
 
     def seen(self) -> list[list[tuple[str, bytes]]]:
         with self._lock:
