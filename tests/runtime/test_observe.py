@@ -271,7 +271,9 @@ def test_a_milter_without_mail_from_still_gets_its_message_line() -> None:
     sock = inet_listener()
     server = Server(OnlyEnd, sock, observer=seen)
     with serving(server), RawMTA.connect(sock.getsockname()[:2]) as mta:
-        mta.hello()
+        mta.negotiate()
+        # no CONNECT reaches this filter: the client comes from Postfix's default "_" macro
+        mta.send(wire.Macro(Command.CONNECT, ((b"_", b"client.example [192.0.2.1]"),)))
         for step in (Mail(b"<a@example.org>"), Rcpt(b"<b@x>")):
             mta.command(step)  # not sent: the filter turned these steps off
         mta.send(wire.Macro(Command.BODYEOB, ((b"i", b"4QUEUE2"),)))
@@ -283,4 +285,5 @@ def test_a_milter_without_mail_from_still_gets_its_message_line() -> None:
     assert record.decision == "accept"
     assert record.queue_id == "4QUEUE2"
     assert record.sender is None
+    assert record.client == "client.example [192.0.2.1]"
     assert record.modifications == {"add_header": 1}

@@ -277,7 +277,7 @@ class RecordBuilder:
             current = self.current
             if current is None and kind in _OPENS_WITHOUT_MAIL:
                 # the milter turned MAIL off (SMFIP_NOMAIL): the first step it gets opens it
-                client = self.client or _macro(macros, "{client_addr}")
+                client = self.client or _client_from_macros(macros)
                 current = self.current = MessageRecord(self.cid, client, sender=None)
             if kind in _PLAIN_STEPS:  # performance: headers and body chunks, most commands
                 if current is not None and current.queue_id is None:
@@ -286,7 +286,7 @@ class RecordBuilder:
         if kind is msg.Mail:
             self._finish("incomplete")  # MAIL without an end to the previous message
             assert isinstance(event, msg.Mail)
-            client = self.client or _macro(macros, "{client_addr}")
+            client = self.client or _client_from_macros(macros)
             self.current = MessageRecord(self.cid, client, sender=_text(event.sender))
         elif kind is msg.Rcpt and self.current is not None:
             self.current.recipients += 1
@@ -359,6 +359,12 @@ class RecordBuilder:
             if isinstance(modification, msg.Quarantine):
                 record.quarantine = _text(modification.reason)
         self.observer.message_done(record)
+
+
+def _client_from_macros(macros: Any) -> str | None:
+    """The client when CONNECT was not sent (no connect callback): ``{client_addr}``
+    if the MTA sends it, else ``_`` ("name [address]"), which both MTAs send by default."""
+    return _macro(macros, "{client_addr}") or _macro(macros, "_")
 
 
 def _decision(reply: msg.Message) -> str | None:
