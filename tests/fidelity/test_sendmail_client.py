@@ -83,7 +83,8 @@ def both(
     from_sendmail = _wait_quit(raw)
     raw.reset()
     client_session(raw, messages)
-    return from_sendmail, commands(raw.seen()[-1])
+    # the client's QUIT may still be on its way to the filter thread: wait for it too
+    return from_sendmail, _wait_quit(raw)
 
 
 def _wait_quit(raw: RawFilter) -> list[str]:

@@ -119,6 +119,7 @@ class HostileMilter:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"inet:{self.listener.getsockname()[1]}@127.0.0.1"
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.accepted: list[socket.socket] = []
         self.threads[0].start()
 
     def _accept(self) -> None:
@@ -128,6 +129,7 @@ class HostileMilter:
             except OSError:
                 return
             thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self.accepted.append(sock)
             self.threads.append(thread)
             thread.start()
 
@@ -151,6 +153,11 @@ class HostileMilter:
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self.listener.close()
+        # a thread blocked in sendall()/recv() on a client that stopped reading but
+        # kept its socket would outlive the test (and make later forks unsafe)
+        for sock in self.accepted:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         for thread in self.threads:
             thread.join(10)
 

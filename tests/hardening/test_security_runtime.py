@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+import milterkit
 from milterkit.client import CheckResult, MilterClient
 from milterkit.client import check as milter_check
 from milterkit.runtime.address import UnixAddress
@@ -300,7 +301,9 @@ def test_group_membership_error_names_the_group(
         group=service_user.pw_gid,
         extra_groups=[],
         cwd="/",
-        env={"PYTHONPATH": f"{REPO}/src"},  # milterkit needs nothing outside the stdlib
+        # the milterkit under test (src/, or the compiled install), which needs nothing
+        # outside the stdlib
+        env={"PYTHONPATH": str(Path(milterkit.__file__).resolve().parents[1])},
         capture_output=True,
         text=True,
         timeout=30,

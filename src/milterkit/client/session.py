@@ -69,6 +69,7 @@ from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.constants import (
     REPLY_ACTION,
     STAGE_LETTER,
+    Action,
     Command,
     Family,
     ProtocolFlag,
@@ -186,10 +187,12 @@ class MTASession:
             connection = MTAConnection(keep_unoffered_protocol=profile.keeps_unoffered_protocol)
             connection.cap_reply_size(OPTNEG_REPLY_LIMIT)
         self.conn = connection
+        # Action/ProtocolFlag, not the ints callers may pass: the compiled build
+        # checks argument types at run time
         self.offer = MTAConnection.default_offer(
             profile.version if version is None else version,
-            profile.actions if actions is None else actions,  # type: ignore[arg-type]
-            profile.protocol if protocol is None else protocol,  # type: ignore[arg-type]
+            Action(profile.actions if actions is None else actions),
+            ProtocolFlag(profile.protocol if protocol is None else protocol),
         )
         self._overrides, self._extra = _parse_overrides(profile, macros or {})
         self._pending: list[bytes] = []
