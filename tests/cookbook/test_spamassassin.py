@@ -113,6 +113,28 @@ def test_spamd_down_logged_once_and_answered(milter_harness, caplog):
     ]
 
 
+def read_whole_request(conn: socket.socket) -> bytes:
+    """Read a spamd request: the header lines, then Content-length bytes of message."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += received(conn)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += received(conn)
+    return data
+
+
+def received(conn: socket.socket) -> bytes:
+    if not (chunk := conn.recv(65536)):
+        raise ConnectionError("the client closed before its request was complete")
+    return chunk
+
+
 def test_spamd_error_reply_is_an_error(milter_harness, caplog):
     """A server answering as spamd does to a request it cannot parse (EX_PROTOCOL)."""
     server = socket.create_server(("127.0.0.1", 0))
@@ -121,7 +143,7 @@ def test_spamd_error_reply_is_an_error(milter_harness, caplog):
     def answer() -> None:
         conn, _ = server.accept()
         with conn:
-            conn.recv(65536)
+            read_whole_request(conn)  # as spamd does: a close with unread data would be a reset
             conn.sendall(b"SPAMD/1.0 76 Bad header line: (Content-length mismatch)\r\n")
 
     thread = threading.Thread(target=answer, daemon=True)
