@@ -145,18 +145,6 @@ class MTAProfile:
         """A copy with some fields changed (e.g. another hostname or offer)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
-    def stage_macros(self, letter: str) -> Mapping[str, str] | None:
-        """The configured macros for a MACRO stage letter, None if none are sent.
-
-        With :attr:`header_body_macros`, 'L' uses the EOH list and 'B' the EOM
-        list, as Postfix does.
-        """
-        if letter in ("L", "B"):
-            if not self.header_body_macros:
-                return None
-            letter = "N" if letter == "L" else "E"
-        return self.macros.get(letter)
-
     def template_for(self, name: str) -> str | None:
         """The value template of a macro in any stage list or in :attr:`available`."""
         for stage in self.macros.values():
