@@ -24,13 +24,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from milterkit.execution import CallbackRunner, CallScope, ExecutionSettings, current_scope
-from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode, text
+from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Command, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
 from milterkit.protocol.negotiate import build_filter_reply
+from milterkit.protocol.text import text
 
 ERROR_DECISIONS: dict[str, msg.Message] = {
     "tempfail": msg.TempFail(),

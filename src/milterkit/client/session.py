@@ -98,6 +98,7 @@ from milterkit.protocol.messages import (
 )
 from milterkit.protocol.mta import MTAConnection
 from milterkit.protocol.negotiate import Negotiated
+from milterkit.protocol.text import text, wire
 from milterkit.result import (
     CheckResult,
     MessageInput,
@@ -277,7 +278,7 @@ class MTASession:
         for name in names:
             value = self._value(name, context)
             if value:
-                pairs.append((_enc(name), _enc(value)))
+                pairs.append((wire(name), wire(value)))
         self.emit(Macro(ord(letter), tuple(pairs)))
 
     def _stage_names(self, letter: str) -> list[str] | None:
@@ -355,14 +356,14 @@ class MTASession:
         client = self.client
         address = client.address
         if not address:
-            return Connect(_enc(client.hostname or "localhost"), Family.UNKNOWN)
+            return Connect(wire(client.hostname or "localhost"), Family.UNKNOWN)
         if address.startswith("/"):
-            return Connect(_enc(client.hostname or "localhost"), Family.UNIX, 0, _enc(address))
+            return Connect(wire(client.hostname or "localhost"), Family.UNIX, 0, wire(address))
         ip = ipaddress.ip_address(address)
         family = Family.INET if ip.version == 4 else Family.INET6
         text = address if ip.version == 4 else self.profile.ipv6_prefix + address
         hostname = client.hostname or f"[{text}]"
-        return Connect(_enc(hostname), family, client.port, _enc(text))
+        return Connect(wire(hostname), family, client.port, wire(text))
 
     def helo_name(self) -> str:
         fake = self.profile.nonsmtp
@@ -371,10 +372,6 @@ class MTASession:
     def new_queue_id(self) -> str:
         """A Postfix-looking queue id (11 hex digits); override with macro ``i``."""
         return f"{random.getrandbits(44):011X}"
-
-
-def _enc(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
 
 
 def _other_spelling(name: str) -> str:
@@ -497,8 +494,8 @@ class Exchange(ABC):
 def _smtp_reply(reply: Message | None) -> SmtpReply | None:
     """The reply the SMTP client sees: Postfix turns '%%' into '%' and drops a lone '%'."""
     if isinstance(reply, ReplyCode):
-        text = reply.text.decode("utf-8", "surrogateescape")
-        return SmtpReply.parse(_PERCENT.sub(lambda m: "%" if m.group() == "%%" else "", text))
+        shown = text(reply.text)
+        return SmtpReply.parse(_PERCENT.sub(lambda m: "%" if m.group() == "%%" else "", shown))
     return None
 
 
@@ -528,7 +525,7 @@ class Opening(Exchange):
             return
         session.emit_macros("H", ctx)
         helo = session.helo_name()
-        reply = yield from self._ask(Helo(_enc(helo)), "helo", helo)
+        reply = yield from self._ask(Helo(wire(helo)), "helo", helo)
         self._ends_session(reply, "helo")
 
     def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
@@ -619,7 +616,7 @@ class MessageRun(Exchange):
         yield from self._step("E", EndOfMessage(), "eom")
 
     def _mail(self) -> Generator[bytes, Message, bool]:
-        mail = Mail(_enc(self._envelope(self.sender, null_ok=True)), _encs(self.sender_args))
+        mail = Mail(wire(self._envelope(self.sender, null_ok=True)), _encs(self.sender_args))
         return (yield from self._step("M", mail, "mail", self.sender))
 
     def _rcpts(self) -> Generator[bytes, Message, bool]:
@@ -632,7 +629,7 @@ class MessageRun(Exchange):
                 continue
             self.session.emit_macros("R", self.context)
             args = _encs(self.recipient_args.get(rcpt, ()))
-            reply = yield from self._ask(Rcpt(_enc(self._envelope(rcpt)), args), "rcpt", rcpt)
+            reply = yield from self._ask(Rcpt(wire(self._envelope(rcpt)), args), "rcpt", rcpt)
             if reply is not None and not self._verdict(reply, "rcpt", rcpt):
                 return False
             if reply is None or decision_of(reply) in ("continue", "skip"):
@@ -764,7 +761,7 @@ class MessageRun(Exchange):
             return False
         self.result.modifications.append(message)
         if isinstance(message, Quarantine):
-            self.result.quarantine_reason = message.reason.decode("utf-8", "surrogateescape")
+            self.result.quarantine_reason = text(message.reason)
         return True
 
     def _body_order_ok(self, message: Message) -> bool:
@@ -825,4 +822,4 @@ def _domain(address: str) -> str:
 
 
 def _encs(values: Sequence[str]) -> tuple[bytes, ...]:
-    return tuple(_enc(v) for v in values)
+    return tuple(wire(v) for v in values)
