@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from milterkit.milter import Continue, Decision, Milter
+from milterkit.milter import Continue, Milter, Response
 from milterkit.protocol.constants import Action, Family
 from milterkit.runtime import run
 
@@ -33,24 +33,24 @@ class HeaderStamp(Milter):
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
-    ) -> Decision:
+    ) -> Response:
         self.client = address
         return Continue()
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision:
+    def mail_from(self, sender: str, params: list[str]) -> Response:
         self.subject = None  # message state starts over with every MAIL
         return Continue()
 
-    def header(self, name: str, value: str) -> Decision:
+    def header(self, name: str, value: str) -> Response:
         if name.lower() == "subject" and self.subject is None:
             self.subject = value
         return Continue()
 
-    async def end_of_message(self) -> Decision:
+    async def end_of_message(self) -> Response:
         origin = await reputation(self.client)
         self.add_header("X-Stamped-By", f"milterkit header_stamp ({origin})")
         if self.subject is not None and not self.subject.lstrip().startswith("[stamped]"):
-            self.change_header("Subject", 1, f"[stamped] {self.subject.lstrip()}")
+            self.change_header("Subject", f"[stamped] {self.subject.lstrip()}")
         return Continue()
 
 

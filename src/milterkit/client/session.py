@@ -94,7 +94,7 @@ from milterkit.protocol.messages import (
     Quit,
     Rcpt,
     ReplaceBody,
-    ReplyCode,
+    ReplyCodePacket,
 )
 from milterkit.protocol.mta import MTAConnection
 from milterkit.protocol.negotiate import Negotiated
@@ -126,7 +126,7 @@ _Ask = Generator[bytes, Message, Message | None]
 
 def decision_of(reply: Message) -> str:
     """The decision name of a final reply; a REPLYCODE is a reject or tempfail by class."""
-    if isinstance(reply, ReplyCode):
+    if isinstance(reply, ReplyCodePacket):
         return "tempfail" if reply.text.startswith(b"4") else "reject"
     decision = _DECISIONS.get(Reply(reply.code))
     if decision is None:
@@ -496,7 +496,7 @@ class Exchange(ABC):
 
 def _smtp_reply(reply: Message | None) -> SmtpReply | None:
     """The reply the SMTP client sees: Postfix turns '%%' into '%' and drops a lone '%'."""
-    if isinstance(reply, ReplyCode):
+    if isinstance(reply, ReplyCodePacket):
         text = reply.text.decode("utf-8", "surrogateescape")
         return SmtpReply.parse(_PERCENT.sub(lambda m: "%" if m.group() == "%%" else "", text))
     return None
@@ -817,7 +817,7 @@ class MessageRun(Exchange):
 
 def _is_421(reply: Message | None) -> bool:
     """A 421 reply: both MTAs answer it and drop the SMTP connection."""
-    return isinstance(reply, ReplyCode) and reply.smtp_code == 421
+    return isinstance(reply, ReplyCodePacket) and reply.smtp_code == 421
 
 
 def _domain(address: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from milterkit._deprecation import change_header_args, insert_header_args
 from milterkit.protocol import messages as msg
 from milterkit.result import CheckResult, SmtpReply, bare_address
 
@@ -81,11 +82,15 @@ def assert_header_added(result: CheckResult, name: str, value: str) -> None:
     _find(result, msg.AddHeader(_enc(name), _value(value)), "an added header")
 
 
-def assert_header_inserted(result: CheckResult, index: int, name: str, value: str) -> None:
+def assert_header_inserted(result: CheckResult, name: str, value: str, index: int) -> None:
+    """The milter called ``insert_header(name, value, index)`` (same argument order)."""
+    name, value, index = insert_header_args(name, value, index, what="assert_header_inserted")
     _find(result, msg.InsertHeader(index, _enc(name), _value(value)), "an inserted header")
 
 
-def assert_header_changed(result: CheckResult, name: str, index: int, value: str) -> None:
+def assert_header_changed(result: CheckResult, name: str, value: str, index: int = 1) -> None:
+    """The milter called ``change_header(name, value, index)`` (same argument order)."""
+    name, value, index = change_header_args(name, value, index, what="assert_header_changed")
     _find(result, msg.ChangeHeader(index, _enc(name), _value(value)), "a changed header")
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from milterkit.client.session import ClientInfo, Exchange, MTASession
+from milterkit.decision import Decision
 from milterkit.execution import CallbackRunner, ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.mtaprofile import POSTFIX, MTAProfile
@@ -59,7 +60,7 @@ class MilterHarness:
         version: int | None = None,
         actions: Action | None = None,
         protocol: ProtocolFlag | None = None,
-        error_decision: str = "tempfail",
+        error_decision: Decision | str = Decision.TEMPFAIL,
         callback_timeout: float | None = None,
         execution: str | None = None,
         reraise: bool = False,
