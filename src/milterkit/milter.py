@@ -33,7 +33,8 @@ from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError
 from milterkit.protocol.macros import DEFAULT_MAX_MACRO_BYTES, DEFAULT_MAX_MACROS, MacroStore
-from milterkit.protocol.negotiate import Negotiated, describe_actions
+from milterkit.protocol.negotiate import Negotiated, describe_flags
+from milterkit.protocol.text import text, wire
 
 if TYPE_CHECKING:
     from milterkit.session import MilterSession
@@ -127,15 +128,6 @@ STAGE_NAMES: dict[str, MacroStage] = {
     "eoh": MacroStage.EOH,
     "end_of_headers": MacroStage.EOH,
 }
-
-
-def text(value: bytes) -> str:
-    """Wire bytes as str; surrogateescape keeps every byte, so ``.encode`` restores it."""
-    return value.decode("utf-8", "surrogateescape")
-
-
-def wire(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
 class MacroView(Mapping[str, str]):
@@ -471,7 +463,7 @@ class Milter:
             )
         if not self.negotiated.actions & action:
             raise ActionNotNegotiatedError(
-                f"{what} needs Action.{describe_actions(action)} (SMFIF), which was not "
+                f"{what} needs Action.{describe_flags(action, Action)} (SMFIF), which was not "
                 f"negotiated; add it to {type(self).__name__}.actions"
             )
 

@@ -25,13 +25,14 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from milterkit.decision import Decision
 from milterkit.execution import CallbackRunner, CallScope, ExecutionSettings, current_scope
-from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode, text
+from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Command, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
 from milterkit.protocol.negotiate import build_filter_reply
+from milterkit.protocol.text import text
 
 #: The wire reply for each Decision a callback may return. SHUTDOWN maps to its
 #: packet so that the protocol layer refuses it with its own reason.

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from milterkit.cli.describe import describe_flags, describe_modification
 from milterkit.cli.display import (
     encodable,
     json_safe,
@@ -50,16 +51,10 @@ from milterkit.client import (
     MilterProtocolError,
     MilterTimeout,
 )
+from milterkit.message import ParsedMessage, envelope_from_headers
 from milterkit.mtaprofile import PROFILES
 from milterkit.protocol.constants import Action, ProtocolFlag
-from milterkit.result import (
-    CheckResult,
-    ParsedMessage,
-    StageResult,
-    describe_flags,
-    describe_modification,
-    envelope_from_headers,
-)
+from milterkit.result import CheckResult, StageResult
 
 __all__ = ["EXIT_CODES", "add_parser", "exit_status", "run"]
 

@@ -186,6 +186,7 @@ from milterkit.protocol.names import (
     SMFIP_SKIP as SMFIP_SKIP,
 )
 from milterkit.protocol.negotiate import build_filter_reply
+from milterkit.protocol.text import text, wire
 
 __all__ = [
     "MessageArray",
@@ -461,7 +462,7 @@ class _Adapter(mk.Milter):
         return self._decide("smficEoh", [])
 
     def body(self, chunk: bytes) -> Any:
-        return self._decide("smficBody", [mk.text(chunk)])
+        return self._decide("smficBody", [text(chunk)])
 
     def end_of_message(self) -> Any:
         return self._decide("smficBodyeob", [])
@@ -571,13 +572,13 @@ class _Adapter(mk.Milter):
             payload = msg.Macro(stage, pairs).payload()
             args = [chr(stage)]
             for name, value in pairs:
-                args += [mk.text(name), mk.text(value)]
+                args += [text(name), text(value)]
             message = {
                 "size": len(payload) + 1,
                 "command": SMFIC_MACRO,
                 "binary": payload,
                 "args": args,
-                "macros": {mk.text(n): mk.text(v) for n, v in pairs},
+                "macros": {text(n): text(v) for n, v in pairs},
             }
             if self._collect("smficMacro", message):
                 self.log.debug("smficMacro: replies ignored (no reply is due here)")
@@ -596,7 +597,7 @@ def _need(data: Mapping[str, Any], command: str, *keys: str) -> Any:
 
 
 def _str(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+    return text(value) if isinstance(value, bytes) else str(value)
 
 
 def _reply_code(data: Mapping[str, Any]) -> _Final:
@@ -604,7 +605,7 @@ def _reply_code(data: Mapping[str, Any]) -> _Final:
     text = _str(data.get("text", data.get("message", "")))
     code = data.get("code", data.get("smtpcode", data.get("rcode")))
     if code is None:
-        reply = msg.ReplyCodePacket(text.encode("utf-8", "surrogateescape"))
+        reply = msg.ReplyCodePacket(wire(text))
         problem = reply.problem()
         if problem:
             raise ReplyError(f"REPLYCODE text {text!r}: {problem}")
@@ -648,7 +649,7 @@ _MODIFICATIONS: dict[str, _Modification] = {
 
 
 def _body(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+    return wire(value if isinstance(value, bytes) else str(value))
 
 
 def adapter_class(template: Milter) -> type[mk.Milter]:

@@ -21,6 +21,7 @@ from milterkit.protocol.constants import (
     MAX_DATA_SIZE,
     MIN_PROTOCOL_VERSION,
     REPLY_ACTION,
+    Action,
     Command,
     ProtocolFlag,
     Reply,
@@ -48,7 +49,7 @@ from milterkit.protocol.negotiate import (
     Negotiated,
     build_filter_reply,
     check_filter_reply_local,
-    describe_actions,
+    describe_flags,
     negotiated,
 )
 
@@ -414,7 +415,7 @@ class FilterConnection:
                 )
             if not self.negotiated.actions & needed:
                 raise LocalProtocolError(
-                    f"{reply.name} needs the action {describe_actions(needed)}, "
+                    f"{reply.name} needs the action {describe_flags(needed, Action)}, "
                     "which was not negotiated"
                 )
         elif reply == Reply.SKIP:

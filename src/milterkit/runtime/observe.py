@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from milterkit.protocol import messages as msg
+from milterkit.protocol.text import text
 from milterkit.runtime.logsetup import safe
 
 __all__ = [
@@ -287,7 +288,7 @@ class RecordBuilder:
             self._finish("incomplete")  # MAIL without an end to the previous message
             assert isinstance(event, msg.Mail)
             client = self.client or _client_from_macros(macros)
-            self.current = MessageRecord(self.cid, client, sender=_text(event.sender))
+            self.current = MessageRecord(self.cid, client, sender=text(event.sender))
         elif kind is msg.Rcpt and self.current is not None:
             self.current.recipients += 1
         elif kind is msg.Connect:
@@ -350,14 +351,14 @@ class RecordBuilder:
         if decision in ("continue", "abort", "incomplete"):
             record.stage = self.stage
         if isinstance(reply, msg.ReplyCodePacket):
-            record.reply = _text(reply.text).replace("\r\n", " / ")
+            record.reply = text(reply.text).replace("\r\n", " / ")
         for modification in modifications:
             kind = _MODIFICATIONS.get(type(modification))
             if kind is None:
                 continue
             record.modifications[kind] = record.modifications.get(kind, 0) + 1
             if isinstance(modification, msg.Quarantine):
-                record.quarantine = _text(modification.reason)
+                record.quarantine = text(modification.reason)
         self.observer.message_done(record)
 
 
@@ -377,19 +378,15 @@ def _decision(reply: msg.Message) -> str | None:
     return None
 
 
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")
-
-
 def _client(event: msg.Connect) -> str:
     """``hostname [address]`` of the SMTP client, as the MTA described it."""
-    name = _text(event.hostname)
+    name = text(event.hostname)
     address = event.bare_address
     if address is None:
         return name
-    return f"{name} [{_text(address)}]"
+    return f"{name} [{text(address)}]"
 
 
 def _macro(macros: Any, name: str) -> str | None:
     value = macros.lookup(name)
-    return None if value is None else _text(value)
+    return None if value is None else text(value)
