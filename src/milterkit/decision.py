@@ -12,7 +12,8 @@ settings given as strings (``--error-decision tempfail``,
 
 A custom SMTP reply (:class:`milterkit.ReplyCode`) is not a decision of its
 own: it rejects with a 5xx code and tempfails with a 4xx one, and that is the
-decision reported for it.
+decision reported for it. SHUTDOWN and NOREPLY are what a client can see at
+one step; a message's final decision is never one of them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class Decision(str, Enum):
     #: then TEMPFAIL. A milterkit milter cannot send it (Sendmail refuses it):
     #: return ``ReplyCode(421, ...)`` instead.
     SHUTDOWN = "shutdown"
+    #: A step the filter does not answer (it negotiated no reply for it, the
+    #: ``SMFIP_NR_*`` flags), as a client records it; not a callback's to return.
+    NOREPLY = "noreply"
 
     def __str__(self) -> str:
         # The value, as StrEnum (3.11+) prints it; f-strings follow __str__ on

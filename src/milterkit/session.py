@@ -35,7 +35,8 @@ from milterkit.protocol.negotiate import build_filter_reply
 from milterkit.protocol.text import text
 
 #: The wire reply for each Decision a callback may return. SHUTDOWN maps to its
-#: packet so that the protocol layer refuses it with its own reason.
+#: packet so that the protocol layer refuses it with its own reason; NOREPLY is
+#: absent (answering nothing would leave the MTA waiting).
 DECISION_REPLIES: dict[Decision, msg.Message] = {
     Decision.CONTINUE: msg.Continue(),
     Decision.ACCEPT: msg.Accept(),
@@ -652,7 +653,10 @@ def _decision_message(result: Any) -> msg.Message:
     if result is None:
         return _CONTINUE
     if type(result) is Decision:
-        return DECISION_REPLIES[result]
+        reply = DECISION_REPLIES.get(result)
+        if reply is None:
+            raise TypeError(f"{result!r} is a client's record, not a reply to send")
+        return reply
     if isinstance(result, ReplyCode):
         return result.to_message()
     if isinstance(result, type) and issubclass(result, msg.Message):
