@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from milterkit.milter import Continue, Milter, Response
+from milterkit.decision import Decision
+from milterkit.milter import Milter, Response
 from milterkit.protocol.constants import Action, Family
 from milterkit.runtime import run
 
@@ -35,23 +36,23 @@ class HeaderStamp(Milter):
         self, hostname: str, family: Family, address: str | None, port: int | None
     ) -> Response:
         self.client = address
-        return Continue()
+        return Decision.CONTINUE
 
     def mail_from(self, sender: str, params: list[str]) -> Response:
         self.subject = None  # message state starts over with every MAIL
-        return Continue()
+        return Decision.CONTINUE
 
     def header(self, name: str, value: str) -> Response:
         if name.lower() == "subject" and self.subject is None:
             self.subject = value
-        return Continue()
+        return Decision.CONTINUE
 
     async def end_of_message(self) -> Response:
         origin = await reputation(self.client)
         self.add_header("X-Stamped-By", f"milterkit header_stamp ({origin})")
         if self.subject is not None and not self.subject.lstrip().startswith("[stamped]"):
             self.change_header("Subject", f"[stamped] {self.subject.lstrip()}")
-        return Continue()
+        return Decision.CONTINUE
 
 
 if __name__ == "__main__":
