@@ -104,8 +104,16 @@ def test_the_class_attribute_macros_is_the_request_without_a_warning(
     class Overrides(OldMacroReader):
         macros = {"rcpt": "{rcpt_addr}"}
 
+    class NoneInherits(OldMacroReader):
+        macros = None  # type: ignore[assignment]
+
+    class AsksNothing(OldMacroReader):
+        macros = {}
+
     assert Inherits.macros is OldMacroReader.macros
     assert Overrides.macro_request() == {3: "{rcpt_addr}"}
+    assert NoneInherits.macro_request() == {2: "{auth_authen}"}  # as before the rename
+    assert AsksNothing.macro_request() == {}
     assert Milter.macros == {} and Milter.macro_request() == {}
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
 

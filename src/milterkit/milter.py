@@ -273,10 +273,12 @@ class Milter:
         in a subclass would hide it from instances, so it is moved.
         """
         super().__init_subclass__(**kwargs)
-        request = cls.__dict__.get("macros")
-        if request is not None and not isinstance(request, _MacroRequest):
+        if "macros" not in cls.__dict__ or isinstance(cls.__dict__["macros"], _MacroRequest):
+            return
+        request = cls.__dict__["macros"]
+        del cls.macros
+        if request is not None:  # None inherits the request, as it always did
             cls._macro_request = request
-            del cls.macros
 
     # ------------------------------------------------------------- negotiation
 
