@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from milterkit.decision import Decision
 from milterkit.message import (
     Envelope,
     MessageInput,
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 #: Final decisions under which the MTA delivers (or holds) the message.
-DELIVERED_DECISIONS = frozenset({"accept", "continue"})
+DELIVERED_DECISIONS = frozenset({Decision.ACCEPT, Decision.CONTINUE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class StageResult:
     """The filter's answer at one step; ``detail`` names the recipient or header."""
 
     stage: str
-    decision: str
+    decision: Decision
     reply: SmtpReply | None = None
     detail: str = ""
 
@@ -96,9 +97,11 @@ class DeliveredMessage:
 class CheckResult:
     """Everything one message's run through a filter produced.
 
-    ``decision`` is the final word: ``"continue"`` (filter never objected:
-    the MTA delivers), ``"accept"``, ``"reject"``, ``"tempfail"`` or
-    ``"discard"``. ``reply`` is set when the filter sent its own SMTP reply
+    ``decision`` is the final word, a :class:`~milterkit.decision.Decision`
+    (equal to its string, ``result.decision == "accept"``): CONTINUE (filter
+    never objected: the MTA delivers), ACCEPT, REJECT, TEMPFAIL or DISCARD; a
+    filter's own reply counts as REJECT (5xx) or TEMPFAIL (4xx), and so does
+    SHUTDOWN (TEMPFAIL). ``reply`` is set when the filter sent its own SMTP reply
     (SMFIR_REPLYCODE); :attr:`smtp_reply` also covers the MTA's default texts.
     Quarantine is a flag (:attr:`quarantine_reason`), not a decision.
     """
@@ -106,7 +109,7 @@ class CheckResult:
     negotiated: Negotiated | None = None
     profile: str = ""
     stages: list[StageResult] = field(default_factory=list)
-    decision: str = "continue"
+    decision: Decision = Decision.CONTINUE
     decided_at: str = ""
     reply: SmtpReply | None = None
     default_reply: SmtpReply | None = None
@@ -181,7 +184,7 @@ class CheckResult:
             "profile": self.profile,
             "negotiated": _negotiated_dict(self.negotiated),
             "stages": [_stage_dict(s) for s in self.stages],
-            "decision": self.decision,
+            "decision": str(self.decision),
             "decided_at": self.decided_at,
             "reply": _replytext(self.reply),
             "smtp_reply": _replytext(self.smtp_reply),
@@ -204,7 +207,7 @@ def _replytext(reply: SmtpReply | None) -> str | None:
 def _stage_dict(stage: StageResult) -> dict[str, Any]:
     return {
         "stage": stage.stage,
-        "decision": stage.decision,
+        "decision": str(stage.decision),
         "reply": _replytext(stage.reply),
         "detail": stage.detail,
     }

@@ -47,7 +47,7 @@ from milterkit.protocol import (
     Rcpt,
     Reject,
     RemoteProtocolError,
-    ReplyCode,
+    ReplyCodePacket,
     Skip,
     replace_body_chunks,
 )
@@ -115,7 +115,7 @@ def test_reject_one_recipient_message_goes_on(serve: Serve) -> None:
     def rcpt(cmd: Message, _conn: object) -> Message:
         assert isinstance(cmd, Rcpt)
         if cmd.recipient.startswith(b"<reject@"):
-            return ReplyCode(b"550 5.7.1 not you")
+            return ReplyCodePacket(b"550 5.7.1 not you")
         return Continue()
 
     address, _ = serve(Script(replies={Command.RCPT: rcpt}))
@@ -134,7 +134,7 @@ def test_all_recipients_rejected_ends_before_data(serve: Serve) -> None:
 
 
 def test_reject_at_mail_stops_the_message(serve: Serve) -> None:
-    address, server = serve(Script(replies={Command.MAIL: [ReplyCode(b"554 5.7.1 go away")]}))
+    address, server = serve(Script(replies={Command.MAIL: [ReplyCodePacket(b"554 5.7.1 go away")]}))
     result = check(address, MSG)
     assert (result.decision, result.decided_at) == ("reject", "mail")
     assert result.reply is not None and result.reply.code == 554
@@ -150,7 +150,7 @@ def test_accept_at_rcpt_skips_rest(serve: Serve) -> None:
 
 
 def test_reject_at_connect_applies_to_every_message(serve: Serve) -> None:
-    address, server = serve(Script(replies={Command.CONNECT: [ReplyCode(b"554 5.7.1 no")]}))
+    address, server = serve(Script(replies={Command.CONNECT: [ReplyCodePacket(b"554 5.7.1 no")]}))
     with MilterClient(address) as client:
         first = client.check(MSG)
         second = client.check(MSG)

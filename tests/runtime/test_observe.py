@@ -120,7 +120,7 @@ def test_reply_code_at_mail_then_abort_then_callback_error() -> None:
     server, address = served(seen)
     with serving(server), RawMTA.connect(address) as mta:
         mta.hello()
-        assert isinstance(mta.command(Mail(b"<reject@x>"))[0], wire.ReplyCode)
+        assert isinstance(mta.command(Mail(b"<reject@x>"))[0], wire.ReplyCodePacket)
         mta.send(Abort())
         mta.command(Mail(b"<fine@x>"))
         mta.send(Abort())

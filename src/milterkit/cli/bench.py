@@ -39,7 +39,8 @@ from typing import Any, TextIO
 
 from milterkit.client.aio import open_stream
 from milterkit.client.errors import MilterError, MilterTimeout
-from milterkit.client.session import Exchange, MTASession
+from milterkit.client.session import Exchange, MTASession, decision_of
+from milterkit.decision import Decision
 from milterkit.mtaprofile import PROFILES, MTAProfile
 from milterkit.protocol import (
     NEED_DATA,
@@ -91,7 +92,7 @@ class WorkerReport:
     messages: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[Decision] = field(default_factory=Counter)
     cpu_user: float = 0.0
     cpu_sys: float = 0.0
     elapsed: float = 0.0
@@ -257,7 +258,7 @@ class _Worker:
     ) -> None:
         conn = session.conn
         started = time.perf_counter()
-        decision = "continue"
+        decision = Decision.CONTINUE
         skipping = ""
         for data, command, stage in plan.batches:
             if stage == skipping:
@@ -269,7 +270,7 @@ class _Worker:
             if isinstance(reply, Skip):
                 skipping = stage
             elif not isinstance(reply, Continue) and stage != "rcpt":
-                decision = Reply(reply.code).name.lower()
+                decision = _final_decision(reply)
                 writer.write(session.abort())
                 break
         else:
@@ -279,6 +280,13 @@ class _Worker:
         self.report.decisions[decision] += 1
         if self.progress is not None:
             self.progress.value += 1
+
+
+def _final_decision(reply: Message) -> Decision:
+    """The message's decision, as ``milterkit check`` reports it: a REPLYCODE is a
+    reject or tempfail by its code, and SHUTDOWN a tempfail."""
+    decision = decision_of(reply)
+    return Decision.TEMPFAIL if decision is Decision.SHUTDOWN else decision
 
 
 async def _exchange(
@@ -429,7 +437,7 @@ def _summarise(
 ) -> BenchReport:
     latencies = sorted(x for r in reports for x in r.latencies_ms)
     errors: Counter[str] = Counter()
-    decisions: Counter[str] = Counter()
+    decisions: Counter[Decision] = Counter()
     for r in reports:
         errors.update(r.errors)
         decisions.update(r.decisions)
@@ -447,7 +455,7 @@ def _summarise(
             "max": round(latencies[-1], 3) if latencies else 0.0,
         },
         errors=dict(errors),
-        decisions=dict(decisions),
+        decisions={str(decision): count for decision, count in decisions.items()},
         driver_cpu_s=round(user + system, 3),
         driver_cpu_user_s=round(user, 3),
         driver_cpu_sys_s=round(system, 3),

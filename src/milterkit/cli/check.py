@@ -53,6 +53,7 @@ from milterkit.client import (
     MilterProtocolError,
     MilterTimeout,
 )
+from milterkit.decision import Decision
 from milterkit.message import ParsedMessage, envelope_from_headers
 from milterkit.mtaprofile import PROFILES
 from milterkit.protocol.constants import Action, ProtocolFlag
@@ -64,7 +65,13 @@ EX_USAGE, EX_NOINPUT, EX_UNAVAILABLE, EX_TEMPFAIL, EX_PROTOCOL = 64, 66, 69, 75,
 EX_SOFTWARE, EX_CANTCREAT, EX_IOERR = 70, 73, 74
 
 #: Exit status per final decision (quarantine is checked first, see exit_status).
-EXIT_CODES = {"continue": 0, "accept": 0, "reject": 1, "tempfail": 2, "discard": 3}
+EXIT_CODES = {
+    Decision.CONTINUE: 0,
+    Decision.ACCEPT: 0,
+    Decision.REJECT: 1,
+    Decision.TEMPFAIL: 2,
+    Decision.DISCARD: 3,
+}
 EXIT_QUARANTINED = 4
 
 

@@ -72,6 +72,7 @@ from milterkit.client.limits import (
     check_modification,
     check_reply_bytes,
 )
+from milterkit.decision import Decision
 from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.constants import (
     REPLY_ACTION,
@@ -101,7 +102,7 @@ from milterkit.protocol.messages import (
     Quit,
     Rcpt,
     ReplaceBody,
-    ReplyCode,
+    ReplyCodePacket,
 )
 from milterkit.protocol.mta import MTAConnection
 from milterkit.protocol.negotiate import Negotiated
@@ -119,25 +120,25 @@ from milterkit.result import (
 __all__ = ["ClientInfo", "Exchange", "MTASession", "MessageRun", "Opening", "decision_of"]
 
 _DECISIONS = {
-    Reply.CONTINUE: "continue",
-    Reply.ACCEPT: "accept",
-    Reply.REJECT: "reject",
-    Reply.TEMPFAIL: "tempfail",
-    Reply.DISCARD: "discard",
-    Reply.SKIP: "skip",
-    Reply.SHUTDOWN: "shutdown",
+    Reply.CONTINUE: Decision.CONTINUE,
+    Reply.ACCEPT: Decision.ACCEPT,
+    Reply.REJECT: Decision.REJECT,
+    Reply.TEMPFAIL: Decision.TEMPFAIL,
+    Reply.DISCARD: Decision.DISCARD,
+    Reply.SKIP: Decision.SKIP,
+    Reply.SHUTDOWN: Decision.SHUTDOWN,
 }
 _LETTER_OF_STAGE = {int(k): chr(v) for k, v in STAGE_LETTER.items()}
 _Script = Generator[bytes, Message, None]
 #: A decision that ends the SMTP session: (decision, reply, stage).
-Verdict = tuple[str, SmtpReply | None, str]
+Verdict = tuple[Decision, SmtpReply | None, str]
 _Ask = Generator[bytes, Message, Message | None]
 
 
-def decision_of(reply: Message) -> str:
-    """The decision name of a final reply; a REPLYCODE is a reject or tempfail by class."""
-    if isinstance(reply, ReplyCode):
-        return "tempfail" if reply.text.startswith(b"4") else "reject"
+def decision_of(reply: Message) -> Decision:
+    """The decision a final reply makes; a REPLYCODE is a reject or tempfail by class."""
+    if isinstance(reply, ReplyCodePacket):
+        return Decision.TEMPFAIL if reply.text.startswith(b"4") else Decision.REJECT
     decision = _DECISIONS.get(Reply(reply.code))
     if decision is None:
         raise RemoteProtocolError(
@@ -542,7 +543,7 @@ class Exchange(ABC):
         raise RemoteProtocolError(f"modification {Reply(message.code).name} outside a message")
 
     @abstractmethod
-    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
+    def _record(self, stage: str, decision: Decision, reply: Message | None, detail: str) -> None:
         """Keep the filter's answer at one step."""
 
     def _ask(self, message: Message, stage: str, detail: str = "") -> _Ask:
@@ -550,7 +551,7 @@ class Exchange(ABC):
         if not self._send(message):
             return None
         if self.session.conn.awaiting is None:
-            self._record(stage, "noreply", None, detail)
+            self._record(stage, Decision.NOREPLY, None, detail)
             return None
         self.stage, self.detail = stage, detail
         reply = yield self._take()
@@ -561,7 +562,7 @@ class Exchange(ABC):
 
 def _smtp_reply(reply: Message | None) -> SmtpReply | None:
     """The reply the SMTP client sees: Postfix turns '%%' into '%' and drops a lone '%'."""
-    if isinstance(reply, ReplyCode):
+    if isinstance(reply, ReplyCodePacket):
         shown = text(reply.text)
         return SmtpReply.parse(_PERCENT.sub(lambda m: "%" if m.group() == "%%" else "", shown))
     return None
@@ -602,17 +603,17 @@ class Opening(Exchange):
         reply = yield from self._ask(Helo(wire(helo)), "helo", helo)
         self._ends_session(reply, "helo")
 
-    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
+    def _record(self, stage: str, decision: Decision, reply: Message | None, detail: str) -> None:
         self.stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
 
     def _ends_session(self, reply: Message | None, stage: str) -> bool:
         if reply is None:
             return False
         decision = decision_of(reply)
-        if decision in ("continue", "skip"):
+        if decision in (Decision.CONTINUE, Decision.SKIP):
             return False
-        if decision == "shutdown":
-            decision = "tempfail"
+        if decision == Decision.SHUTDOWN:
+            decision = Decision.TEMPFAIL
         self.verdict = (decision, _smtp_reply(reply), stage)
         return True
 
@@ -704,10 +705,10 @@ class MessageRun(Exchange):
             reply = yield from self._ask(Rcpt(wire(self._envelope(rcpt)), args), "rcpt", rcpt)
             if reply is not None and not self._verdict(reply, "rcpt", rcpt):
                 return False
-            if reply is None or decision_of(reply) in ("continue", "skip"):
+            if reply is None or decision_of(reply) in (Decision.CONTINUE, Decision.SKIP):
                 accepted = True
                 self._first_accepted_rcpt()
-            skipping = reply is not None and decision_of(reply) == "skip"
+            skipping = reply is not None and decision_of(reply) == Decision.SKIP
             if skipping and self.session.profile.skip_rcpt_ends_session:
                 self.filter_skipped = True
                 return False
@@ -725,7 +726,7 @@ class MessageRun(Exchange):
                 continue
             if not self._verdict(reply, "header", ""):
                 return False
-            if decision_of(reply) == "skip":
+            if decision_of(reply) == Decision.SKIP:
                 if not self.session.profile.skip_header_skips_body:
                     break
                 self._skip_body = True  # Sendmail: all headers, then no body
@@ -745,7 +746,7 @@ class MessageRun(Exchange):
                 continue
             if not self._verdict(reply, "body", ""):
                 return False
-            if decision_of(reply) == "skip":
+            if decision_of(reply) == Decision.SKIP:
                 self.result.skipped_body = True
                 break
         return True
@@ -770,45 +771,54 @@ class MessageRun(Exchange):
 
     # -------------------------------------------------------------- verdicts
 
-    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
+    def _record(self, stage: str, decision: Decision, reply: Message | None, detail: str) -> None:
         self.result.stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
 
     def _verdict(self, reply: Message, stage: str, detail: str) -> bool:
         """Whether the message goes on after this reply."""
         decision = decision_of(reply)
-        if decision in ("continue", "skip"):
+        if decision in (Decision.CONTINUE, Decision.SKIP):
             return True
-        if stage == "rcpt" and decision in ("reject", "tempfail") and not _is_421(reply):
+        if (
+            stage == "rcpt"
+            and decision in (Decision.REJECT, Decision.TEMPFAIL)
+            and not _is_421(reply)
+        ):
             self.result.rejected_recipients[detail] = self._reply_for(decision, reply)
             return True
         self._finish(decision, reply, stage)
         return False
 
-    def _finish(self, decision: str, reply: Message | None, stage: str) -> None:
+    def _finish(self, decision: Decision, reply: Message | None, stage: str) -> None:
         """The message's final word; 421 (or SHUTDOWN) also ends the SMTP session."""
         result = self.result
-        if decision in ("reject", "tempfail", "shutdown"):
+        if decision in (Decision.REJECT, Decision.TEMPFAIL, Decision.SHUTDOWN):
             result.default_reply = self._reply_for(decision, reply)
-        if decision == "shutdown" or _is_421(reply):
-            self.verdict = ("tempfail", self._reply_for(decision, reply), stage)
-            decision = "tempfail"
+        if decision == Decision.SHUTDOWN or _is_421(reply):
+            self.verdict = (Decision.TEMPFAIL, self._reply_for(decision, reply), stage)
+            decision = Decision.TEMPFAIL
         result.decision, result.decided_at = decision, stage
         result.reply = _smtp_reply(reply)
 
-    def _reply_for(self, decision: str, reply: Message | None) -> SmtpReply:
+    def _reply_for(self, decision: Decision, reply: Message | None) -> SmtpReply:
         explicit = _smtp_reply(reply)
         if explicit is not None:
             return explicit
         profile = self.session.profile
-        text = {"reject": profile.reject_reply, "shutdown": profile.shutdown_reply}.get(
-            decision, profile.tempfail_reply
-        )
+        text = {
+            Decision.REJECT: profile.reject_reply,
+            Decision.SHUTDOWN: profile.shutdown_reply,
+        }.get(decision, profile.tempfail_reply)
         return SmtpReply.parse(text)
 
     def _all_rcpts_rejected(self) -> bool:
         """Every recipient refused: the transaction is over before DATA."""
         rejected = self.result.rejected_recipients
-        decision = "tempfail" if any(r.code // 100 == 4 for r in rejected.values()) else "reject"
+        decision = (
+            Decision.TEMPFAIL
+            if any(r.code // 100 == 4 for r in rejected.values())
+            else Decision.REJECT
+        )
         last = list(rejected.values())[-1]
         result = self.result
         result.decision, result.decided_at, result.default_reply = decision, "rcpt", last
@@ -820,7 +830,7 @@ class MessageRun(Exchange):
         decision, reply, stage = self.session.verdict
         result = self.result
         result.decision, result.decided_at, result.reply = decision, stage, reply
-        if decision in ("reject", "tempfail"):
+        if decision in (Decision.REJECT, Decision.TEMPFAIL):
             result.default_reply = reply or self._reply_for(decision, None)
 
     def _modification(self, message: Message) -> bool:
@@ -849,10 +859,10 @@ class MessageRun(Exchange):
     def _configuration_error(self, why: str) -> None:
         """Postfix closes the filter and answers with its configuration-error reply."""
         reply = SmtpReply.parse(self.session.profile.config_error_reply)
-        self.result.stages.append(StageResult("eom", "tempfail", reply, f"MTA: {why}"))
-        self.result.decision, self.result.decided_at = "tempfail", "eom"
+        self.result.stages.append(StageResult("eom", Decision.TEMPFAIL, reply, f"MTA: {why}"))
+        self.result.decision, self.result.decided_at = Decision.TEMPFAIL, "eom"
         self.result.default_reply = reply
-        self.verdict = ("tempfail", reply, "eom")
+        self.verdict = (Decision.TEMPFAIL, reply, "eom")
 
     # ---------------------------------------------------------------- helpers
 
@@ -886,7 +896,7 @@ class MessageRun(Exchange):
 
 def _is_421(reply: Message | None) -> bool:
     """A 421 reply: both MTAs answer it and drop the SMTP connection."""
-    return isinstance(reply, ReplyCode) and reply.smtp_code == 421
+    return isinstance(reply, ReplyCodePacket) and reply.smtp_code == 421
 
 
 def _domain(address: str) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import IO, TypeVar
 
 from milterkit.cli.run import add_serve_options, daemon_config
-from milterkit.milter import Accept, Decision, Milter, ReplyCode
+from milterkit.milter import Accept, Milter, ReplyCode, Response
 from milterkit.runtime.address import (
     Address,
     FdAddress,
@@ -65,7 +65,7 @@ def main_with_settings(
     return serve(lambda: make_milter(settings), args)
 
 
-def service_failure(decision: str, what: str) -> Decision:
+def service_failure(decision: str, what: str) -> Response:
     """The reply for a message the service could not judge (``decision`` from settings)."""
     if decision == "accept":
         return Accept()

@@ -70,7 +70,10 @@ _FINAL_ENDS_MESSAGE = frozenset(
 )
 _RCPT_ENDS_MESSAGE = frozenset({Reply.ACCEPT, Reply.DISCARD})
 _REFUSED_REPLIES = {
-    Reply.SHUTDOWN: "SHUTDOWN ('4') is refused by Sendmail; send ReplyCode 421 instead",
+    Reply.SHUTDOWN: (
+        "SHUTDOWN ('4') is refused by Sendmail; send a 421 REPLYCODE instead "
+        "(from a callback: ReplyCode(421, ...))"
+    ),
     Reply.CONN_FAIL: "CONN_FAIL ('f') is implemented by neither MTA",
 }
 

@@ -350,7 +350,7 @@ class RecordBuilder:
         record.decision = decision
         if decision in ("continue", "abort", "incomplete"):
             record.stage = self.stage
-        if isinstance(reply, msg.ReplyCode):
+        if isinstance(reply, msg.ReplyCodePacket):
             record.reply = text(reply.text).replace("\r\n", " / ")
         for modification in modifications:
             kind = _MODIFICATIONS.get(type(modification))
@@ -373,7 +373,7 @@ def _decision(reply: msg.Message) -> str | None:
     final = _FINAL.get(type(reply))
     if final is not None:
         return final
-    if isinstance(reply, msg.ReplyCode):
+    if isinstance(reply, msg.ReplyCodePacket):
         return "tempfail" if reply.text[:1] == b"4" else "reject"
     return None
 

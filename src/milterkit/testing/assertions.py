@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from milterkit._deprecation import change_header_args, insert_header_args
+from milterkit.decision import Decision
 from milterkit.protocol import messages as msg
 from milterkit.protocol.text import text, wire
 from milterkit.result import CheckResult, SmtpReply, bare_address
@@ -65,10 +67,13 @@ def _value(value: str) -> bytes:
     return wire(value).replace(b"\r\n", b"\n")
 
 
-def assert_decision(result: CheckResult, decision: str, code: int | None = None) -> None:
-    """``decision`` is continue/accept/reject/tempfail/discard; ``code`` the SMTP code."""
-    if result.decision != decision:
-        raise _fail(f"expected decision {decision!r}, got {result.decision!r}", result)
+def assert_decision(result: CheckResult, decision: Decision | str, code: int | None = None) -> None:
+    """``decision`` is a :class:`~milterkit.decision.Decision` or its name (continue,
+    accept, reject, tempfail, discard); ``code`` the SMTP code. A name that is no
+    decision raises ValueError, so a misspelt one cannot pass."""
+    wanted = Decision.parse(decision)
+    if result.decision != wanted:
+        raise _fail(f"expected decision '{wanted}', got '{result.decision}'", result)
     reply = result.smtp_reply
     if code is not None and (reply is None or reply.code != code):
         raise _fail(f"expected SMTP code {code}, got {reply}", result)
@@ -78,11 +83,15 @@ def assert_header_added(result: CheckResult, name: str, value: str) -> None:
     _find(result, msg.AddHeader(wire(name), _value(value)), "an added header")
 
 
-def assert_header_inserted(result: CheckResult, index: int, name: str, value: str) -> None:
+def assert_header_inserted(result: CheckResult, name: str, value: str, index: int) -> None:
+    """The milter called ``insert_header(name, value, index)`` (same argument order)."""
+    name, value, index = insert_header_args(name, value, index, what="assert_header_inserted")
     _find(result, msg.InsertHeader(index, wire(name), _value(value)), "an inserted header")
 
 
-def assert_header_changed(result: CheckResult, name: str, index: int, value: str) -> None:
+def assert_header_changed(result: CheckResult, name: str, value: str, index: int = 1) -> None:
+    """The milter called ``change_header(name, value, index)`` (same argument order)."""
+    name, value, index = change_header_args(name, value, index, what="assert_header_changed")
     _find(result, msg.ChangeHeader(index, wire(name), _value(value)), "a changed header")
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from milterkit.client.options import ClientKeywords, ClientOptions, resolve
 from milterkit.client.session import Exchange
+from milterkit.decision import Decision
 from milterkit.execution import CallbackRunner, ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.result import CheckResult, MessageInput
@@ -70,7 +71,7 @@ class MilterHarness:
         milter: MilterFactory,
         *,
         options: ClientOptions | None = None,
-        error_decision: str = "tempfail",
+        error_decision: Decision | str = Decision.TEMPFAIL,
         callback_timeout: float | None = None,
         execution: str | None = None,
         reraise: bool = False,
