@@ -41,7 +41,7 @@ class HarnessKeywords(ClientKeywords, total=False):
     """Every keyword :class:`MilterHarness` takes: the MTA's, then the filter side's."""
 
     options: ClientOptions | None
-    error_decision: str
+    error_decision: Decision | str
     callback_timeout: float | None
     execution: str | None
     reraise: bool
