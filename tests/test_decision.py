@@ -13,6 +13,7 @@ import milterkit
 from milterkit import Accept, Decision, Milter, ReplyCode, Response
 from milterkit.cli.check import EXIT_CODES, exit_status
 from milterkit.client.session import decision_of
+from milterkit.contrib._common import service_failure
 from milterkit.decision import ERROR_DECISIONS
 from milterkit.execution import ExecutionSettings
 from milterkit.protocol import Reject, ReplyCodePacket, Shutdown, TempFail
@@ -183,3 +184,22 @@ if sys.version_info >= (3, 11):
             ACCEPT = "accept"
 
         assert (str(Decision.ACCEPT), f"{Decision.ACCEPT}") == (str(Same.ACCEPT), f"{Same.ACCEPT}")
+
+
+@pytest.mark.parametrize(
+    ("on_error", "expected"),
+    [
+        ("accept", Accept()),
+        (Decision.REJECT, ReplyCode(550, "scanner unavailable, message refused", "5.7.1")),
+        ("TempFail", ReplyCode(451, "scanner unavailable, try again later", "4.3.0")),
+    ],
+)
+def test_a_cookbook_filters_service_failure_setting_is_a_decision_or_its_name(
+    on_error: Decision | str, expected: Response
+) -> None:
+    assert service_failure(on_error, "scanner") == expected
+
+
+def test_a_cookbook_filters_service_failure_setting_refuses_other_decisions() -> None:
+    with pytest.raises(ValueError, match="expected one of tempfail, accept, reject"):
+        service_failure("discard", "scanner")

@@ -29,6 +29,7 @@ from milterkit.contrib._common import (
     main_with_settings,
     service_failure,
 )
+from milterkit.decision import Decision
 from milterkit.milter import Continue, Discard, Milter, ReplyCode, Response, Skip
 from milterkit.protocol.constants import Action, ProtocolFlag
 from milterkit.runtime.address import Address
@@ -45,7 +46,7 @@ class ClamavSettings:
     clamd: Address
     timeout: float = 30.0
     infected: str = "reject"
-    on_error: str = "tempfail"
+    on_error: Decision | str = Decision.TEMPFAIL
     max_scan_bytes: int = 25 * 1024 * 1024
     add_header: bool = True
 

@@ -35,6 +35,7 @@ from milterkit.contrib._common import (
     service_failure,
 )
 from milterkit.contrib.resp import RedisAddress, RedisClient, RedisError
+from milterkit.decision import Decision
 from milterkit.milter import Continue, Milter, ReplyCode, Response
 from milterkit.protocol.constants import Family
 
@@ -181,7 +182,7 @@ class GreylistSettings:
     allow_networks: tuple[Network, ...] = ()
     #: Recipients never greylisted: full addresses or ``@domain``, lower case.
     allow_recipients: frozenset[str] = frozenset()
-    on_store_error: str = "accept"
+    on_store_error: Decision | str = Decision.ACCEPT
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -246,7 +247,9 @@ class Greylist(Milter):
             self.log.error(
                 "greylist store %s failed: %s: %s; answering %s", store, kind, exc, decision
             )
-        return Continue() if decision == "accept" else service_failure(decision, "greylisting")
+        if Decision.parse(decision, SERVICE_DECISIONS) is Decision.ACCEPT:
+            return Continue()  # for this recipient: the message goes on to the others
+        return service_failure(decision, "greylisting")
 
 
 def bare(address: str) -> str:

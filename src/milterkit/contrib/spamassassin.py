@@ -31,6 +31,7 @@ from milterkit.contrib._common import (
     main_with_settings,
     service_failure,
 )
+from milterkit.decision import Decision
 from milterkit.milter import Continue, Milter, ReplyCode, Response
 from milterkit.protocol.constants import Action
 from milterkit.runtime.address import Address
@@ -60,7 +61,7 @@ class SpamSettings:
     quarantine_score: float | None = None
     reject_score: float | None = None
     max_size: int = 500 * 1024
-    on_error: str = "accept"
+    on_error: Decision | str = Decision.ACCEPT
 
 
 def spamd_check(
