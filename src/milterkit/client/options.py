@@ -74,12 +74,14 @@ class ClientOptions:
     max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES
 
     def __post_init__(self) -> None:
-        # A private read-only copy: the caller's dict may change after this
-        # object was built, and the options are shared by every connection.
+        # A private read-only copy (as MTAProfile keeps its tables): the
+        # caller's dict may change after this object was built, and the
+        # options are shared by every connection made with them.
         object.__setattr__(self, "macros", MappingProxyType(dict(self.macros)))
 
     @property
     def effective_connect_timeout(self) -> float:
+        """Seconds for the TCP or unix connect: ``connect_timeout``, else ``timeout``."""
         return self.timeout if self.connect_timeout is None else self.connect_timeout
 
     def with_keywords(self, **keywords: Unpack[ClientKeywords]) -> ClientOptions:
