@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from milterkit.milter import Continue, Decision, Milter
+from milterkit.decision import Decision
+from milterkit.milter import Milter, Response
 from milterkit.protocol.constants import Action, Family
 from milterkit.runtime import run
 
@@ -33,25 +34,25 @@ class HeaderStamp(Milter):
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
-    ) -> Decision:
+    ) -> Response:
         self.client = address
-        return Continue()
+        return Decision.CONTINUE
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision:
+    def mail_from(self, sender: str, params: list[str]) -> Response:
         self.subject = None  # message state starts over with every MAIL
-        return Continue()
+        return Decision.CONTINUE
 
-    def header(self, name: str, value: str) -> Decision:
+    def header(self, name: str, value: str) -> Response:
         if name.lower() == "subject" and self.subject is None:
             self.subject = value
-        return Continue()
+        return Decision.CONTINUE
 
-    async def end_of_message(self) -> Decision:
+    async def end_of_message(self) -> Response:
         origin = await reputation(self.client)
         self.add_header("X-Stamped-By", f"milterkit header_stamp ({origin})")
         if self.subject is not None and not self.subject.lstrip().startswith("[stamped]"):
-            self.change_header("Subject", 1, f"[stamped] {self.subject.lstrip()}")
-        return Continue()
+            self.change_header("Subject", f"[stamped] {self.subject.lstrip()}")
+        return Decision.CONTINUE
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from milterkit.compat.libmilterphp import (
     SMFIP_NORCPT,
     SMFIR_CONTINUE,
     SMFIR_QUARANTINE,
-    Message,
+    MessageArray,
     Milter,
 )
 
@@ -33,11 +33,11 @@ from milterkit.compat.libmilterphp import (
 class MilterTestDaemon(Milter):
     """Milter test daemon."""
 
-    def smficAbort(self, message: Message) -> None:  # noqa: N802
+    def smficAbort(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_ABORT - Abort current filter checks."""
         # No-op
 
-    def smficMail(self, message: Message) -> None:  # noqa: N802
+    def smficMail(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_MAIL - MAIL FROM: information - use SMFIP_NOMAIL to suppress."""
         # Mark this email for quarantine
         if re.search(r"spameri@tiscali\.it", str(message["args"][0]), re.IGNORECASE):
@@ -52,7 +52,7 @@ class MilterTestDaemon(Milter):
         reply = {"command": SMFIR_CONTINUE, "data": {}}
         self.reply(reply)
 
-    def smficBodyeob(self, message: Message) -> None:  # noqa: N802
+    def smficBodyeob(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_BODYEOB - End of body marker."""
         # Default reply
         reply = {

@@ -15,7 +15,8 @@ import argparse
 import re
 import sys
 
-from milterkit.milter import Accept, Continue, Decision, Milter
+from milterkit.decision import Decision
+from milterkit.milter import Milter, Response
 from milterkit.protocol.constants import Action
 from milterkit.runtime import run
 
@@ -28,15 +29,15 @@ class SpamTrap(Milter):
     actions = Action.QUARANTINE | Action.ADD_HEADERS
     macros = {"mail": ["{auth_authen}"]}
 
-    async def mail_from(self, sender: str, params: list[str]) -> Decision:
+    async def mail_from(self, sender: str, params: list[str]) -> Response:
         if SPAMMER.search(sender):
             # Modifications are only legal at end of message; milterkit queues it.
             self.quarantine("Spammer in quarantine!")
-        return Continue()
+        return Decision.CONTINUE
 
-    def end_of_message(self) -> Decision:
+    def end_of_message(self) -> Response:
         self.add_header("X-Checked", "yes")
-        return Accept()
+        return Decision.ACCEPT
 
 
 def main(argv: list[str] | None = None) -> int:

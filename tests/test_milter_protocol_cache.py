@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from milterkit import Accept, Decision, Milter
+from milterkit import Accept, Milter, Response
 from milterkit.protocol.constants import ProtocolFlag
 
 
 class OnlyEom(Milter):
-    def end_of_message(self) -> Decision | None:
+    def end_of_message(self) -> Response | None:
         return Accept()
 
 
 class WithHeader(OnlyEom):
-    def header(self, name: str, value: str) -> Decision | None:
+    def header(self, name: str, value: str) -> Response | None:
         return None
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 
 import milterkit
-from milterkit import Accept, Action, Decision, Family, Milter
+from milterkit import Accept, Action, Family, Milter, Response
 from milterkit.protocol.constants import ProtocolFlag
 from milterkit.protocol.messages import OptNeg
 from milterkit.protocol.negotiate import build_filter_reply
@@ -34,31 +34,31 @@ class Canonical(Milter):
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
-    ) -> Decision | None:
+    ) -> Response | None:
         return None
 
-    def helo(self, name: str) -> Decision | None:
+    def helo(self, name: str) -> Response | None:
         return None
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision | None:
+    def mail_from(self, sender: str, params: list[str]) -> Response | None:
         return None
 
-    def rcpt_to(self, recipient: str, params: list[str]) -> Decision | None:
+    def rcpt_to(self, recipient: str, params: list[str]) -> Response | None:
         return None
 
-    def data(self) -> Decision | None:
+    def data(self) -> Response | None:
         return None
 
-    def header(self, name: str, value: str) -> Decision | None:
+    def header(self, name: str, value: str) -> Response | None:
         return None
 
-    def end_of_headers(self) -> Decision | None:
+    def end_of_headers(self) -> Response | None:
         return None
 
-    def body(self, chunk: bytes) -> Decision | None:
+    def body(self, chunk: bytes) -> Response | None:
         return None
 
-    def end_of_message(self) -> Decision | None:
+    def end_of_message(self) -> Response | None:
         self.add_header("X-Bench", "milterkit")
         return Accept()
 
@@ -66,7 +66,7 @@ class Canonical(Milter):
 class Minimal(Milter):
     actions = Action.ADD_HEADERS
 
-    def end_of_message(self) -> Decision | None:
+    def end_of_message(self) -> Response | None:
         self.add_header("X-Bench", "milterkit")
         return Accept()
 

@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 # First: under MILTERKIT_PURE=1 this makes the imports below load .py sources.
 from milterkit._compiled import compiled
+from milterkit.decision import Decision
 from milterkit.milter import (
     Accept,
     ActionNotNegotiatedError,
     BodyNotCollectedError,
     Continue,
-    Decision,
     Discard,
     Milter,
     Reject,
     ReplyCode,
+    Response,
     Skip,
     TempFail,
     blocking,
@@ -46,6 +47,7 @@ __all__ = [
     "ProtocolFlag",
     "Reject",
     "ReplyCode",
+    "Response",
     "Skip",
     "TempFail",
     "__version__",

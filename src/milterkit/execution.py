@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from milterkit.decision import ERROR_DECISIONS, Decision
 from milterkit.protocol import messages as msg
 
 __all__ = [
@@ -65,9 +66,15 @@ class ExecutionSettings:
     loop_block_warning: float = 0.100
     callback_timeout: float | None = None
     progress_interval: float | None = None
-    error_decision: str = "tempfail"
+    #: A :class:`~milterkit.decision.Decision` of ERROR_DECISIONS, or its name
+    #: (``"tempfail"``); always a Decision once built.
+    error_decision: Decision | str = Decision.TEMPFAIL
 
     def __post_init__(self) -> None:
+        # frozen: the normalised value is set the way dataclasses set fields
+        object.__setattr__(
+            self, "error_decision", Decision.parse(self.error_decision, ERROR_DECISIONS)
+        )
         if self.mode is not None and self.mode not in EXECUTION_MODES:
             raise ValueError(f"execution mode must be one of {EXECUTION_MODES}, not {self.mode!r}")
         if self.threads < 1:

@@ -2,8 +2,10 @@
 
 One instance serves one MTA connection, so ``self`` holds connection state.
 Each callback may be a plain function or ``async``; it returns a decision
-(:class:`Continue`, :class:`Accept`, :class:`Reject`, :class:`TempFail`,
-:class:`Discard`, :class:`Skip`, :class:`ReplyCode`) or ``None`` for continue.
+(a :class:`~milterkit.decision.Decision` such as ``Decision.REJECT``, one of
+:class:`Continue`, :class:`Accept`, :class:`Reject`, :class:`TempFail`,
+:class:`Discard`, :class:`Skip`, or a custom reply :class:`ReplyCode`) or
+``None`` for continue.
 
 Callbacks the class does not override are never requested from the MTA
 (negotiation sets the matching ``SMFIP_NO*`` bit), which saves a round trip
@@ -23,13 +25,16 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
+from milterkit._deprecation import change_header_args, insert_header_args, warn_renamed
+from milterkit.decision import Decision
 from milterkit.execution import current_scope
 from milterkit.headers import HeaderEdit, plan_header_edits
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError
 from milterkit.protocol.macros import DEFAULT_MAX_MACRO_BYTES, DEFAULT_MAX_MACROS, MacroStore
-from milterkit.protocol.negotiate import Negotiated, describe_actions
+from milterkit.protocol.negotiate import Negotiated, describe_flags
+from milterkit.protocol.text import text, wire
 
 if TYPE_CHECKING:
     from milterkit.session import MilterSession
@@ -47,24 +52,41 @@ class ReplyCode:
     """A custom SMTP reply: ``ReplyCode(550, "go away", "5.7.1")``.
 
     ``text`` may hold several lines (a list, or newlines) for a multi-line
-    reply. ``%`` is escaped for the MTA. A 4xx code tempfails, a 5xx rejects.
+    reply. ``%`` is escaped for the MTA. A 4xx code tempfails, a 5xx rejects
+    (:attr:`decision`). On the wire it becomes a
+    :class:`~milterkit.protocol.ReplyCodePacket`.
     """
 
     code: int
     text: str | list[str]
     enhanced: str | None = None
 
-    def to_message(self) -> msg.ReplyCode:
-        return msg.ReplyCode.build(self.code, self.text, self.enhanced)
+    @property
+    def decision(self) -> Decision:
+        """What the reply decides: TEMPFAIL for a 4xx code, REJECT for a 5xx."""
+        return Decision.TEMPFAIL if 400 <= self.code < 500 else Decision.REJECT
+
+    def to_message(self) -> msg.ReplyCodePacket:
+        return msg.ReplyCodePacket.build(self.code, self.text, self.enhanced)
 
 
-Decision = (
-    msg.Continue | msg.Accept | msg.Reject | msg.TempFail | msg.Discard | msg.Skip | ReplyCode
+#: What a decision callback may answer: a :class:`Decision`, a wire reply such as
+#: ``Accept()``, or a custom :class:`ReplyCode`. (The session also takes the reply
+#: class itself, ``Accept``, as older milters return it.)
+Response = (
+    Decision
+    | msg.Continue
+    | msg.Accept
+    | msg.Reject
+    | msg.TempFail
+    | msg.Discard
+    | msg.Skip
+    | ReplyCode
 )
 
-#: What a decision callback may return: a decision, None (continue), or, from an
+#: What a decision callback may return: a response, None (continue), or, from an
 #: ``async def`` callback, an awaitable of either.
-CallbackResult = Decision | None | Awaitable[Decision | None]
+CallbackResult = Response | None | Awaitable[Response | None]
 
 #: Callback name → the ``SMFIP_NO*`` bit that turns the step off when not overridden.
 CALLBACK_NO_FLAG: dict[str, ProtocolFlag] = {
@@ -108,15 +130,6 @@ STAGE_NAMES: dict[str, MacroStage] = {
 }
 
 
-def text(value: bytes) -> str:
-    """Wire bytes as str; surrogateescape keeps every byte, so ``.encode`` restores it."""
-    return value.decode("utf-8", "surrogateescape")
-
-
-def wire(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
-
-
 class MacroView(Mapping[str, str]):
     """Read-only ``str`` view of the macros in force; ``x`` and ``{x}`` are the same name."""
 
@@ -139,6 +152,22 @@ class MacroView(Mapping[str, str]):
 
     def raw(self, name: str | bytes) -> bytes | None:
         return self._store.lookup(name)
+
+
+class _MacroRequest:
+    """``Milter.macros``: the class's macro request; on an instance, the old spelling
+    of :attr:`Milter.macro_values`, which warns (reads and writes alike: tests used
+    to set ``milter.macros`` to fake the MTA's values)."""
+
+    def __get__(self, instance: Milter | None, owner: type[Milter]) -> Mapping[Any, Any]:
+        if instance is None:
+            return owner._macro_request
+        warn_renamed("self.macros (the macro values)", "self.macro_values", stacklevel=3)
+        return instance.macro_values
+
+    def __set__(self, instance: Milter, values: Any) -> None:
+        warn_renamed("setting self.macros", "self.macro_values", stacklevel=3)
+        instance.macro_values = values
 
 
 class ActionNotNegotiatedError(LocalProtocolError):
@@ -173,9 +202,10 @@ class Milter:
     Class attributes configure negotiation:
 
     * ``actions``: the :class:`Action` bits the milter may use;
-    * ``macros``: at class level, the macros to request per stage, e.g.
+    * ``macros``: the macros to request per stage, e.g.
       ``{"mail": ["{auth_authen}"]}`` (stages: connect, helo, mail, rcpt, data,
-      eoh, eom). On an instance, ``self.macros`` is the live mapping of values;
+      eoh, eom). Their values arrive in :attr:`macro_values` (reading
+      ``self.macros`` on an instance for them is deprecated);
     * ``leading_space``: ask for header values verbatim (``SMFIP_HDR_LEADSPC``);
     * ``version``: the highest protocol version to speak (6).
 
@@ -208,7 +238,10 @@ class Milter:
     """
 
     actions: ClassVar[Action] = Action.NONE
-    macros: Mapping[str, Any] = {}
+    if TYPE_CHECKING:
+        macros: ClassVar[Mapping[Any, Any]] = {}
+    else:
+        macros = _MacroRequest()
     leading_space: ClassVar[bool] = False
     version: ClassVar[int] = 6
     max_headers: ClassVar[int | None] = 1000
@@ -223,8 +256,29 @@ class Milter:
     max_macro_bytes: ClassVar[int | None] = DEFAULT_MAX_MACRO_BYTES
 
     _session: MilterSession
+    #: The macro request of this class; ``macros`` in the class body lands here.
+    _macro_request: ClassVar[Mapping[Any, Any]] = {}
     connection_id: str
     log: logging.LoggerAdapter[logging.Logger]
+    #: The values of the macros the MTA has sent so far on this connection, as
+    #: ``str``; ``x`` and ``{x}`` name the same macro; ``.raw(name)`` gives bytes.
+    macro_values: MacroView
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Move a ``macros = {...}`` request out of the class body into ``_macro_request``.
+
+        ``Milter.macros`` is a descriptor that answers the request on the class
+        and, on an instance, the live values with a DeprecationWarning (they
+        were ``self.macros`` before ``macro_values``). A plain class attribute
+        in a subclass would hide it from instances, so it is moved.
+        """
+        super().__init_subclass__(**kwargs)
+        if "macros" not in cls.__dict__ or isinstance(cls.__dict__["macros"], _MacroRequest):
+            return
+        request = cls.__dict__["macros"]
+        del cls.macros
+        if request is not None:  # None inherits the request, as it always did
+            cls._macro_request = request
 
     # ------------------------------------------------------------- negotiation
 
@@ -261,9 +315,8 @@ class Milter:
     @classmethod
     def macro_request(cls) -> dict[int, str]:
         """The class-level ``macros`` as stage id → space-separated names."""
-        request: Mapping[Any, Any] = cls.__dict__.get("macros", None) or _inherited_macros(cls)
         out: dict[int, str] = {}
-        for stage, names in request.items():
+        for stage, names in cls.macros.items():
             stage_id = STAGE_NAMES[stage] if isinstance(stage, str) else MacroStage(stage)
             listed = names.split() if isinstance(names, str) else list(names)
             out[int(stage_id)] = " ".join(listed)
@@ -412,7 +465,7 @@ class Milter:
             )
         if not self.negotiated.actions & action:
             raise ActionNotNegotiatedError(
-                f"{what} needs Action.{describe_actions(action)} (SMFIF), which was not "
+                f"{what} needs Action.{describe_flags(action, Action)} (SMFIF), which was not "
                 f"negotiated; add it to {type(self).__name__}.actions"
             )
 
@@ -429,18 +482,30 @@ class Milter:
         scope = current_scope()
         return self._session.pending if scope is None else scope.actions
 
+    # The header edits all take (name, value, where): the position comes last, so
+    # it can default where one is usual. The old (index, name, value) order of
+    # insert_header and (name, index, value) of change_header still work, with a
+    # DeprecationWarning (an int where the name or value belongs tells them apart).
+
     def add_header(self, name: str, value: str) -> None:
+        """Append header ``name: value`` after the last header (needs ``ADD_HEADERS``)."""
         self._queue(Action.ADD_HEADERS, "add_header", msg.AddHeader(wire(name), _lf(value)))
 
-    def insert_header(self, index: int, name: str, value: str) -> None:
+    def insert_header(self, name: str, value: str, index: int) -> None:
+        """Insert header ``name: value`` at position ``index`` (0 is the top; needs
+        ``ADD_HEADERS``). The MTA counts its own ``Received:``, which the milter never
+        sees, so 0 goes above it; see docs/mta-setup.md."""
+        name, value, index = insert_header_args(name, value, index, what="insert_header")
         self._queue(
             Action.ADD_HEADERS,
             "insert_header",
             msg.InsertHeader(index, wire(name), _lf(value)),
         )
 
-    def change_header(self, name: str, index: int, value: str) -> None:
-        """Change the ``index``-th (1-based) header called ``name``; "" deletes it."""
+    def change_header(self, name: str, value: str, index: int = 1) -> None:
+        """Set the ``index``-th (from 1) header called ``name`` to ``value``; "" deletes
+        it (needs ``CHANGE_HEADERS``)."""
+        name, value, index = change_header_args(name, value, index, what="change_header")
         self._queue(
             Action.CHANGE_HEADERS,
             "change_header",
@@ -448,7 +513,8 @@ class Milter:
         )
 
     def delete_header(self, name: str, index: int = 1) -> None:
-        self.change_header(name, index, "")
+        """Delete the ``index``-th (from 1) header called ``name`` (needs ``CHANGE_HEADERS``)."""
+        self.change_header(name, "", index)
 
     def rewrite_headers(
         self, current: Sequence[tuple[str, str]], wanted: Sequence[tuple[str, str]]
@@ -464,9 +530,9 @@ class Milter:
             if edit.kind == "add":
                 self.add_header(edit.name, edit.value)
             elif edit.kind == "insert":
-                self.insert_header(edit.index, edit.name, edit.value)
+                self.insert_header(edit.name, edit.value, edit.index)
             else:
-                self.change_header(edit.name, edit.index, edit.value)
+                self.change_header(edit.name, edit.value, edit.index)
         return edits
 
     def add_recipient(self, address: str, esmtp_args: str | Iterable[str] | None = None) -> None:
@@ -531,14 +597,6 @@ def blocking(function: F) -> F:
     first call (``auto`` mode would otherwise learn it from one slow call)."""
     function.__milterkit_blocking__ = True  # type: ignore[attr-defined]
     return function
-
-
-def _inherited_macros(cls: type[Milter]) -> Mapping[Any, Any]:
-    for klass in cls.__mro__:
-        value = klass.__dict__.get("macros")
-        if isinstance(value, Mapping):
-            return value
-    return {}
 
 
 def _after_last_body_chunk(pending: list[msg.Message]) -> int:

@@ -23,20 +23,28 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from milterkit.decision import Decision
 from milterkit.execution import CallbackRunner, CallScope, ExecutionSettings, current_scope
-from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode, text
+from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Command, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
 from milterkit.protocol.negotiate import build_filter_reply
+from milterkit.protocol.text import text
 
-ERROR_DECISIONS: dict[str, msg.Message] = {
-    "tempfail": msg.TempFail(),
-    "accept": msg.Accept(),
-    "reject": msg.Reject(),
-    "continue": msg.Continue(),
+#: The wire reply for each Decision a callback may return. SHUTDOWN maps to its
+#: packet so that the protocol layer refuses it with its own reason; NOREPLY is
+#: absent (answering nothing would leave the MTA waiting).
+DECISION_REPLIES: dict[Decision, msg.Message] = {
+    Decision.CONTINUE: msg.Continue(),
+    Decision.ACCEPT: msg.Accept(),
+    Decision.REJECT: msg.Reject(),
+    Decision.TEMPFAIL: msg.TempFail(),
+    Decision.DISCARD: msg.Discard(),
+    Decision.SKIP: msg.Skip(),
+    Decision.SHUTDOWN: msg.Shutdown(),
 }
 
 Pending = Coroutine[Any, Any, None]
@@ -86,11 +94,6 @@ class MilterSession:
         observer: Observer | None = None,
     ) -> None:
         settings = settings or _DEFAULT_SETTINGS
-        if settings.error_decision not in ERROR_DECISIONS:
-            raise ValueError(
-                f"error_decision must be one of {sorted(ERROR_DECISIONS)}, "
-                f"not {settings.error_decision!r}"
-            )
         self.conn = FilterConnection()
         self.pending: list[msg.Message] = []
         self.current_event: msg.Message | None = None
@@ -106,7 +109,9 @@ class MilterSession:
         self._write = write
         self._write_now = write_now or write
         self._runner = runner
-        self._error_reply = ERROR_DECISIONS[settings.error_decision]
+        # ExecutionSettings has checked it is one of ERROR_DECISIONS
+        self._error_decision = Decision(settings.error_decision)
+        self._error_reply = DECISION_REPLIES[self._error_decision]
         self._callback_timeout = settings.callback_timeout
         self._progress_interval = settings.progress_interval
         # Inline sync calls longer than this are looked at (auto switch, timeout).
@@ -138,7 +143,7 @@ class MilterSession:
         milter._session = cast(MilterSession, weakref.proxy(self))
         milter.connection_id = self.connection_id
         milter.log = self.log
-        milter.macros = MacroView(self.conn.macros)
+        milter.macro_values = MacroView(self.conn.macros)
         self._overridden = _overridden_callbacks(type(milter))
         cls = type(milter)
         runner = self._runner
@@ -421,7 +426,7 @@ class MilterSession:
 
     def _reply_decision(self, name: str, result: Any) -> None:
         if self.conn.awaiting is None:
-            if result is not None and not isinstance(result, msg.Continue):
+            if result is not None and not _is_continue(result):
                 self.log.warning(
                     "callback %s returned %r but the MTA expects no reply here (NR flag)",
                     name,
@@ -468,7 +473,7 @@ class MilterSession:
             self._reply(self._error_reply, failed=True)
 
     def _error_name(self) -> str:
-        return type(self._error_reply).__name__
+        return self._error_decision.value
 
     def _observe_error(self, kind: str) -> None:
         if self.record is not None:  # observe
@@ -640,9 +645,18 @@ def _overridden_callbacks(cls: type[Milter]) -> dict[str, bool]:
     return known
 
 
+def _is_continue(result: Any) -> bool:
+    return result is Decision.CONTINUE or isinstance(result, msg.Continue)
+
+
 def _decision_message(result: Any) -> msg.Message:
     if result is None:
         return _CONTINUE
+    if type(result) is Decision:
+        reply = DECISION_REPLIES.get(result)
+        if reply is None:
+            raise TypeError(f"{result!r} is a client's record, not a reply to send")
+        return reply
     if isinstance(result, ReplyCode):
         return result.to_message()
     if isinstance(result, type) and issubclass(result, msg.Message):
@@ -655,10 +669,12 @@ def _decision_message(result: Any) -> msg.Message:
         | msg.TempFail
         | msg.Discard
         | msg.Skip
-        | msg.ReplyCode,
+        | msg.ReplyCodePacket,
     ):
         return result
-    raise TypeError(f"{result!r} is not a decision (Continue, Accept, Reject, ...)")
+    raise TypeError(
+        f"{result!r} is not a decision (Decision.ACCEPT, Accept(), ReplyCode(...), ...)"
+    )
 
 
 _DISPATCH: dict[type, Callable[[MilterSession, Any], Pending | None]] = {

@@ -227,3 +227,33 @@ def test_sendmail_rules_delete_without_shifting_indexes() -> None:
     assert postfix.endswith(b"\tsecond\r\nx-dup: two\r\nX-Dup: changed\r\n")
     # Sendmail: the second X-Dup itself changes
     assert sendmail.endswith(b"\tsecond\r\nX-Dup: changed\r\n")
+
+
+def test_result_module_still_exports_the_names_that_moved() -> None:
+    import milterkit.message
+    import milterkit.result
+    from milterkit.cli.describe import describe_modification
+
+    for name in ("ParsedMessage", "RawHeader", "MessageInput", "bare_address"):
+        assert getattr(milterkit.result, name) is getattr(milterkit.message, name)
+    assert milterkit.result.describe_modification is describe_modification
+
+
+def test_apply_modifications_edits_the_envelope_in_place() -> None:
+    from milterkit.message import Envelope, apply_modifications
+    from milterkit.protocol.messages import AddRecipientPar, ChangeFrom, DeleteRecipient
+
+    envelope = Envelope("a@example.org", None, ["b@example.net", "c@example.net"])
+    mods = [
+        ChangeFrom(b"<new@example.org>", b"SIZE=1"),
+        DeleteRecipient(b"<b@example.net>"),
+        AddRecipientPar(b"<d@example.net>", b"NOTIFY=NEVER"),
+    ]
+    out = apply_modifications(b"Subject: x\r\n\r\nbody\r\n", mods, envelope)
+    assert out == b"Subject: x\r\n\r\nbody\r\n"
+    assert envelope == Envelope(
+        "new@example.org",
+        "SIZE=1",
+        ["c@example.net", "d@example.net"],
+        {"d@example.net": "NOTIFY=NEVER"},
+    )

@@ -7,7 +7,7 @@ import io
 import json
 
 from milterkit.cli import bench as bench_cli
-from milterkit.protocol import Command, Reject
+from milterkit.protocol import Command, Reject, ReplyCodePacket
 from tests.client.conftest import Serve
 from tests.client.milter_server import Script
 
@@ -41,6 +41,17 @@ def test_json_and_decisions(serve: Serve) -> None:
     assert data["messages"] == 20
     assert data["decisions"] == {"reject": 20}
     assert set(data["latency_ms"]) == {"p50", "p90", "p99", "max"}
+
+
+def test_a_reply_code_counts_as_reject_or_tempfail_as_check_reports_it(serve: Serve) -> None:
+    """Not as "replycode": bench and the client name the decision the same way."""
+    texts = iter([b"550 5.7.1 no"] * 3 + [b"451 4.7.1 later"] * 3)
+    responder = lambda command, conn: ReplyCodePacket(next(texts))  # noqa: E731
+    address, _ = serve(Script(replies={Command.MAIL: responder}))
+    argv = ["--socket", address, "--messages", "6", "--conns", "1", "--processes", "1", "--json"]
+    status, out = invoke(argv)
+    assert status == 0
+    assert json.loads(out)["decisions"] == {"reject": 3, "tempfail": 3}
 
 
 def test_duration_bound_and_errors(tmp_path: object) -> None:

@@ -17,7 +17,7 @@ from milterkit.protocol import (
     Discard,
     Quarantine,
     Reject,
-    ReplyCode,
+    ReplyCodePacket,
     TempFail,
 )
 from tests.client.conftest import Serve
@@ -60,7 +60,7 @@ def test_table_output_and_apply(serve: Serve, eml: Path, tmp_path: Path) -> None
     [
         (Command.MAIL, Reject(), 1),
         (Command.DATA, TempFail(), 2),
-        (Command.EOH, ReplyCode(b"451 4.7.1 later"), 2),
+        (Command.EOH, ReplyCodePacket(b"451 4.7.1 later"), 2),
         (Command.BODYEOB, Discard(), 3),
         (Command.BODYEOB, [Quarantine(b"hold"), Continue()], 4),
     ],

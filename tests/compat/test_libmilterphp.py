@@ -199,7 +199,9 @@ def test_every_modification_reply() -> None:
     ],
 )
 def test_replycode_forms(data: dict[str, Any], text: bytes) -> None:
-    assert eom_replies([{"command": php.SMFIR_REPLYCODE, "data": data}]) == [wire.ReplyCode(text)]
+    assert eom_replies([{"command": php.SMFIR_REPLYCODE, "data": data}]) == [
+        wire.ReplyCodePacket(text)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -43,11 +43,11 @@ from collections.abc import Callable
 
 from milterkit.milter import (
     Continue,
-    Decision,
     Discard,
     Milter,
     Reject,
     ReplyCode,
+    Response,
     TempFail,
 )
 from milterkit.protocol.constants import Action
@@ -112,24 +112,24 @@ class E2EMilter(Milter):
 
     # ------------------------------------------------------------ callbacks
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision:
+    def mail_from(self, sender: str, params: list[str]) -> Response:
         self._reset()  # message state starts over with every MAIL
-        self.mail_addr = self.macros.get("{mail_addr}")
+        self.mail_addr = self.macro_values.get("{mail_addr}")
         return Continue()
 
-    def rcpt_to(self, recipient: str, params: list[str]) -> Decision:
+    def rcpt_to(self, recipient: str, params: list[str]) -> Response:
         local = _bare(recipient).split("@")[0]
         if local.startswith("reject-"):
             return ReplyCode(550, REJECT_LINES, REJECT_ENHANCED)
         if local.startswith("tempfail-"):
             return ReplyCode(451, TEMPFAIL_LINES, TEMPFAIL_ENHANCED)
         self.recipients.append(recipient)
-        rcpt_addr = self.macros.get("{rcpt_addr}")
+        rcpt_addr = self.macro_values.get("{rcpt_addr}")
         if rcpt_addr is not None:
             self.rcpt_addrs.append(rcpt_addr)
         return Continue()
 
-    def header(self, name: str, value: str) -> Decision:
+    def header(self, name: str, value: str) -> Response:
         if self.first_header is None:
             self.first_header = name
         if name.lower() == "subject":
@@ -138,10 +138,10 @@ class E2EMilter(Milter):
                 self.commands = text[4:].split()
         return Continue()
 
-    def body(self, chunk: bytes) -> Decision:
+    def body(self, chunk: bytes) -> Response:
         return Continue()
 
-    def end_of_message(self) -> Decision:
+    def end_of_message(self) -> Response:
         for command in self.commands:
             decision = self._run(command)
             if decision is not None:
@@ -153,7 +153,7 @@ class E2EMilter(Milter):
 
     # ------------------------------------------------------------- commands
 
-    def _run(self, command: str) -> Decision | None:
+    def _run(self, command: str) -> Response | None:
         name, _, arg = command.partition("=")
         if name == "id":  # the test's tag, for finding the message again
             return None
@@ -170,17 +170,17 @@ class E2EMilter(Milter):
         self.add_header("X-E2E-Added", "yes")
 
     def _insert_header(self) -> None:
-        self.insert_header(0, "X-E2E-Top", "top")
+        self.insert_header("X-E2E-Top", "top", 0)
 
     def _change_header(self) -> None:
-        self.change_header("X-Change-Me", 1, "changed by milter")
+        self.change_header("X-Change-Me", "changed by milter")
 
     def _delete_header(self) -> None:
         self.delete_header("X-Delete-Me")
 
     def _change_first(self) -> None:
         assert self.first_header is not None
-        self.change_header(self.first_header, 1, "changed-first")
+        self.change_header(self.first_header, "changed-first")
         self.add_header("X-E2E-First-Name", self.first_header)
 
     def _replace_body(self) -> None:
@@ -207,7 +207,7 @@ class E2EMilter(Milter):
         self.quarantine(QUARANTINE_REASON)
 
     def _macros(self) -> None:
-        self.add_header("X-E2E-Macro-i", self.macros.get("i", "(none)"))
+        self.add_header("X-E2E-Macro-i", self.macro_values.get("i", "(none)"))
         self.add_header("X-E2E-Macro-Mail-Addr", self.mail_addr or "(none)")
         self.add_header("X-E2E-Macro-Rcpt-Addr", ",".join(self.rcpt_addrs) or "(none)")
 
@@ -215,19 +215,19 @@ class E2EMilter(Milter):
         raise RuntimeError("e2e: deliberate failure in end_of_message")
 
 
-def _tempfail(_: E2EMilter) -> Decision:
+def _tempfail(_: E2EMilter) -> Response:
     return TempFail()
 
 
-def _reject(_: E2EMilter) -> Decision:
+def _reject(_: E2EMilter) -> Response:
     return Reject()
 
 
-def _discard(_: E2EMilter) -> Decision:
+def _discard(_: E2EMilter) -> Response:
     return Discard()
 
 
-_COMMANDS: dict[str, Callable[[E2EMilter], Decision | None]] = {
+_COMMANDS: dict[str, Callable[[E2EMilter], Response | None]] = {
     "add-header": E2EMilter._add_header,
     "insert-header": E2EMilter._insert_header,
     "change-header": E2EMilter._change_header,

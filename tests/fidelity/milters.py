@@ -18,7 +18,7 @@ A recipient starting with ``nl-`` is refused with a reply text ending in a newli
 
 from __future__ import annotations
 
-from milterkit.milter import Decision, Family, Milter, ReplyCode, Skip
+from milterkit.milter import Family, Milter, ReplyCode, Response, Skip
 from milterkit.protocol.constants import Action
 
 #: The raw value of the header the milter adds; verbatim, so the space is ours.
@@ -37,36 +37,36 @@ class FidelityMilter(Milter):
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
-    ) -> Decision | None:
+    ) -> Response | None:
         try:
             self.add_header("X-Fid-From-Connect", "yes")
         except Exception as exc:
             self.connect_error = f"{type(exc).__name__}: {exc}"
         return None
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision | None:
+    def mail_from(self, sender: str, params: list[str]) -> Response | None:
         self.body_calls = 0
         self.seen_lead = "absent"
         return None
 
-    def rcpt_to(self, recipient: str, params: list[str]) -> Decision | None:
+    def rcpt_to(self, recipient: str, params: list[str]) -> Response | None:
         if recipient.startswith("<nl-"):
             return ReplyCode(550, "rejected by fidelity\n", "5.7.1")  # trailing newline
         return None
 
-    def header(self, name: str, value: str) -> Decision | None:
+    def header(self, name: str, value: str) -> Response | None:
         if name == "X-Lead":
             self.seen_lead = repr(value)
         return None
 
-    def body(self, chunk: bytes) -> Decision | None:
+    def body(self, chunk: bytes) -> Response | None:
         self.body_calls += 1
         return Skip()
 
-    def end_of_message(self) -> Decision | None:
+    def end_of_message(self) -> Response | None:
         # leading_space: values go out verbatim, so the reports bring their own space
         self.add_header("X-Fid-Body-Calls", f" {self.body_calls}")
-        self.add_header("X-Fid-Client-Addr", f" {self.macros.get('{client_addr}')}")
+        self.add_header("X-Fid-Client-Addr", f" {self.macro_values.get('{client_addr}')}")
         self.add_header("X-Fid-Seen-Lead", f" {self.seen_lead}")
         self.add_header("X-Fid-Added", LEAD_VALUE)
         self.add_header("X-Fid-Connect-Error", f" {self.connect_error}")
@@ -75,6 +75,6 @@ class FidelityMilter(Milter):
     def abort(self) -> None:
         self.log.warning(
             "fidelity abort: i=%s mail_addr=%s",
-            self.macros.get("i"),
-            self.macros.get("{mail_addr}"),
+            self.macro_values.get("i"),
+            self.macro_values.get("{mail_addr}"),
         )

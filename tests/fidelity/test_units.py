@@ -12,7 +12,7 @@ import pytest
 
 from milterkit import Action, Milter, ReplyCode, Skip
 from milterkit.client import MilterTimeout, check
-from milterkit.milter import ActionOutsideMessageError, Decision, Family
+from milterkit.milter import ActionOutsideMessageError, Family, Response
 from milterkit.mtaprofile import POSTFIX, SENDMAIL, V2_ONLY
 from milterkit.protocol import (
     NEED_DATA,
@@ -47,37 +47,37 @@ class Recorder(Milter):
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
-    ) -> Decision | None:
-        self.client_addr = self.macros.get("{client_addr}")
+    ) -> Response | None:
+        self.client_addr = self.macro_values.get("{client_addr}")
         try:
             self.add_header("X-Early", "no")
         except ActionOutsideMessageError as exc:
             self.errors.append(str(exc))
         return None
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision | None:
+    def mail_from(self, sender: str, params: list[str]) -> Response | None:
         return None
 
-    def rcpt_to(self, recipient: str, params: list[str]) -> Decision | None:
+    def rcpt_to(self, recipient: str, params: list[str]) -> Response | None:
         return ReplyCode(421, "closing") if recipient.startswith("<bye") else None
 
-    def header(self, name: str, value: str) -> Decision | None:
+    def header(self, name: str, value: str) -> Response | None:
         if name == "X-Lead":
             self.lead = value
         return None
 
-    def body(self, chunk: bytes) -> Decision | None:
+    def body(self, chunk: bytes) -> Response | None:
         self.body_calls += 1
         return Skip()
 
-    def end_of_message(self) -> Decision | None:
+    def end_of_message(self) -> Response | None:
         self.replace_body(b"one\r\n")
         self.add_header("X-Lead-Seen", f" {self.lead!r}")
         self.replace_body(b"two\r\n")
         return None
 
     def abort(self) -> None:
-        self.aborted = (self.macros.get("i"), self.macros.get("{mail_addr}"))
+        self.aborted = (self.macro_values.get("i"), self.macro_values.get("{mail_addr}"))
         try:
             self.add_header("X-Late", "no")
         except ActionOutsideMessageError as exc:

@@ -77,7 +77,7 @@ class Mixed(Hardened):
             return Continue()
         if kind == 5:
             await asyncio.sleep(0)
-            self.change_header("Subject", 1, "changed")
+            self.change_header("Subject", "changed")
             return Accept()
         if kind == 6:
             raise RuntimeError("soak: a callback that raises")

@@ -61,9 +61,9 @@ class RefTwin(Milter):
         self.add_header("X-Ref", "yes")
         words = self.subject
         if "insert" in words:
-            self.insert_header(0, "X-Top", "top")
+            self.insert_header("X-Top", "top", 0)
         if "change" in words:
-            self.change_header("Subject", 1, "changed")
+            self.change_header("Subject", "changed")
         if "delete" in words:
             self.delete_header("X-Del", 1)
         if "body" in words:

@@ -45,7 +45,7 @@ from milterkit.protocol import (
     Quit,
     Rcpt,
     ReplaceBody,
-    ReplyCode,
+    ReplyCodePacket,
     Skip,
     TempFail,
 )
@@ -142,9 +142,9 @@ def test_every_modification_from_libmilter(mta: RawMTA) -> None:
 def test_every_reply_from_libmilter(mta: RawMTA) -> None:
     _open(mta)
     assert mta.ask(Mail(b"<alice@example.org>")) == [Continue()]
-    assert mta.ask(Rcpt(b"<reject@example.com>")) == [ReplyCode(b"550 5.7.1 ref: rejected")]
+    assert mta.ask(Rcpt(b"<reject@example.com>")) == [ReplyCodePacket(b"550 5.7.1 ref: rejected")]
     assert mta.ask(Rcpt(b"<multi@example.com>")) == [
-        ReplyCode(b"550-5.7.0 ref: first line\r\n550 5.7.0 ref: second line")
+        ReplyCodePacket(b"550-5.7.0 ref: first line\r\n550 5.7.0 ref: second line")
     ]
     assert mta.ask(Rcpt(b"<temp@example.com>")) == [TempFail()]
     assert mta.ask(Rcpt(b"<bob@example.com>")) == [Continue()]

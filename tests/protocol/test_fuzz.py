@@ -57,7 +57,7 @@ from milterkit.protocol import (
     Rcpt,
     Reject,
     ReplaceBody,
-    ReplyCode,
+    ReplyCodePacket,
     Shutdown,
     Skip,
     TempFail,
@@ -117,7 +117,7 @@ st_reply_line = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\0"
 
 
 @st.composite
-def st_replycode(draw: st.DrawFn) -> ReplyCode:
+def st_replycode(draw: st.DrawFn) -> ReplyCodePacket:
     code = draw(st.integers(400, 599))
     enhanced = draw(
         st.none()
@@ -126,7 +126,7 @@ def st_replycode(draw: st.DrawFn) -> ReplyCode:
         )
     )
     lines = draw(st.lists(st_reply_line, min_size=1, max_size=4))
-    return ReplyCode.build(code, lines, enhanced)
+    return ReplyCodePacket.build(code, lines, enhanced)
 
 
 COMMANDS = st.one_of(

@@ -31,7 +31,7 @@ from milterkit.protocol import (
     ProtocolFlag,
     Quit,
     Rcpt,
-    ReplyCode,
+    ReplyCodePacket,
     decode_command,
     decode_reply,
 )
@@ -108,13 +108,13 @@ FURTHER: list[tuple[str, str, bytes, Message]] = [
         "replycode-mail",
         "filter",
         h("000000137935353020352E372E3120676F206177617900"),
-        ReplyCode(b"550 5.7.1 go away"),
+        ReplyCodePacket(b"550 5.7.1 go away"),
     ),
     (
         "replycode-multiline",
         "filter",
         b"\x00\x00\x00\x28y550-5.7.0 line one\r\n550 5.7.0 line two\x00",
-        ReplyCode(b"550-5.7.0 line one\r\n550 5.7.0 line two"),
+        ReplyCodePacket(b"550-5.7.0 line one\r\n550 5.7.0 line two"),
     ),
     (
         "chgheader-subject-1",
@@ -189,8 +189,8 @@ def test_macro_list_bytes_of_section_4_5() -> None:
 
 
 def test_replycode_build_reproduces_the_verified_strings() -> None:
-    assert ReplyCode.build(550, "go away", "5.7.1").encode() == FURTHER[0][2]
-    multi = ReplyCode.build(550, ["line one", "line two"], "5.7.0")
+    assert ReplyCodePacket.build(550, "go away", "5.7.1").encode() == FURTHER[0][2]
+    multi = ReplyCodePacket.build(550, ["line one", "line two"], "5.7.0")
     assert multi.encode() == FURTHER[1][2]
     assert multi.encode()[:4] == b"\x00\x00\x00\x28"
 

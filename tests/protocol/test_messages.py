@@ -44,7 +44,7 @@ from milterkit.protocol import (
     Reject,
     RemoteProtocolError,
     ReplaceBody,
-    ReplyCode,
+    ReplyCodePacket,
     Shutdown,
     Skip,
     TempFail,
@@ -418,7 +418,7 @@ def test_optneg_build_errors() -> None:
 def test_replycode_build(
     code: int, text: str | list[str], enhanced: str | None, wire: bytes
 ) -> None:
-    reply = ReplyCode.build(code, text, enhanced)
+    reply = ReplyCodePacket.build(code, text, enhanced)
     assert reply.text == wire
     reply_roundtrip(reply, wire + b"\0")
     assert reply.problem() is None
@@ -446,7 +446,7 @@ def test_replycode_build_errors(
     code: int, text: str | list[str], enhanced: str | None, problem: str
 ) -> None:
     with pytest.raises(LocalProtocolError, match=re.escape(problem)):
-        ReplyCode.build(code, text, enhanced)
+        ReplyCodePacket.build(code, text, enhanced)
 
 
 @pytest.mark.parametrize(
@@ -468,14 +468,14 @@ def test_replycode_build_errors(
 )
 def test_replycode_unpack_malformed(text: bytes, problem: str) -> None:
     with pytest.raises(RemoteProtocolError, match=re.escape(problem)):
-        ReplyCode.unpack(text + b"\0")
+        ReplyCodePacket.unpack(text + b"\0")
 
 
 def test_replycode_unpack_needs_one_cstring() -> None:
     with pytest.raises(RemoteProtocolError, match="not NUL-terminated"):
-        ReplyCode.unpack(b"550 x")
+        ReplyCodePacket.unpack(b"550 x")
     with pytest.raises(RemoteProtocolError, match="REPLYCODE: expected 1 strings, got 2"):
-        ReplyCode.unpack(b"550 x\0y\0")
+        ReplyCodePacket.unpack(b"550 x\0y\0")
 
 
 # ------------------------------------------------------------------ modifications

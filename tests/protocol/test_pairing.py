@@ -47,7 +47,7 @@ from milterkit.protocol import (
     Reject,
     RemoteProtocolError,
     ReplaceBody,
-    ReplyCode,
+    ReplyCodePacket,
     Shutdown,
     Skip,
     TempFail,
@@ -257,7 +257,7 @@ EOM_MODIFICATIONS: list[Message] = [
 
 @pytest.mark.parametrize(
     "final",
-    [Continue(), Accept(), Reject(), TempFail(), Discard(), ReplyCode(b"550 5.7.1 no")],
+    [Continue(), Accept(), Reject(), TempFail(), Discard(), ReplyCodePacket(b"550 5.7.1 no")],
 )
 def test_every_modification_at_eom(final: Message) -> None:
     pair = ready(actions=Action.all())
@@ -381,7 +381,7 @@ def test_intermediate_versions(version: int) -> None:
     pair.negotiate(OptNeg(6, Action.all(), P(0x1FFFFF)), version=version)
     pair.open_session()
     assert bool(pair.command(Unknown(b"FOO")))
-    pair.reply(ReplyCode(b"500 5.5.2 no"))
+    pair.reply(ReplyCodePacket(b"500 5.5.2 no"))
     pair.step(Mail(b"<a@b>"), Continue())
     pair.step(Rcpt(b"<c@d>"), Continue())
     if version >= 4:
@@ -527,7 +527,7 @@ def test_payload_over_the_negotiated_size() -> None:
     assert pair.reply(*chunks, Continue()) == [*chunks, Continue()]
     pair = eom_pair(actions=Action.CHANGE_BODY)
     with pytest.raises(LocalProtocolError, match="exceeds the negotiated maximum of 65535"):
-        pair.flt.send(ReplyCode(b"550 " + b"x" * 65535))
+        pair.flt.send(ReplyCodePacket(b"550 " + b"x" * 65535))
 
 
 @pytest.mark.parametrize("at", ["CONNECT", "HELO"])
@@ -546,7 +546,7 @@ def test_discard_not_for_connect_or_helo(at: str) -> None:
 def test_shutdown_and_conn_fail_refused_on_the_filter_side() -> None:
     pair = ready()
     pair.command(Mail(b"<a@b>"))
-    with pytest.raises(LocalProtocolError, match="send ReplyCode 421 instead"):
+    with pytest.raises(LocalProtocolError, match=r"send a 421 REPLYCODE instead"):
         pair.flt.send(Shutdown())
     with pytest.raises(LocalProtocolError, match="implemented by neither MTA"):
         pair.flt.send(ConnFail())
@@ -761,7 +761,7 @@ def test_filter_message_over_after_accept_at_mail() -> None:
 def test_rejected_recipient_keeps_the_message_open() -> None:
     pair = ready()
     pair.step(Mail(b"<a@b>"), Continue())
-    pair.step(Rcpt(b"<bad@d>"), ReplyCode(b"550 5.1.1 unknown"))
+    pair.step(Rcpt(b"<bad@d>"), ReplyCodePacket(b"550 5.1.1 unknown"))
     pair.step(Rcpt(b"<bad2@d>"), Reject())
     pair.step(Rcpt(b"<good@d>"), Continue())
     pair.step(Data(), Continue())

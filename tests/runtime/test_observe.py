@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from milterkit.decision import Decision
 from milterkit.milter import Accept, Continue, Milter, ReplyCode
 from milterkit.protocol import Abort, EndOfMessage, Mail, Rcpt
 from milterkit.protocol import messages as wire
@@ -120,7 +121,7 @@ def test_reply_code_at_mail_then_abort_then_callback_error() -> None:
     server, address = served(seen)
     with serving(server), RawMTA.connect(address) as mta:
         mta.hello()
-        assert isinstance(mta.command(Mail(b"<reject@x>"))[0], wire.ReplyCode)
+        assert isinstance(mta.command(Mail(b"<reject@x>"))[0], wire.ReplyCodePacket)
         mta.send(Abort())
         mta.command(Mail(b"<fine@x>"))
         mta.send(Abort())
@@ -130,6 +131,7 @@ def test_reply_code_at_mail_then_abort_then_callback_error() -> None:
         wait_for(lambda: seen.ends, 5, "connection end")
     rejected, aborted, failed = seen.messages
     assert (rejected.decision, rejected.stage) == ("reject", "mail_from")
+    assert rejected.decision is Decision.REJECT  # a custom 5xx reply, named as the client names it
     assert rejected.reply == "550 5.7.1 go away"
     assert (aborted.decision, aborted.sender) == ("abort", "<fine@x>")
     assert (failed.decision, failed.stage) == ("tempfail", "mail_from")
@@ -179,6 +181,7 @@ def test_connect_level_reject_is_a_record() -> None:
         wait_for(lambda: seen.ends, 5, "connection end")
     (record,) = seen.messages
     assert (record.decision, record.stage, record.sender) == ("tempfail", "connect", None)
+    assert record.decision is Decision.TEMPFAIL
     assert record.reply == "421 4.3.2 not now"
 
 

@@ -80,8 +80,8 @@ class EveryAction(Milter):
 
     def end_of_message(self) -> Any:
         self.add_header("X-A", "1")
-        self.insert_header(0, "X-First", "0")
-        self.change_header("Subject", 1, "changed")
+        self.insert_header("X-First", "0", 0)
+        self.change_header("Subject", "changed")
         self.delete_header("X-Old")
         self.add_recipient("<carol@example.org>")
         self.add_recipient("<dave@example.org>", "NOTIFY=NEVER")
@@ -510,7 +510,7 @@ def test_replycode_and_reject_decisions() -> None:
         with RawMTA.connect(address) as mta:
             mta.hello()
             replies = mta.message(recipients=("<nobody@x>",))
-            assert replies == [wire.ReplyCode(b"550 5.1.1 no such user")]
+            assert replies == [wire.ReplyCodePacket(b"550 5.1.1 no such user")]
 
 
 def test_server_thread_helper_stops_cleanly() -> None:

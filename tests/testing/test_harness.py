@@ -42,8 +42,8 @@ class EveryAction(Milter):
 
     def end_of_message(self) -> Accept:
         self.add_header("X-Added", "yes")
-        self.insert_header(0, "X-Top", "top")
-        self.change_header("Subject", 1, "changed")
+        self.insert_header("X-Top", "top", 0)
+        self.change_header("Subject", "changed")
         self.delete_header("X-Old")
         self.add_recipient("<carol@example.net>")
         self.add_recipient("<dave@example.net>", ["NOTIFY=NEVER", "ORCPT=rfc822;d@x"])
@@ -58,8 +58,8 @@ def test_every_modification_is_reported_in_order_and_applied() -> None:
     result = check(EveryAction, MESSAGE)
     assert_decision(result, "accept")
     assert_header_added(result, "X-Added", "yes")
-    assert_header_inserted(result, 0, "X-Top", "top")
-    assert_header_changed(result, "Subject", 1, "changed")
+    assert_header_inserted(result, "X-Top", "top", 0)
+    assert_header_changed(result, "Subject", "changed")
     assert_header_deleted(result, "X-Old")
     assert_recipient_added(result, "carol@example.net")
     assert_recipient_added(result, "dave@example.net", "NOTIFY=NEVER ORCPT=rfc822;d@x")
@@ -186,10 +186,10 @@ class MacroReader(Milter):
     macros = {"connect": ["j", "{daemon_name}"], "mail": "{mail_addr}"}
 
     def mail_from(self, sender: str, params: list[str]) -> None:
-        self.seen = (self.macros.get("j"), self.macros.get("{mail_addr}"))
+        self.seen = (self.macro_values.get("j"), self.macro_values.get("{mail_addr}"))
 
     def end_of_message(self) -> None:
-        self.add_header("X-Seen", repr((*self.seen, self.macros.get("i"))))
+        self.add_header("X-Seen", repr((*self.seen, self.macro_values.get("i"))))
 
 
 @pytest.mark.parametrize(

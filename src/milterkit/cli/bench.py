@@ -1,13 +1,18 @@
 """``milterkit bench``: a bounded load generator for milters.
 
-Several processes (default: one per CPU) each run asyncio connections that
-drive :class:`~milterkit.protocol.MTAConnection` directly. The bytes of every
-command of the test message are computed once per negotiated outcome (by a
-dry run of :class:`~milterkit.client.session.MessageRun` against an
-always-continue filter), so the per-message cost on the driver side is a few
-writes and the parsing of the replies. The run stops by itself after
-``--duration`` seconds or ``--messages`` messages (failed attempts count too,
-so a dead filter cannot make it hang).
+Several processes (default: one per CPU) each run asyncio connections over
+the client's sans-I/O :class:`~milterkit.client.session.MTASession`: the
+opening is its :class:`~milterkit.client.session.Opening` exchange, ABORT and
+QUIT come from :meth:`~milterkit.client.session.MTASession.abort` and
+:meth:`~milterkit.client.session.MTASession.quit`. Only the messages take a
+faster path: the bytes of every command of the test message are computed
+once per negotiated outcome (by a dry run of
+:class:`~milterkit.client.session.MessageRun` against an always-continue
+filter) and replayed, with :meth:`~milterkit.protocol.MTAConnection.sent_encoded`
+telling the session's connection which reply to expect; so the per-message
+cost on the driver side is a few writes and the parsing of the replies. The
+run stops by itself after ``--duration`` seconds or ``--messages`` messages
+(failed attempts count too, so a dead filter cannot make it hang).
 
 Latency is measured per message, from writing its first packet (MAIL) to
 reading the final end-of-message reply. The driver's own CPU time is reported
@@ -34,7 +39,8 @@ from typing import Any, TextIO
 
 from milterkit.client.aio import open_stream
 from milterkit.client.errors import MilterError, MilterTimeout
-from milterkit.client.session import Exchange, MTASession
+from milterkit.client.session import Exchange, MTASession, decision_of
+from milterkit.decision import Decision
 from milterkit.mtaprofile import PROFILES, MTAProfile
 from milterkit.protocol import (
     NEED_DATA,
@@ -86,7 +92,7 @@ class WorkerReport:
     messages: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[Decision] = field(default_factory=Counter)
     cpu_user: float = 0.0
     cpu_sys: float = 0.0
     elapsed: float = 0.0
@@ -135,8 +141,7 @@ class Plan:
     """Prebuilt bytes of one message: batches, each ending in a command that gets a reply."""
 
     batches: tuple[tuple[bytes, Command, str], ...]
-    after: bytes  # packets written after the EOM reply (Postfix's ABORT)
-    abort: bytes
+    after: bytes  # the message's trailing packets, written after the EOM reply (Postfix's ABORT)
 
 
 def make_plan(profile: MTAProfile, negotiated: Negotiated, config: BenchConfig) -> Plan:
@@ -151,12 +156,9 @@ def make_plan(profile: MTAProfile, negotiated: Negotiated, config: BenchConfig) 
     _dry_run(session.opening(), reply)
     message, sender, recipients = build_message(config)
     batches: list[tuple[bytes, Command, str]] = []
-    _dry_run(session.message(message, sender, recipients), None, batches)
-    return Plan(tuple(batches), session.take_pending(), encode_abort())
-
-
-def encode_abort() -> bytes:
-    return b"\x00\x00\x00\x01A"
+    run = session.message(message, sender, recipients)
+    _dry_run(run, None, batches)
+    return Plan(tuple(batches), run.trailing)
 
 
 def _dry_run(
@@ -231,12 +233,11 @@ class _Worker:
             await _exchange(session.opening(), reader, writer, config.timeout)
             assert session.negotiated is not None
             plan = self._plan(session.negotiated)
-            conn = session.conn
             for n in range(max(config.msgs_per_conn, 1)):
                 if n and not self.take():
                     break
-                await self.one_message(plan, conn, reader, writer)
-            writer.write(b"\x00\x00\x00\x01Q")
+                await self.one_message(plan, session, reader, writer)
+            writer.write(session.quit())
             with contextlib.suppress(OSError):
                 await writer.drain()
         finally:
@@ -251,12 +252,13 @@ class _Worker:
     async def one_message(
         self,
         plan: Plan,
-        conn: MTAConnection,
+        session: MTASession,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        conn = session.conn
         started = time.perf_counter()
-        decision = "continue"
+        decision = Decision.CONTINUE
         skipping = ""
         for data, command, stage in plan.batches:
             if stage == skipping:
@@ -268,8 +270,8 @@ class _Worker:
             if isinstance(reply, Skip):
                 skipping = stage
             elif not isinstance(reply, Continue) and stage != "rcpt":
-                decision = Reply(reply.code).name.lower()
-                writer.write(plan.abort)
+                decision = _final_decision(reply)
+                writer.write(session.abort())
                 break
         else:
             writer.write(plan.after)
@@ -278,6 +280,13 @@ class _Worker:
         self.report.decisions[decision] += 1
         if self.progress is not None:
             self.progress.value += 1
+
+
+def _final_decision(reply: Message) -> Decision:
+    """The message's decision, as ``milterkit check`` reports it: a REPLYCODE is a
+    reject or tempfail by its code, and SHUTDOWN a tempfail."""
+    decision = decision_of(reply)
+    return Decision.TEMPFAIL if decision is Decision.SHUTDOWN else decision
 
 
 async def _exchange(
@@ -428,7 +437,7 @@ def _summarise(
 ) -> BenchReport:
     latencies = sorted(x for r in reports for x in r.latencies_ms)
     errors: Counter[str] = Counter()
-    decisions: Counter[str] = Counter()
+    decisions: Counter[Decision] = Counter()
     for r in reports:
         errors.update(r.errors)
         decisions.update(r.decisions)
@@ -446,7 +455,7 @@ def _summarise(
             "max": round(latencies[-1], 3) if latencies else 0.0,
         },
         errors=dict(errors),
-        decisions=dict(decisions),
+        decisions={str(decision): count for decision, count in decisions.items()},
         driver_cpu_s=round(user + system, 3),
         driver_cpu_user_s=round(user, 3),
         driver_cpu_sys_s=round(system, 3),

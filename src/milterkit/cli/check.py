@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from milterkit.cli.describe import describe_flags, describe_modification
 from milterkit.cli.display import (
     encodable,
     json_safe,
@@ -43,6 +44,8 @@ from milterkit.cli.display import (
     write_atomically,
 )
 from milterkit.client import (
+    ClientInfo,
+    ClientOptions,
     MilterAddressError,
     MilterClient,
     MilterConnectionError,
@@ -50,16 +53,11 @@ from milterkit.client import (
     MilterProtocolError,
     MilterTimeout,
 )
+from milterkit.decision import Decision
+from milterkit.message import ParsedMessage, envelope_from_headers
 from milterkit.mtaprofile import PROFILES
 from milterkit.protocol.constants import Action, ProtocolFlag
-from milterkit.result import (
-    CheckResult,
-    ParsedMessage,
-    StageResult,
-    describe_flags,
-    describe_modification,
-    envelope_from_headers,
-)
+from milterkit.result import CheckResult, StageResult
 
 __all__ = ["EXIT_CODES", "add_parser", "exit_status", "run"]
 
@@ -67,7 +65,13 @@ EX_USAGE, EX_NOINPUT, EX_UNAVAILABLE, EX_TEMPFAIL, EX_PROTOCOL = 64, 66, 69, 75,
 EX_SOFTWARE, EX_CANTCREAT, EX_IOERR = 70, 73, 74
 
 #: Exit status per final decision (quarantine is checked first, see exit_status).
-EXIT_CODES = {"continue": 0, "accept": 0, "reject": 1, "tempfail": 2, "discard": 3}
+EXIT_CODES = {
+    Decision.CONTINUE: 0,
+    Decision.ACCEPT: 0,
+    Decision.REJECT: 1,
+    Decision.TEMPFAIL: 2,
+    Decision.DISCARD: 3,
+}
 EXIT_QUARANTINED = 4
 
 
@@ -193,16 +197,13 @@ def _check(args: argparse.Namespace, data: bytes, macros: dict[str, str]) -> Che
         recipients = recipients or from_rcpts
     if not recipients:
         raise ValueError("no recipient: give --rcpt or a To:/Cc: header")
-    with MilterClient(
-        args.socket,
+    options = ClientOptions(
         profile=PROFILES[args.profile],
-        client_address=args.client_ip or None,
-        client_port=args.client_port,
-        hostname=args.client_name,
-        helo=args.helo,
+        client=ClientInfo(args.client_ip or None, args.client_port, args.client_name, args.helo),
         macros=macros,
         timeout=args.timeout,
-    ) as client:
+    )
+    with MilterClient(args.socket, options=options) as client:
         return client.check(data, sender=sender, recipients=recipients)
 
 

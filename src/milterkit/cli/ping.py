@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from milterkit.cli.describe import describe_flags
 from milterkit.client.aio import open_stream
 from milterkit.client.errors import (
     MilterAddressError,
@@ -35,7 +36,6 @@ from milterkit.protocol.errors import ProtocolError
 from milterkit.protocol.events import NeedData
 from milterkit.protocol.messages import OptNeg, Quit
 from milterkit.protocol.mta import MTAConnection
-from milterkit.result import describe_flags
 
 __all__ = ["PingResult", "add_parser", "ping", "run"]
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from milterkit.cli.config import apply_config, load_config, record_given
+from milterkit.decision import ERROR_DECISIONS
 from milterkit.execution import EXECUTION_MODES
 from milterkit.milter import Milter
 from milterkit.runtime.daemon import DaemonConfig, run_daemon
@@ -34,7 +35,7 @@ from milterkit.runtime.supervisor import EX_CONFIG
 
 __all__ = ["add_parser", "add_serve_options", "daemon_config", "load_target", "run"]
 
-_DECISIONS = ("tempfail", "accept", "reject", "continue")
+_DECISIONS = tuple(decision.value for decision in ERROR_DECISIONS)
 EX_USAGE = 64
 
 

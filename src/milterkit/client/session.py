@@ -4,8 +4,11 @@
 an :class:`~milterkit.mtaprofile.MTAProfile`. It hands out *exchanges*: an
 :class:`Opening` (OPTNEG, CONNECT, HELO) and then one :class:`MessageRun` per
 message (MAIL ... EOM). Neither touches a socket or a clock, so the same code
-drives a real socket (:mod:`milterkit.client.aio`), an in-memory
-``FilterConnection`` (the test harness), or a replay of recorded bytes.
+drives a blocking socket (:mod:`milterkit.client.sync`), an asyncio stream
+(:mod:`milterkit.client.aio`), an in-memory ``FilterConnection`` (the test
+harness), or a replay of recorded bytes. As with h11, every call that has
+bytes for the filter returns them; nothing is written or queued behind the
+caller's back.
 
 Driving an exchange (the whole contract)::
 
@@ -24,7 +27,7 @@ Driving an exchange (the whole contract)::
     run = session.message(message_bytes, "alice@example.org", ["bob@example.net"])
     drive(run, transport)
     result = run.result                     # a CheckResult
-    transport.write(session.quit())         # pending ABORTs + QUIT
+    transport.write(session.quit())         # trailing ABORTs + QUIT
 
 An in-memory harness makes ``transport.write`` feed a ``FilterConnection``
 (``receive_data``/``next_event``) and ``transport.read`` return the bytes of
@@ -41,9 +44,13 @@ Rules the driver can rely on:
   still incomplete: just read again.
 * When ``done`` turns True the returned bytes are empty. Packets that need
   no reply and that a real MTA writes lazily (Postfix's ABORT after a
-  message) stay queued in the session and go out in front of the next
-  exchange's first bytes, or with :meth:`MTASession.quit` /
-  :meth:`MTASession.abort`.
+  message) are the exchange's :attr:`Exchange.trailing` bytes; the session
+  puts them in front of the next exchange's first bytes, or of
+  :meth:`MTASession.quit` / :meth:`MTASession.abort`.
+* An exchange keeps its own state (its stages, its result, a verdict that
+  ends the session); the session reads a finished exchange when the next one
+  is asked for, so the connection-level facts (:attr:`MTASession.verdict`)
+  change only between exchanges.
 * Filter misbehaviour raises :class:`~milterkit.protocol.RemoteProtocolError`
   from ``receive_data``; the session is then unusable, as it is for an MTA.
 """
@@ -65,6 +72,7 @@ from milterkit.client.limits import (
     check_modification,
     check_reply_bytes,
 )
+from milterkit.decision import Decision
 from milterkit.mtaprofile import POSTFIX, MTAProfile
 from milterkit.protocol.constants import (
     REPLY_ACTION,
@@ -94,10 +102,11 @@ from milterkit.protocol.messages import (
     Quit,
     Rcpt,
     ReplaceBody,
-    ReplyCode,
+    ReplyCodePacket,
 )
 from milterkit.protocol.mta import MTAConnection
 from milterkit.protocol.negotiate import Negotiated
+from milterkit.protocol.text import text, wire
 from milterkit.result import (
     CheckResult,
     MessageInput,
@@ -111,23 +120,25 @@ from milterkit.result import (
 __all__ = ["ClientInfo", "Exchange", "MTASession", "MessageRun", "Opening", "decision_of"]
 
 _DECISIONS = {
-    Reply.CONTINUE: "continue",
-    Reply.ACCEPT: "accept",
-    Reply.REJECT: "reject",
-    Reply.TEMPFAIL: "tempfail",
-    Reply.DISCARD: "discard",
-    Reply.SKIP: "skip",
-    Reply.SHUTDOWN: "shutdown",
+    Reply.CONTINUE: Decision.CONTINUE,
+    Reply.ACCEPT: Decision.ACCEPT,
+    Reply.REJECT: Decision.REJECT,
+    Reply.TEMPFAIL: Decision.TEMPFAIL,
+    Reply.DISCARD: Decision.DISCARD,
+    Reply.SKIP: Decision.SKIP,
+    Reply.SHUTDOWN: Decision.SHUTDOWN,
 }
 _LETTER_OF_STAGE = {int(k): chr(v) for k, v in STAGE_LETTER.items()}
 _Script = Generator[bytes, Message, None]
+#: A decision that ends the SMTP session: (decision, reply, stage).
+Verdict = tuple[Decision, SmtpReply | None, str]
 _Ask = Generator[bytes, Message, Message | None]
 
 
-def decision_of(reply: Message) -> str:
-    """The decision name of a final reply; a REPLYCODE is a reject or tempfail by class."""
-    if isinstance(reply, ReplyCode):
-        return "tempfail" if reply.text.startswith(b"4") else "reject"
+def decision_of(reply: Message) -> Decision:
+    """The decision a final reply makes; a REPLYCODE is a reject or tempfail by class."""
+    if isinstance(reply, ReplyCodePacket):
+        return Decision.TEMPFAIL if reply.text.startswith(b"4") else Decision.REJECT
     decision = _DECISIONS.get(Reply(reply.code))
     if decision is None:
         raise RemoteProtocolError(
@@ -167,9 +178,6 @@ class MTASession:
     negotiated data size (see :mod:`milterkit.client.limits`).
     """
 
-    max_modifications: int | None = DEFAULT_MAX_MODIFICATIONS
-    max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES
-
     def __init__(
         self,
         profile: MTAProfile = POSTFIX,
@@ -180,8 +188,12 @@ class MTASession:
         protocol: int | None = None,
         macros: Mapping[str, str] | None = None,
         connection: MTAConnection | None = None,
+        max_modifications: int | None = DEFAULT_MAX_MODIFICATIONS,
+        max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.profile = profile
+        self.max_modifications = max_modifications
+        self.max_reply_bytes = max_reply_bytes
         self.client = client or ClientInfo()
         if connection is None:
             connection = MTAConnection(keep_unoffered_protocol=profile.keeps_unoffered_protocol)
@@ -195,15 +207,13 @@ class MTASession:
             ProtocolFlag(profile.protocol if protocol is None else protocol),
         )
         self._overrides, self._extra = _parse_overrides(profile, macros or {})
-        self._pending: list[bytes] = []
         self.context = self._connection_context()
-        self.opening_stages: list[StageResult] = []
-        #: Set when CONNECT/HELO ended the session: (decision, reply, stage).
-        self.verdict: tuple[str, SmtpReply | None, str] | None = None
         self.opened = False
-        self.in_message = False
-        #: Sendmail after SKIP at RCPT: the filter gets nothing more but QUIT.
-        self.filter_skipped = False
+        self._opening: Opening | None = None
+        self._latest: Exchange | None = None  # the last exchange handed out
+        self._verdict: Verdict | None = None
+        self._filter_skipped = False
+        self._carry = b""  # a finished exchange's trailing bytes, not yet returned
 
     # --------------------------------------------------------------- exchanges
 
@@ -212,7 +222,9 @@ class MTASession:
         if self.opened:
             raise LocalProtocolError("the session is already open")
         self.opened = True
-        return Opening(self)
+        self._opening = Opening(self)
+        self._latest = self._opening
+        return self._opening
 
     def message(
         self,
@@ -229,56 +241,84 @@ class MTASession:
         """
         if not self.opened:
             raise LocalProtocolError("run session.opening() before the first message")
+        self._settle()
+        if self._latest is not None:
+            raise LocalProtocolError(f"the previous {type(self._latest).__name__} is not done")
         if sender is None or recipients is None:
             header_sender, header_rcpts = envelope_from_headers(ParsedMessage.parse(message))
             sender = header_sender if sender is None else sender
             recipients = header_rcpts if recipients is None else recipients
-        return MessageRun(self, message, sender, recipients, sender_args, recipient_args or {})
+        run = MessageRun(self, message, sender, recipients, sender_args, recipient_args or {})
+        self._latest = run
+        return run
 
     def abort(self) -> bytes:
-        """Queued packets plus ABORT, e.g. for an SMTP RSET; no reply follows."""
-        self.emit(Abort())
-        self.in_message = False
-        return self.take_pending()
+        """Trailing packets plus ABORT, e.g. for an SMTP RSET; no reply follows."""
+        self._settle(abandon=True)
+        return self._take_carry() + self.send(Abort())
 
     def quit(self) -> bytes:
-        """Queued packets plus QUIT (Postfix adds its session-end ABORT first)."""
-        if self.verdict is not None and not self.profile.quit_after_session_verdict:
-            return self.take_pending()
+        """Trailing packets plus QUIT (Postfix adds its session-end ABORT first)."""
+        self._settle(abandon=True)
+        out = self._take_carry()
+        if self._verdict is not None and not self.profile.quit_after_session_verdict:
+            return out
         if self.profile.abort_after_message:
-            self.emit(Abort())
-        self.emit(Quit())
-        return self.take_pending()
+            out += self.send(Abort())
+        return out + self.send(Quit())
 
     @property
     def negotiated(self) -> Negotiated | None:
         return self.conn.negotiated
 
+    @property
+    def verdict(self) -> Verdict | None:
+        """Set once CONNECT/HELO (or a 421, SHUTDOWN or MTA error) ended the SMTP session."""
+        self._settle()
+        return self._verdict
+
+    @property
+    def filter_skipped(self) -> bool:
+        """Sendmail after SKIP at RCPT: the filter gets nothing more but QUIT."""
+        self._settle()
+        return self._filter_skipped
+
+    @property
+    def opening_stages(self) -> list[StageResult]:
+        """What the filter answered to CONNECT and HELO (a copy)."""
+        return [] if self._opening is None else list(self._opening.stages)
+
+    def _settle(self, abandon: bool = False) -> None:
+        """Take in the last exchange once it is done (or given up on, for ABORT/QUIT)."""
+        latest = self._latest
+        if latest is None or not (latest.done or abandon):
+            return
+        self._latest = None
+        self._verdict = self._verdict or latest.verdict
+        self._filter_skipped = self._filter_skipped or latest.filter_skipped
+        self._carry += latest.trailing
+
+    def _take_carry(self) -> bytes:
+        carry, self._carry = self._carry, b""
+        return carry
+
     # ----------------------------------------------------------------- sending
 
-    def emit(self, message: Message) -> bool:
-        """Queue a command; False when the filter asked not to get it."""
-        data = self.conn.send(message)
-        if data:
-            self._pending.append(data)
-        return bool(data)
+    def send(self, message: Message) -> bytes:
+        """Bytes for a command; ``b""`` when the filter asked not to get it."""
+        return self.conn.send(message)
 
-    def take_pending(self) -> bytes:
-        data = b"".join(self._pending)
-        self._pending.clear()
-        return data
-
-    def emit_macros(self, letter: str, context: Mapping[str, str]) -> None:
-        """Queue the MACRO packet for a stage letter, if the MTA sends one."""
+    def macros_for(self, letter: str, context: Mapping[str, str]) -> bytes:
+        """The MACRO packet for a stage letter, or ``b""`` if the MTA sends none."""
         names = self._stage_names(letter)
         if names is None:
-            return
+            return b""
         pairs = []
         for name in names:
             value = self._value(name, context)
             if value:
-                pairs.append((_enc(name), _enc(value)))
-        self.emit(Macro(ord(letter), tuple(pairs)))
+                pairs.append((wire(name), wire(value)))
+        return self.send(Macro(ord(letter), tuple(pairs)))
 
     def _stage_names(self, letter: str) -> list[str] | None:
         base = letter
@@ -355,14 +395,14 @@ class MTASession:
         client = self.client
         address = client.address
         if not address:
-            return Connect(_enc(client.hostname or "localhost"), Family.UNKNOWN)
+            return Connect(wire(client.hostname or "localhost"), Family.UNKNOWN)
         if address.startswith("/"):
-            return Connect(_enc(client.hostname or "localhost"), Family.UNIX, 0, _enc(address))
+            return Connect(wire(client.hostname or "localhost"), Family.UNIX, 0, wire(address))
         ip = ipaddress.ip_address(address)
         family = Family.INET if ip.version == 4 else Family.INET6
         text = address if ip.version == 4 else self.profile.ipv6_prefix + address
         hostname = client.hostname or f"[{text}]"
-        return Connect(_enc(hostname), family, client.port, _enc(text))
+        return Connect(wire(hostname), family, client.port, wire(text))
 
     def helo_name(self) -> str:
         fake = self.profile.nonsmtp
@@ -371,10 +411,6 @@ class MTASession:
     def new_queue_id(self) -> str:
         """A Postfix-looking queue id (11 hex digits); override with macro ``i``."""
         return f"{random.getrandbits(44):011X}"
-
-
-def _enc(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
 
 
 def _other_spelling(name: str) -> str:
@@ -419,12 +455,22 @@ class Exchange(ABC):
         self.detail = ""
         #: Bytes received from the filter during this exchange (see max_reply_bytes).
         self.received = 0
+        #: Packets that need no reply, for the session to send before the next command.
+        self.trailing = b""
+        #: A decision of this exchange that ends the whole SMTP session.
+        self.verdict: Verdict | None = None
+        #: Sendmail after SKIP at RCPT: the filter gets nothing more but QUIT.
+        self.filter_skipped = False
+        self._out: list[bytes] = []
         self._script: _Script | None = None
 
     def start(self) -> bytes:
-        """Bytes to send first (may include packets queued by earlier exchanges)."""
+        """Bytes to send first (the previous exchange's trailing packets lead)."""
         if self._script is not None:
             raise LocalProtocolError("exchange already started")
+        carry = self.session._take_carry()
+        if carry:
+            self._out.append(carry)
         self._script = self._run()
         return self._resume(None)
 
@@ -455,8 +501,7 @@ class Exchange(ABC):
         """The MTA drops the filter mid-reply (Postfix: a configuration error)."""
         assert self._script is not None
         self._script.close()
-        self.done = True
-        self.session.in_message = False
+        self._finish_script()
         return b""
 
     def _resume(self, reply: Message | None) -> bytes:
@@ -464,8 +509,30 @@ class Exchange(ABC):
         try:
             return self._script.send(reply)  # type: ignore[arg-type]
         except StopIteration:
-            self.done = True
+            self._finish_script()
             return b""
+
+    def _finish_script(self) -> None:
+        """Done: what is still unsent needs no reply and goes out lazily."""
+        self.done = True
+        self.trailing = self._take()
+
+    def _send(self, message: Message) -> bool:
+        """Add a command to the outgoing bytes; False when the filter asked not to get it."""
+        data = self.session.send(message)
+        if data:
+            self._out.append(data)
+        return bool(data)
+
+    def _send_macros(self, letter: str, context: Mapping[str, str]) -> None:
+        data = self.session.macros_for(letter, context)
+        if data:
+            self._out.append(data)
+
+    def _take(self) -> bytes:
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
 
     @abstractmethod
     def _run(self) -> _Script:
@@ -476,19 +543,18 @@ class Exchange(ABC):
         raise RemoteProtocolError(f"modification {Reply(message.code).name} outside a message")
 
     @abstractmethod
-    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
+    def _record(self, stage: str, decision: Decision, reply: Message | None, detail: str) -> None:
         """Keep the filter's answer at one step."""
 
     def _ask(self, message: Message, stage: str, detail: str = "") -> _Ask:
-        """Queue a command; if it needs a reply, flush and wait for it."""
-        session = self.session
-        if not session.emit(message):
+        """Add a command; if it needs a reply, yield everything so far and wait for it."""
+        if not self._send(message):
             return None
-        if session.conn.awaiting is None:
-            self._record(stage, "noreply", None, detail)
+        if self.session.conn.awaiting is None:
+            self._record(stage, Decision.NOREPLY, None, detail)
             return None
         self.stage, self.detail = stage, detail
-        reply = yield session.take_pending()
+        reply = yield self._take()
         if stage != "optneg":
             self._record(stage, decision_of(reply), reply, detail)
         return reply
@@ -496,9 +562,9 @@ class Exchange(ABC):
 
 def _smtp_reply(reply: Message | None) -> SmtpReply | None:
     """The reply the SMTP client sees: Postfix turns '%%' into '%' and drops a lone '%'."""
-    if isinstance(reply, ReplyCode):
-        text = reply.text.decode("utf-8", "surrogateescape")
-        return SmtpReply.parse(_PERCENT.sub(lambda m: "%" if m.group() == "%%" else "", text))
+    if isinstance(reply, ReplyCodePacket):
+        shown = text(reply.text)
+        return SmtpReply.parse(_PERCENT.sub(lambda m: "%" if m.group() == "%%" else "", shown))
     return None
 
 
@@ -509,9 +575,15 @@ class Opening(Exchange):
     """OPTNEG, then CONNECT and HELO with their macros.
 
     A final reply other than continue at CONNECT or HELO ends the session for
-    every message (PROTOCOL.md section 6.7); it is kept in
-    :attr:`MTASession.verdict` and shows up in each message's result.
+    every message (PROTOCOL.md section 6.7); it is this exchange's
+    :attr:`verdict`, becomes :attr:`MTASession.verdict` and shows up in each
+    message's result.
     """
+
+    def __init__(self, session: MTASession) -> None:
+        super().__init__(session)
+        #: The filter's answers to CONNECT and HELO.
+        self.stages: list[StageResult] = []
 
     def _run(self) -> _Script:
         session = self.session
@@ -519,30 +591,30 @@ class Opening(Exchange):
         assert session.conn.negotiated is not None
         session.conn.cap_reply_size(session.conn.negotiated.max_data_size)
         ctx = session.context
-        session.emit_macros("C", ctx)
+        self._send_macros("C", ctx)
         connect = session.connect_message()
         reply = yield from self._ask(
             connect, "connect", connect.hostname.decode("utf-8", "replace")
         )
         if self._ends_session(reply, "connect"):
             return
-        session.emit_macros("H", ctx)
+        self._send_macros("H", ctx)
         helo = session.helo_name()
-        reply = yield from self._ask(Helo(_enc(helo)), "helo", helo)
+        reply = yield from self._ask(Helo(wire(helo)), "helo", helo)
         self._ends_session(reply, "helo")
 
-    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
-        self.session.opening_stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
+    def _record(self, stage: str, decision: Decision, reply: Message | None, detail: str) -> None:
+        self.stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
 
     def _ends_session(self, reply: Message | None, stage: str) -> bool:
         if reply is None:
             return False
         decision = decision_of(reply)
-        if decision in ("continue", "skip"):
+        if decision in (Decision.CONTINUE, Decision.SKIP):
             return False
-        if decision == "shutdown":
-            decision = "tempfail"
-        self.session.verdict = (decision, _smtp_reply(reply), stage)
+        if decision == Decision.SHUTDOWN:
+            decision = Decision.TEMPFAIL
+        self.verdict = (decision, _smtp_reply(reply), stage)
         return True
 
 
@@ -596,12 +668,10 @@ class MessageRun(Exchange):
             return
         if session.filter_skipped:
             return  # Sendmail after SKIP at RCPT: the message passes untouched
-        session.in_message = True
         self._start_context()
         yield from self._message()
         if session.profile.abort_after_message:
-            session.emit(Abort())  # Sendmail sends none, even after a message that ended early
-        session.in_message = False
+            self._send(Abort())  # Sendmail sends none, even after a message that ended early
 
     def _message(self) -> _Script:
         if not (yield from self._mail()):
@@ -619,7 +689,7 @@ class MessageRun(Exchange):
         yield from self._step("E", EndOfMessage(), "eom")
 
     def _mail(self) -> Generator[bytes, Message, bool]:
-        mail = Mail(_enc(self._envelope(self.sender, null_ok=True)), _encs(self.sender_args))
+        mail = Mail(wire(self._envelope(self.sender, null_ok=True)), _encs(self.sender_args))
         return (yield from self._step("M", mail, "mail", self.sender))
 
     def _rcpts(self) -> Generator[bytes, Message, bool]:
@@ -630,17 +700,17 @@ class MessageRun(Exchange):
             if skipping:
                 accepted = True
                 continue
-            self.session.emit_macros("R", self.context)
+            self._send_macros("R", self.context)
             args = _encs(self.recipient_args.get(rcpt, ()))
-            reply = yield from self._ask(Rcpt(_enc(self._envelope(rcpt)), args), "rcpt", rcpt)
+            reply = yield from self._ask(Rcpt(wire(self._envelope(rcpt)), args), "rcpt", rcpt)
             if reply is not None and not self._verdict(reply, "rcpt", rcpt):
                 return False
-            if reply is None or decision_of(reply) in ("continue", "skip"):
+            if reply is None or decision_of(reply) in (Decision.CONTINUE, Decision.SKIP):
                 accepted = True
                 self._first_accepted_rcpt()
-            skipping = reply is not None and decision_of(reply) == "skip"
+            skipping = reply is not None and decision_of(reply) == Decision.SKIP
             if skipping and self.session.profile.skip_rcpt_ends_session:
-                self.session.filter_skipped = True
+                self.filter_skipped = True
                 return False
         return accepted or self._all_rcpts_rejected()
 
@@ -649,14 +719,14 @@ class MessageRun(Exchange):
         sends = self.session.conn.sends(Command.HEADER)
         for raw in self.parsed.headers:
             if sends:
-                self.session.emit_macros("L", self.context)
+                self._send_macros("L", self.context)
             header = Header(raw.name, raw.value(leadspc))
             reply = yield from self._ask(header, "header", raw.name.decode("ascii", "replace"))
             if reply is None:
                 continue
             if not self._verdict(reply, "header", ""):
                 return False
-            if decision_of(reply) == "skip":
+            if decision_of(reply) == Decision.SKIP:
                 if not self.session.profile.skip_header_skips_body:
                     break
                 self._skip_body = True  # Sendmail: all headers, then no body
@@ -670,13 +740,13 @@ class MessageRun(Exchange):
         sends = conn.sends(Command.BODY)
         for chunk in conn.body_chunks(self.parsed.smtp_body()):
             if sends:
-                self.session.emit_macros("B", self.context)
+                self._send_macros("B", self.context)
             reply = yield from self._ask(chunk, "body", f"{len(chunk.chunk)} bytes")
             if reply is None:
                 continue
             if not self._verdict(reply, "body", ""):
                 return False
-            if decision_of(reply) == "skip":
+            if decision_of(reply) == Decision.SKIP:
                 self.result.skipped_body = True
                 break
         return True
@@ -690,7 +760,7 @@ class MessageRun(Exchange):
         off, except for EOH: under NOEOH there is no EOH event, macros included.
         """
         if letter != "N" or self.session.conn.sends(Command.EOH):
-            self.session.emit_macros(letter, self.context)
+            self._send_macros(letter, self.context)
         reply = yield from self._ask(command, stage, detail)
         if reply is None:
             return True
@@ -701,45 +771,54 @@ class MessageRun(Exchange):
 
     # -------------------------------------------------------------- verdicts
 
-    def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
+    def _record(self, stage: str, decision: Decision, reply: Message | None, detail: str) -> None:
         self.result.stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
 
     def _verdict(self, reply: Message, stage: str, detail: str) -> bool:
         """Whether the message goes on after this reply."""
         decision = decision_of(reply)
-        if decision in ("continue", "skip"):
+        if decision in (Decision.CONTINUE, Decision.SKIP):
             return True
-        if stage == "rcpt" and decision in ("reject", "tempfail") and not _is_421(reply):
+        if (
+            stage == "rcpt"
+            and decision in (Decision.REJECT, Decision.TEMPFAIL)
+            and not _is_421(reply)
+        ):
             self.result.rejected_recipients[detail] = self._reply_for(decision, reply)
             return True
         self._finish(decision, reply, stage)
         return False
 
-    def _finish(self, decision: str, reply: Message | None, stage: str) -> None:
+    def _finish(self, decision: Decision, reply: Message | None, stage: str) -> None:
         """The message's final word; 421 (or SHUTDOWN) also ends the SMTP session."""
         result = self.result
-        if decision in ("reject", "tempfail", "shutdown"):
+        if decision in (Decision.REJECT, Decision.TEMPFAIL, Decision.SHUTDOWN):
             result.default_reply = self._reply_for(decision, reply)
-        if decision == "shutdown" or _is_421(reply):
-            self.session.verdict = ("tempfail", self._reply_for(decision, reply), stage)
-            decision = "tempfail"
+        if decision == Decision.SHUTDOWN or _is_421(reply):
+            self.verdict = (Decision.TEMPFAIL, self._reply_for(decision, reply), stage)
+            decision = Decision.TEMPFAIL
         result.decision, result.decided_at = decision, stage
         result.reply = _smtp_reply(reply)
 
-    def _reply_for(self, decision: str, reply: Message | None) -> SmtpReply:
+    def _reply_for(self, decision: Decision, reply: Message | None) -> SmtpReply:
         explicit = _smtp_reply(reply)
         if explicit is not None:
             return explicit
         profile = self.session.profile
-        text = {"reject": profile.reject_reply, "shutdown": profile.shutdown_reply}.get(
-            decision, profile.tempfail_reply
-        )
+        text = {
+            Decision.REJECT: profile.reject_reply,
+            Decision.SHUTDOWN: profile.shutdown_reply,
+        }.get(decision, profile.tempfail_reply)
         return SmtpReply.parse(text)
 
     def _all_rcpts_rejected(self) -> bool:
         """Every recipient refused: the transaction is over before DATA."""
         rejected = self.result.rejected_recipients
-        decision = "tempfail" if any(r.code // 100 == 4 for r in rejected.values()) else "reject"
+        decision = (
+            Decision.TEMPFAIL
+            if any(r.code // 100 == 4 for r in rejected.values())
+            else Decision.REJECT
+        )
         last = list(rejected.values())[-1]
         result = self.result
         result.decision, result.decided_at, result.default_reply = decision, "rcpt", last
@@ -751,7 +830,7 @@ class MessageRun(Exchange):
         decision, reply, stage = self.session.verdict
         result = self.result
         result.decision, result.decided_at, result.reply = decision, stage, reply
-        if decision in ("reject", "tempfail"):
+        if decision in (Decision.REJECT, Decision.TEMPFAIL):
             result.default_reply = reply or self._reply_for(decision, None)
 
     def _modification(self, message: Message) -> bool:
@@ -764,7 +843,7 @@ class MessageRun(Exchange):
             return False
         self.result.modifications.append(message)
         if isinstance(message, Quarantine):
-            self.result.quarantine_reason = message.reason.decode("utf-8", "surrogateescape")
+            self.result.quarantine_reason = text(message.reason)
         return True
 
     def _body_order_ok(self, message: Message) -> bool:
@@ -780,10 +859,10 @@ class MessageRun(Exchange):
     def _configuration_error(self, why: str) -> None:
         """Postfix closes the filter and answers with its configuration-error reply."""
         reply = SmtpReply.parse(self.session.profile.config_error_reply)
-        self.result.stages.append(StageResult("eom", "tempfail", reply, f"MTA: {why}"))
-        self.result.decision, self.result.decided_at = "tempfail", "eom"
+        self.result.stages.append(StageResult("eom", Decision.TEMPFAIL, reply, f"MTA: {why}"))
+        self.result.decision, self.result.decided_at = Decision.TEMPFAIL, "eom"
         self.result.default_reply = reply
-        self.session.verdict = ("tempfail", reply, "eom")
+        self.verdict = (Decision.TEMPFAIL, reply, "eom")
 
     # ---------------------------------------------------------------- helpers
 
@@ -817,7 +896,7 @@ class MessageRun(Exchange):
 
 def _is_421(reply: Message | None) -> bool:
     """A 421 reply: both MTAs answer it and drop the SMTP connection."""
-    return isinstance(reply, ReplyCode) and reply.smtp_code == 421
+    return isinstance(reply, ReplyCodePacket) and reply.smtp_code == 421
 
 
 def _domain(address: str) -> str:
@@ -825,4 +904,4 @@ def _domain(address: str) -> str:
 
 
 def _encs(values: Sequence[str]) -> tuple[bytes, ...]:
-    return tuple(_enc(v) for v in values)
+    return tuple(wire(v) for v in values)

@@ -64,9 +64,10 @@ import copy
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from milterkit import milter as mk
+from milterkit._deprecation import warn_renamed
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import (
     ALL_ACTIONS,
@@ -185,16 +186,20 @@ from milterkit.protocol.names import (
     SMFIP_SKIP as SMFIP_SKIP,
 )
 from milterkit.protocol.negotiate import build_filter_reply
+from milterkit.protocol.text import text, wire
 
 __all__ = [
-    "Message",
+    "MessageArray",
     "Milter",
     "ReplyError",
     "adapter_class",
 ]
 
-Message = dict[str, Any]
-_Final = mk.Decision | msg.ReplyCode
+#: A libMilterPHP message array, as each ``smfic*`` callback receives it. It was
+#: called ``Message``, which hid ``milterkit.protocol.Message`` (the packets); that
+#: name still works, with a DeprecationWarning (module ``__getattr__`` at the end).
+MessageArray = dict[str, Any]
+_Final = mk.Response | msg.ReplyCodePacket
 log = logging.getLogger("milterkit.compat")
 
 # ----------------------------------------------------------------- constants
@@ -305,43 +310,43 @@ class Milter:
 
     # -- callbacks (libMilterPHP's names; all optional here) ---------------
 
-    def smficAbort(self, message: Message) -> None:  # noqa: N802
+    def smficAbort(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_ABORT: the current message was abandoned; no reply."""
 
-    def smficBody(self, message: Message) -> None:  # noqa: N802
+    def smficBody(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_BODY: one body chunk."""
 
-    def smficConnect(self, message: Message) -> None:  # noqa: N802
+    def smficConnect(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_CONNECT: client host name, family, port and address."""
 
-    def smficMacro(self, message: Message) -> None:  # noqa: N802
+    def smficMacro(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_MACRO: macro values for the next command; no reply."""
 
-    def smficBodyeob(self, message: Message) -> None:  # noqa: N802
+    def smficBodyeob(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_BODYEOB: end of message; modifications go out now."""
 
-    def smficHelo(self, message: Message) -> None:  # noqa: N802
+    def smficHelo(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_HELO: the HELO/EHLO argument."""
 
-    def smficHeader(self, message: Message) -> None:  # noqa: N802
+    def smficHeader(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_HEADER: one header, name and value."""
 
-    def smficMail(self, message: Message) -> None:  # noqa: N802
+    def smficMail(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_MAIL: the sender and ESMTP arguments."""
 
-    def smficEoh(self, message: Message) -> None:  # noqa: N802
+    def smficEoh(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_EOH: end of headers."""
 
-    def smficRcpt(self, message: Message) -> None:  # noqa: N802
+    def smficRcpt(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_RCPT: one recipient and ESMTP arguments."""
 
-    def smficData(self, message: Message) -> None:  # noqa: N802
+    def smficData(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_DATA (protocol 4+): the client sent DATA."""
 
-    def smficUnknown(self, message: Message) -> None:  # noqa: N802
+    def smficUnknown(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_UNKNOWN (protocol 3+): a command the MTA does not know."""
 
-    def smficQuit(self, message: Message) -> None:  # noqa: N802
+    def smficQuit(self, message: MessageArray) -> None:  # noqa: N802
         """SMFIC_QUIT: the connection ends; no reply."""
 
     # -- replying ------------------------------------------------------------
@@ -422,7 +427,7 @@ class _Adapter(mk.Milter):
         store = _RecordingMacroStore()
         self._session.conn.macros = store
         self._store = store
-        self.macros = mk.MacroView(store)
+        self.macro_values = mk.MacroView(store)
         return build_filter_reply(
             offer,
             version=self.template.protocol_version,
@@ -457,7 +462,7 @@ class _Adapter(mk.Milter):
         return self._decide("smficEoh", [])
 
     def body(self, chunk: bytes) -> Any:
-        return self._decide("smficBody", [mk.text(chunk)])
+        return self._decide("smficBody", [text(chunk)])
 
     def end_of_message(self) -> Any:
         return self._decide("smficBodyeob", [])
@@ -473,7 +478,7 @@ class _Adapter(mk.Milter):
 
     # -- plumbing --------------------------------------------------------------
 
-    def _message(self, args: list[str]) -> Message:
+    def _message(self, args: list[str]) -> MessageArray:
         event = self.event
         if event is None:  # pragma: no cover - the session always sets it
             return _synthetic("?")
@@ -497,7 +502,7 @@ class _Adapter(mk.Milter):
         name, replies = await pending
         return self._apply(name, replies)
 
-    def _collect(self, name: str, message: Message) -> Any:
+    def _collect(self, name: str, message: MessageArray) -> Any:
         """Run one smfic* callback, gathering what it passed to reply()."""
         replies: list[Mapping[str, Any]] = []
         self.php._replies = replies
@@ -548,7 +553,7 @@ class _Adapter(mk.Milter):
         action(self, data)
         return None
 
-    def _notify(self, name: str, message: Message) -> Any:
+    def _notify(self, name: str, message: MessageArray) -> Any:
         self._report_macros()
         replies = self._collect(name, message)
         if inspect.isawaitable(replies):
@@ -567,19 +572,19 @@ class _Adapter(mk.Milter):
             payload = msg.Macro(stage, pairs).payload()
             args = [chr(stage)]
             for name, value in pairs:
-                args += [mk.text(name), mk.text(value)]
+                args += [text(name), text(value)]
             message = {
                 "size": len(payload) + 1,
                 "command": SMFIC_MACRO,
                 "binary": payload,
                 "args": args,
-                "macros": {mk.text(n): mk.text(v) for n, v in pairs},
+                "macros": {text(n): text(v) for n, v in pairs},
             }
             if self._collect("smficMacro", message):
                 self.log.debug("smficMacro: replies ignored (no reply is due here)")
 
 
-def _synthetic(command: str) -> Message:
+def _synthetic(command: str) -> MessageArray:
     return {"size": 1, "command": command, "binary": b"", "args": []}
 
 
@@ -592,7 +597,7 @@ def _need(data: Mapping[str, Any], command: str, *keys: str) -> Any:
 
 
 def _str(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+    return text(value) if isinstance(value, bytes) else str(value)
 
 
 def _reply_code(data: Mapping[str, Any]) -> _Final:
@@ -600,7 +605,7 @@ def _reply_code(data: Mapping[str, Any]) -> _Final:
     text = _str(data.get("text", data.get("message", "")))
     code = data.get("code", data.get("smtpcode", data.get("rcode")))
     if code is None:
-        reply = msg.ReplyCode(text.encode("utf-8", "surrogateescape"))
+        reply = msg.ReplyCodePacket(wire(text))
         problem = reply.problem()
         if problem:
             raise ReplyError(f"REPLYCODE text {text!r}: {problem}")
@@ -622,11 +627,13 @@ _MODIFICATIONS: dict[str, _Modification] = {
     SMFIR_ADDHEADER: lambda a, d: a.add_header(
         _str(_need(d, "h", "name", "header")), _str(_need(d, "h", "value"))
     ),
+    # libMilterPHP's reply arrays name their fields, so they need no order; the
+    # calls below use milterkit's (name, value, index).
     SMFIR_INSHEADER: lambda a, d: a.insert_header(
-        _index(d, "i"), _str(_need(d, "i", "name", "header")), _str(_need(d, "i", "value"))
+        _str(_need(d, "i", "name", "header")), _str(_need(d, "i", "value")), _index(d, "i")
     ),
     SMFIR_CHGHEADER: lambda a, d: a.change_header(
-        _str(_need(d, "m", "name", "header")), _index(d, "m"), _str(d.get("value", ""))
+        _str(_need(d, "m", "name", "header")), _str(d.get("value", "")), _index(d, "m")
     ),
     SMFIR_ADDRCPT: lambda a, d: a.add_recipient(_str(_need(d, "+", "rcpt", "recipient"))),
     SMFIR_ADDRCPT_PAR: lambda a, d: a.add_recipient(
@@ -642,7 +649,7 @@ _MODIFICATIONS: dict[str, _Modification] = {
 
 
 def _body(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+    return wire(value if isinstance(value, bytes) else str(value))
 
 
 def adapter_class(template: Milter) -> type[mk.Milter]:
@@ -662,3 +669,16 @@ def adapter_class(template: Milter) -> type[mk.Milter]:
         "__module__": __name__,
     }
     return type(name, (_Adapter,), attrs)
+
+
+# ``Message``, the old name of MessageArray, still works, with a warning. Type checkers
+# see a plain alias instead of the ``__getattr__``, which would type every name Any.
+if TYPE_CHECKING:
+    Message = MessageArray
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name != "Message":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        warn_renamed("milterkit.compat.libmilterphp.Message", "MessageArray")
+        return MessageArray

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import IO, TypeVar
 
 from milterkit.cli.run import add_serve_options, daemon_config
-from milterkit.milter import Accept, Decision, Milter, ReplyCode
+from milterkit.decision import Decision
+from milterkit.milter import Accept, Milter, ReplyCode, Response
 from milterkit.runtime.address import (
     Address,
     FdAddress,
@@ -22,7 +23,8 @@ from milterkit.runtime.daemon import run_daemon
 from milterkit.runtime.errors import RuntimeConfigError
 
 #: How a filter answers when the service it needs (clamd, spamd, the store) fails.
-SERVICE_DECISIONS = ("tempfail", "accept", "reject")
+#: (Decisions, so also their names: argparse's choices and the settings take strings.)
+SERVICE_DECISIONS = (Decision.TEMPFAIL, Decision.ACCEPT, Decision.REJECT)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,15 +67,15 @@ def main_with_settings(
     return serve(lambda: make_milter(settings), args)
 
 
-def service_failure(decision: str, what: str) -> Decision:
-    """The reply for a message the service could not judge (``decision`` from settings)."""
-    if decision == "accept":
+def service_failure(decision: Decision | str, what: str) -> Response:
+    """The reply for a message the service could not judge (``decision`` from settings,
+    one of SERVICE_DECISIONS or its name; anything else is a ValueError naming them)."""
+    chosen = Decision.parse(decision, SERVICE_DECISIONS)
+    if chosen is Decision.ACCEPT:
         return Accept()
-    if decision == "reject":
+    if chosen is Decision.REJECT:
         return ReplyCode(550, f"{what} unavailable, message refused", "5.7.1")
-    if decision == "tempfail":
-        return ReplyCode(451, f"{what} unavailable, try again later", "4.3.0")
-    raise ValueError(f"service decision must be one of {SERVICE_DECISIONS}, not {decision!r}")
+    return ReplyCode(451, f"{what} unavailable, try again later", "4.3.0")
 
 
 def networks(values: Iterable[str]) -> tuple[Network, ...]:

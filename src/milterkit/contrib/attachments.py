@@ -34,7 +34,7 @@ from email.mime.text import MIMEText
 from email.parser import BytesParser
 
 from milterkit.contrib._common import filter_parser, header_block, serve
-from milterkit.milter import Continue, Decision, Milter, ReplyCode
+from milterkit.milter import Continue, Milter, ReplyCode, Response
 from milterkit.protocol.constants import Action
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
@@ -85,15 +85,15 @@ class AttachmentPolicy(Milter):
         self.settings = settings
         self.headers: list[tuple[str, str]] = []
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision:
+    def mail_from(self, sender: str, params: list[str]) -> Response:
         self.headers = []
         return Continue()
 
-    def header(self, name: str, value: str) -> Decision:
+    def header(self, name: str, value: str) -> Response:
         self.headers.append((name, value))
         return Continue()
 
-    def end_of_message(self) -> Decision:
+    def end_of_message(self) -> Response:
         self.body_file.seek(0)
         parser = BytesParser(policy=POLICY)
         message = parser.parse(io.BytesIO(header_block(self.headers) + self.body_file.read()))
@@ -176,8 +176,8 @@ class AttachmentPolicy(Milter):
         # The whole message is the attachment: its top-level headers describe it.
         for name in ("Content-Disposition", "Content-Transfer-Encoding", "Content-Description"):
             for index in range(len(message.get_all(name) or []), 0, -1):
-                self.change_header(name, index, "")  # last first: indexes stay valid
-        self.change_header("Content-Type", 1, 'text/plain; charset="utf-8"')
+                self.change_header(name, "", index)  # last first: indexes stay valid
+        self.change_header("Content-Type", 'text/plain; charset="utf-8"')
         self.add_header("Content-Transfer-Encoding", "base64")
         message.set_payload(replacement.get_payload())
 

@@ -29,7 +29,8 @@ from milterkit.contrib._common import (
     main_with_settings,
     service_failure,
 )
-from milterkit.milter import Continue, Decision, Discard, Milter, ReplyCode, Skip
+from milterkit.decision import Decision
+from milterkit.milter import Continue, Discard, Milter, ReplyCode, Response, Skip
 from milterkit.protocol.constants import Action, ProtocolFlag
 from milterkit.runtime.address import Address
 
@@ -45,7 +46,7 @@ class ClamavSettings:
     clamd: Address
     timeout: float = 30.0
     infected: str = "reject"
-    on_error: str = "tempfail"
+    on_error: Decision | str = Decision.TEMPFAIL
     max_scan_bytes: int = 25 * 1024 * 1024
     add_header: bool = True
 
@@ -97,15 +98,15 @@ class ClamavMilter(Milter):
         self.failure: Exception | None = None
         self.sent = 0
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision:
+    def mail_from(self, sender: str, params: list[str]) -> Response:
         self.reset()
         return Continue()
 
-    def header(self, name: str, value: str) -> Decision:
+    def header(self, name: str, value: str) -> Response:
         self.headers.append((name, value))
         return Continue()
 
-    def end_of_headers(self) -> Decision:
+    def end_of_headers(self) -> Response:
         """Open the scan now so the body can stream as it comes."""
         try:
             self.scan = ClamdStream(self.settings.clamd, self.settings.timeout)
@@ -114,7 +115,7 @@ class ClamavMilter(Milter):
             self.fail(exc)
         return Continue()
 
-    def body(self, chunk: bytes) -> Decision:
+    def body(self, chunk: bytes) -> Response:
         if self.scan is None:
             return self.skip()  # clamd failed: the rest of the body is of no use
         room = self.settings.max_scan_bytes - self.sent
@@ -125,11 +126,11 @@ class ClamavMilter(Milter):
             return self.skip()
         return Continue() if len(chunk) < room else self.skip()
 
-    def skip(self) -> Decision:
+    def skip(self) -> Response:
         """Skip the rest of the body where the MTA allows it (SMFIP_SKIP), else go on."""
         return Skip() if self.negotiated.protocol & ProtocolFlag.SKIP else Continue()
 
-    def end_of_message(self) -> Decision:
+    def end_of_message(self) -> Response:
         scan, self.scan = self.scan, None
         if scan is None:
             return self.error_decision()
@@ -146,7 +147,7 @@ class ClamavMilter(Milter):
             return Continue()
         return self.infected(virus)
 
-    def infected(self, virus: str) -> Decision:
+    def infected(self, virus: str) -> Response:
         self.log.info("virus found: %s; %s", virus, self.settings.infected)
         action = self.settings.infected
         if action == "reject":
@@ -187,7 +188,7 @@ class ClamavMilter(Milter):
             self.scan.close()
             self.scan = None
 
-    def error_decision(self) -> Decision:
+    def error_decision(self) -> Response:
         return service_failure(self.settings.on_error, "virus scanner")
 
     def reset(self) -> None:

@@ -35,7 +35,7 @@ from milterkit.contrib._common import (
     network_argument,
     networks,
 )
-from milterkit.milter import Continue, Decision, Milter
+from milterkit.milter import Continue, Milter, Response
 from milterkit.protocol.constants import Action, Family, ProtocolFlag
 
 DEFAULT_SIGNED_HEADERS = (
@@ -86,20 +86,20 @@ class DkimMilter(Milter):
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
-    ) -> Decision:
+    ) -> Response:
         self.client = address
         return Continue()
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision:
-        self.authenticated = bool(self.macros.get("{auth_authen}"))
+    def mail_from(self, sender: str, params: list[str]) -> Response:
+        self.authenticated = bool(self.macro_values.get("{auth_authen}"))
         self.headers = []
         return Continue()
 
-    def header(self, name: str, value: str) -> Decision:
+    def header(self, name: str, value: str) -> Response:
         self.headers.append((name, value))
         return Continue()
 
-    def end_of_message(self) -> Decision:
+    def end_of_message(self) -> Response:
         message = header_block(self.headers, leading_space=self.verbatim_headers())
         message += self.body_bytes
         key = self.signing_key()
@@ -139,7 +139,7 @@ class DkimMilter(Milter):
         name, _, value = signature.decode("ascii").partition(":")
         if not self.verbatim_headers():
             value = value.lstrip(" \t")  # the MTA puts one space after the colon itself
-        self.insert_header(0, name, value.rstrip("\r\n"))
+        self.insert_header(name, value.rstrip("\r\n"), 0)
         self.log.info("signed for d=%s s=%s", key.domain, key.selector)
 
     # ------------------------------------------------------------- verification
@@ -149,7 +149,7 @@ class DkimMilter(Milter):
         count = sum(1 for name, _ in self.headers if name.lower() == "dkim-signature")
         results = [self.verify_one(message, index) for index in range(count)] or ["dkim=none"]
         value = f" {self.settings.authserv_id};\n\t" + ";\n\t".join(results)
-        self.insert_header(0, "Authentication-Results", value)
+        self.insert_header("Authentication-Results", value, 0)
 
     def verify_one(self, message: bytes, index: int) -> str:
         """``dkim=pass|fail|temperror|permerror`` with the d=/s= of signature ``index``."""
@@ -189,7 +189,7 @@ class DkimMilter(Milter):
         results = [v for n, v in self.headers if n.lower() == "authentication-results"]
         for index in range(len(results), 0, -1):  # last first: indexes stay valid
             if results[index - 1].strip().split(";", 1)[0].strip().lower() == ours:
-                self.change_header("Authentication-Results", index, "")
+                self.change_header("Authentication-Results", "", index)
 
 
 def identity(verifier: dkim.DKIM) -> str:

@@ -35,7 +35,8 @@ from milterkit.contrib._common import (
     service_failure,
 )
 from milterkit.contrib.resp import RedisAddress, RedisClient, RedisError
-from milterkit.milter import Continue, Decision, Milter, ReplyCode
+from milterkit.decision import Decision
+from milterkit.milter import Continue, Milter, ReplyCode, Response
 from milterkit.protocol.constants import Family
 
 NEW, EARLY, PASS = "new", "early", "pass"
@@ -181,7 +182,7 @@ class GreylistSettings:
     allow_networks: tuple[Network, ...] = ()
     #: Recipients never greylisted: full addresses or ``@domain``, lower case.
     allow_recipients: frozenset[str] = frozenset()
-    on_store_error: str = "accept"
+    on_store_error: Decision | str = Decision.ACCEPT
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -200,21 +201,21 @@ class Greylist(Milter):
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
-    ) -> Decision:
+    ) -> Response:
         self.client = address
         self.exempt = family not in (Family.INET, Family.INET6) or in_networks(
             address, self.settings.allow_networks
         )
         return Continue()
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision:
+    def mail_from(self, sender: str, params: list[str]) -> Response:
         self.sender = bare(sender)
         self.store_failed = False
-        if self.macros.get("{auth_authen}"):
+        if self.macro_values.get("{auth_authen}"):
             self.exempt = True  # authenticated for the rest of the connection
         return Continue()
 
-    def rcpt_to(self, recipient: str, params: list[str]) -> Decision:
+    def rcpt_to(self, recipient: str, params: list[str]) -> Response:
         rcpt = bare(recipient)
         if self.exempt or self.allowed_recipient(rcpt):
             return Continue()
@@ -236,7 +237,7 @@ class Greylist(Milter):
         allow = self.settings.allow_recipients
         return rcpt in allow or "@" + rcpt.rpartition("@")[2] in allow
 
-    def store_error(self, exc: Exception) -> Decision:
+    def store_error(self, exc: Exception) -> Response:
         """Log once per message, then answer ``on_store_error`` for every recipient."""
         decision = self.settings.on_store_error
         if not self.store_failed:
@@ -246,7 +247,9 @@ class Greylist(Milter):
             self.log.error(
                 "greylist store %s failed: %s: %s; answering %s", store, kind, exc, decision
             )
-        return Continue() if decision == "accept" else service_failure(decision, "greylisting")
+        if Decision.parse(decision, SERVICE_DECISIONS) is Decision.ACCEPT:
+            return Continue()  # for this recipient: the message goes on to the others
+        return service_failure(decision, "greylisting")
 
 
 def bare(address: str) -> str:

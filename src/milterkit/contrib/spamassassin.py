@@ -31,7 +31,8 @@ from milterkit.contrib._common import (
     main_with_settings,
     service_failure,
 )
-from milterkit.milter import Continue, Decision, Milter, ReplyCode
+from milterkit.decision import Decision
+from milterkit.milter import Continue, Milter, ReplyCode, Response
 from milterkit.protocol.constants import Action
 from milterkit.runtime.address import Address
 
@@ -60,7 +61,7 @@ class SpamSettings:
     quarantine_score: float | None = None
     reject_score: float | None = None
     max_size: int = 500 * 1024
-    on_error: str = "accept"
+    on_error: Decision | str = Decision.ACCEPT
 
 
 def spamd_check(
@@ -129,15 +130,15 @@ class SpamAssassinMilter(Milter):
         self.settings = settings
         self.headers: list[tuple[str, str]] = []
 
-    def mail_from(self, sender: str, params: list[str]) -> Decision:
+    def mail_from(self, sender: str, params: list[str]) -> Response:
         self.headers = []
         return Continue()
 
-    def header(self, name: str, value: str) -> Decision:
+    def header(self, name: str, value: str) -> Response:
         self.headers.append((name, value))
         return Continue()
 
-    def end_of_message(self) -> Decision:
+    def end_of_message(self) -> Response:
         head = header_block(self.headers)
         if len(head) + self.body_size > self.settings.max_size:
             self.replace_our_headers(f"No, skipped: over {self.settings.max_size} bytes", None)
@@ -162,7 +163,7 @@ class SpamAssassinMilter(Milter):
             return service_failure(self.settings.on_error, "spam filter")
         return self.act_on(result)
 
-    def act_on(self, result: SpamResult) -> Decision:
+    def act_on(self, result: SpamResult) -> Response:
         s = self.settings
         score = f"{result.score:.1f}"
         if s.reject_score is not None and result.score >= s.reject_score:
@@ -182,7 +183,7 @@ class SpamAssassinMilter(Milter):
         for name in OUR_HEADERS:
             count = sum(1 for n, _ in self.headers if n.lower() == name.lower())
             for index in range(count, 0, -1):
-                self.change_header(name, index, "")  # last first: indexes stay valid
+                self.change_header(name, "", index)  # last first: indexes stay valid
         self.add_header("X-Spam-Status", status)
         if score is not None:
             self.add_header("X-Spam-Score", score)

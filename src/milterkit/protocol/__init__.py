@@ -5,6 +5,9 @@ the framing and the message classes: :class:`FilterConnection` is the milter
 side, :class:`MTAConnection` the MTA side, and the two can be paired in memory.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from milterkit._deprecation import warn_renamed
 from milterkit.protocol.constants import (
     ALL_ACTIONS,
     ALL_PROTOCOL,
@@ -57,7 +60,7 @@ from milterkit.protocol.messages import (
     Rcpt,
     Reject,
     ReplaceBody,
-    ReplyCode,
+    ReplyCodePacket,
     Shutdown,
     Skip,
     TempFail,
@@ -130,7 +133,7 @@ __all__ = [
     "RemoteProtocolError",
     "ReplaceBody",
     "Reply",
-    "ReplyCode",
+    "ReplyCodePacket",
     "Shutdown",
     "Skip",
     "TempFail",
@@ -144,3 +147,22 @@ __all__ = [
     "macro_key",
     "replace_body_chunks",
 ]
+
+# ``ReplyCode``, the old name of ReplyCodePacket, still works, with a warning: it was
+# renamed because ``milterkit.ReplyCode`` (what a callback returns) is a different
+# class. The warning lives here, not in ``messages``: that module may be compiled by
+# mypyc, which has no module ``__getattr__``. Type checkers see a plain alias, not the
+# ``__getattr__``, which would make every misspelt name of this package an Any.
+if TYPE_CHECKING:
+    ReplyCode = ReplyCodePacket
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name != "ReplyCode":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        warn_renamed(
+            "milterkit.protocol.ReplyCode",
+            "milterkit.protocol.ReplyCodePacket (the SMFIR_REPLYCODE packet; a callback "
+            "returns milterkit.ReplyCode)",
+        )
+        return ReplyCodePacket

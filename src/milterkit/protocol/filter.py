@@ -21,6 +21,7 @@ from milterkit.protocol.constants import (
     MAX_DATA_SIZE,
     MIN_PROTOCOL_VERSION,
     REPLY_ACTION,
+    Action,
     Command,
     ProtocolFlag,
     Reply,
@@ -48,7 +49,7 @@ from milterkit.protocol.negotiate import (
     Negotiated,
     build_filter_reply,
     check_filter_reply_local,
-    describe_actions,
+    describe_flags,
     negotiated,
 )
 
@@ -69,7 +70,10 @@ _FINAL_ENDS_MESSAGE = frozenset(
 )
 _RCPT_ENDS_MESSAGE = frozenset({Reply.ACCEPT, Reply.DISCARD})
 _REFUSED_REPLIES = {
-    Reply.SHUTDOWN: "SHUTDOWN ('4') is refused by Sendmail; send ReplyCode 421 instead",
+    Reply.SHUTDOWN: (
+        "SHUTDOWN ('4') is refused by Sendmail; send a 421 REPLYCODE instead "
+        "(from a callback: ReplyCode(421, ...))"
+    ),
     Reply.CONN_FAIL: "CONN_FAIL ('f') is implemented by neither MTA",
 }
 
@@ -411,7 +415,7 @@ class FilterConnection:
                 )
             if not self.negotiated.actions & needed:
                 raise LocalProtocolError(
-                    f"{reply.name} needs the action {describe_actions(needed)}, "
+                    f"{reply.name} needs the action {describe_flags(needed, Action)}, "
                     "which was not negotiated"
                 )
         elif reply == Reply.SKIP:

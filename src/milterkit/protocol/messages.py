@@ -444,11 +444,13 @@ _REPLY_LINE = re.compile(rb"([45])(\d\d)([ -])(?:([245])\.\d{1,3}\.\d{1,3}(?: |$
 
 
 @dataclass(frozen=True, slots=True)
-class ReplyCode(Message):
+class ReplyCodePacket(Message):
     """SMFIR_REPLYCODE: a complete SMTP reply, lines joined by CRLF, no final CRLF.
 
     Build one with :meth:`build`, which formats multi-line replies and doubles
-    ``%`` the way both MTAs require (PROTOCOL.md section 9).
+    ``%`` the way both MTAs require (PROTOCOL.md section 9). Named for the
+    packet to tell it from :class:`milterkit.ReplyCode`, the custom reply a
+    callback returns, which builds one of these.
     """
 
     text: bytes
@@ -458,7 +460,7 @@ class ReplyCode(Message):
         return self.text + b"\0"
 
     @classmethod
-    def unpack(cls, payload: bytes) -> ReplyCode:
+    def unpack(cls, payload: bytes) -> ReplyCodePacket:
         text = _exact_cstrings(payload, "REPLYCODE", 1, 1)[0]
         reply = cls(text)
         problem = reply.problem()
@@ -467,7 +469,9 @@ class ReplyCode(Message):
         return reply
 
     @classmethod
-    def build(cls, smtp_code: int, text: str | list[str], enhanced: str | None = None) -> ReplyCode:
+    def build(
+        cls, smtp_code: int, text: str | list[str], enhanced: str | None = None
+    ) -> ReplyCodePacket:
         """Format ``smtp_code [enhanced] text``; a list or newlines give a multi-line reply."""
         # a trailing newline ends the text; it does not start an empty last line
         lines = text if isinstance(text, list) else text.rstrip("\r\n").split("\n")
@@ -504,6 +508,12 @@ class ReplyCode(Message):
             if match.group(4) and match.group(4) != match.group(1):
                 return f"line {i + 1}: enhanced status class differs from the reply code"
         return None
+
+
+#: The old spelling, kept for imports from this module. ``milterkit.protocol.ReplyCode``
+#: warns that it is deprecated; this module cannot (mypyc compiles it, and a compiled
+#: module has no module-level ``__getattr__``).
+ReplyCode = ReplyCodePacket
 
 
 def _check_reply_parts(smtp_code: int, enhanced: str | None, lines: list[str]) -> None:
@@ -713,7 +723,7 @@ _CODES: tuple[tuple[type[Message], int], ...] = (
     (Progress, Reply.PROGRESS),
     (Shutdown, Reply.SHUTDOWN),
     (ConnFail, Reply.CONN_FAIL),
-    (ReplyCode, Reply.REPLYCODE),
+    (ReplyCodePacket, Reply.REPLYCODE),
     (AddHeader, Reply.ADDHEADER),
     (InsertHeader, Reply.INSHEADER),
     (ChangeHeader, Reply.CHGHEADER),
@@ -777,7 +787,7 @@ REPLY_TYPES: dict[int, _Unpacker] = {
         Reject,
         TempFail,
         Discard,
-        ReplyCode,
+        ReplyCodePacket,
         Skip,
         Progress,
         AddHeader,

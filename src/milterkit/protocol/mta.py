@@ -29,7 +29,7 @@ from milterkit.protocol.messages import Body, Macro, Message, OptNeg, decode_rep
 from milterkit.protocol.negotiate import (
     Negotiated,
     accept_filter_reply,
-    describe_actions,
+    describe_flags,
     semantic_version,
 )
 
@@ -229,7 +229,7 @@ class MTAConnection:
         needed = REPLY_ACTION[reply]
         if not self.negotiated.actions & needed:
             raise RemoteProtocolError(
-                f"{reply.name} needs the action {describe_actions(needed)}, "
+                f"{reply.name} needs the action {describe_flags(needed, Action)}, "
                 "which the filter did not negotiate"
             )
 

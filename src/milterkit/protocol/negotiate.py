@@ -55,13 +55,25 @@ def semantic_version(version: int) -> int:
     return 4 if version == 5 else min(version, PROTOCOL_VERSION)
 
 
-def describe_actions(actions: Action) -> str:
-    """``ADD_HEADERS|QUARANTINE`` style names, for error messages."""
-    names = [flag.name for flag in Action if flag.name and flag & actions and flag.value]
-    unknown = int(actions) & ~int(Action.all())
+def describe_flags(value: int, kind: type[Action] | type[ProtocolFlag]) -> str:
+    """``ADD_HEADERS|QUARANTINE`` style names of the bits set in ``value``, for humans.
+
+    One describer for both flag sets (errors, ``milterkit check``, ``ping``, JSON):
+    single-bit members only, so a composite alias never repeats its bits, and
+    bits the enum does not know are shown in hex instead of being dropped.
+    """
+    names: list[str] = []
+    known = 0
+    for member in kind:
+        bit = int(member)
+        if bit and bit & (bit - 1) == 0 and member.name:
+            known |= bit
+            if value & bit:
+                names.append(member.name)
+    unknown = int(value) & ~known
     if unknown:
         names.append(f"0x{unknown:x}")
-    return "|".join(n for n in names if n != "NONE") or "none"
+    return "|".join(names) or "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +159,8 @@ def build_filter_reply(
     missing = Action(int(actions) & ~int(offered_actions))
     if missing:
         raise LocalProtocolError(
-            f"the filter needs actions the MTA did not offer: {describe_actions(missing)} "
-            f"(offered {describe_actions(offered_actions)})"
+            f"the filter needs actions the MTA did not offer: {describe_flags(missing, Action)} "
+            f"(offered {describe_flags(offered_actions, Action)})"
         )
     lists = _macro_lists(macros)
     if lists and not offered_actions & Action.SETSYMLIST:
@@ -219,7 +231,7 @@ def _reply_problem(offer: OptNeg, reply: OptNeg, offered_actions: Action) -> str
     missing = Action(int(reply.actions) & ~int(offered_actions))
     if missing:
         return (
-            f"filter requests actions the MTA did not offer: {describe_actions(missing)} "
+            f"filter requests actions the MTA did not offer: {describe_flags(missing, Action)} "
             f"(0x{int(reply.actions):x} vs offered 0x{int(offered_actions):x})"
         )
     return None

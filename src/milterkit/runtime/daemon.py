@@ -35,6 +35,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from milterkit._compiled import build_description
+from milterkit.decision import ERROR_DECISIONS, Decision
 from milterkit.execution import ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.runtime import systemd
@@ -91,7 +92,7 @@ class DaemonConfig:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     callback_timeout: float | None = None
     progress_interval: float | None = None
-    error_decision: str = "tempfail"
+    error_decision: Decision | str = Decision.TEMPFAIL
     log: str = "console"
     log_level: str = "info"
     drain_timeout: float = 30.0
@@ -141,7 +142,7 @@ def run(
     timeout: float = DEFAULT_TIMEOUT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     callback_timeout: float | None = None,
-    error_decision: str = "tempfail",
+    error_decision: Decision | str = Decision.TEMPFAIL,
     log: str = "console",
     log_level: str = "info",
     drain_timeout: float = 30.0,
@@ -239,11 +240,10 @@ def _check_config(config: DaemonConfig) -> None:
         raise RuntimeConfigError(
             f"invalid callback timeout {config.callback_timeout}: must be positive"
         )
-    if config.error_decision not in ("tempfail", "accept", "reject", "continue"):
-        raise RuntimeConfigError(
-            f"invalid error decision {config.error_decision!r}: "
-            "expected tempfail, accept, reject or continue"
-        )
+    try:
+        Decision.parse(config.error_decision, ERROR_DECISIONS)
+    except ValueError as exc:
+        raise RuntimeConfigError(f"invalid error decision: {exc}") from None
     try:
         config.execution_settings()
     except ValueError as exc:

@@ -18,7 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from milterkit.decision import Decision
 from milterkit.protocol import messages as msg
+from milterkit.protocol.text import text
 from milterkit.runtime.logsetup import safe
 
 __all__ = [
@@ -73,11 +75,11 @@ _MODIFICATIONS: dict[type, str] = {
     msg.ReplaceBody: "replace_body",
     msg.Quarantine: "quarantine",
 }
-_FINAL: dict[type, str] = {
-    msg.Accept: "accept",
-    msg.Reject: "reject",
-    msg.TempFail: "tempfail",
-    msg.Discard: "discard",
+_FINAL: dict[type, Decision] = {
+    msg.Accept: Decision.ACCEPT,
+    msg.Reject: Decision.REJECT,
+    msg.TempFail: Decision.TEMPFAIL,
+    msg.Discard: Decision.DISCARD,
 }
 
 
@@ -85,11 +87,13 @@ _FINAL: dict[type, str] = {
 class MessageRecord:
     """One message as the milter saw it, ready to log or count.
 
-    ``decision`` is ``accept``, ``continue`` (end of message answered with
-    continue, which the MTA treats as accept), ``reject``, ``tempfail``,
-    ``discard``, ``abort`` (the MTA abandoned the message) or ``incomplete``
-    (the connection ended mid-message). ``stage`` names the callback whose
-    answer decided. ``recipients`` counts the RCPTs the milter did not refuse.
+    ``decision`` is a :class:`~milterkit.decision.Decision` (a ``str``):
+    ``accept``, ``continue`` (end of message answered with continue, which the
+    MTA treats as accept), ``reject``, ``tempfail`` (a custom reply counts by
+    its code) or ``discard``; or, when no decision came, ``abort`` (the MTA
+    abandoned the message) or ``incomplete`` (the connection ended
+    mid-message). ``stage`` names the callback whose answer decided.
+    ``recipients`` counts the RCPTs the milter did not refuse.
     ``client`` comes from CONNECT, which the MTA sends only to a milter that
     has a ``connect`` callback; otherwise from the ``{client_addr}`` macro if
     the MTA sends it, else it is None. ``queue_id`` is the ``i`` macro.
@@ -287,7 +291,7 @@ class RecordBuilder:
             self._finish("incomplete")  # MAIL without an end to the previous message
             assert isinstance(event, msg.Mail)
             client = self.client or _client_from_macros(macros)
-            self.current = MessageRecord(self.cid, client, sender=_text(event.sender))
+            self.current = MessageRecord(self.cid, client, sender=text(event.sender))
         elif kind is msg.Rcpt and self.current is not None:
             self.current.recipients += 1
         elif kind is msg.Connect:
@@ -315,9 +319,9 @@ class RecordBuilder:
         decision = _decision(reply)
         if decision is None:
             if stage == "end_of_message" and isinstance(reply, msg.Continue):
-                self._finish("continue", modifications=modifications)
+                self._finish(Decision.CONTINUE, modifications=modifications)
             return
-        if stage == "rcpt_to" and decision in ("reject", "tempfail"):
+        if stage == "rcpt_to" and decision in (Decision.REJECT, Decision.TEMPFAIL):
             if record is not None:
                 record.recipients -= 1  # refuses this recipient only
             return
@@ -347,17 +351,17 @@ class RecordBuilder:
         if record is None:
             return
         record.decision = decision
-        if decision in ("continue", "abort", "incomplete"):
+        if decision in (Decision.CONTINUE, "abort", "incomplete"):
             record.stage = self.stage
-        if isinstance(reply, msg.ReplyCode):
-            record.reply = _text(reply.text).replace("\r\n", " / ")
+        if isinstance(reply, msg.ReplyCodePacket):
+            record.reply = text(reply.text).replace("\r\n", " / ")
         for modification in modifications:
             kind = _MODIFICATIONS.get(type(modification))
             if kind is None:
                 continue
             record.modifications[kind] = record.modifications.get(kind, 0) + 1
             if isinstance(modification, msg.Quarantine):
-                record.quarantine = _text(modification.reason)
+                record.quarantine = text(modification.reason)
         self.observer.message_done(record)
 
 
@@ -367,29 +371,25 @@ def _client_from_macros(macros: Any) -> str | None:
     return _macro(macros, "{client_addr}") or _macro(macros, "_")
 
 
-def _decision(reply: msg.Message) -> str | None:
+def _decision(reply: msg.Message) -> Decision | None:
     """The final decision a reply makes, or None for continue/skip/progress."""
     final = _FINAL.get(type(reply))
     if final is not None:
         return final
-    if isinstance(reply, msg.ReplyCode):
-        return "tempfail" if reply.text[:1] == b"4" else "reject"
+    if isinstance(reply, msg.ReplyCodePacket):
+        return Decision.TEMPFAIL if reply.text[:1] == b"4" else Decision.REJECT
     return None
-
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")
 
 
 def _client(event: msg.Connect) -> str:
     """``hostname [address]`` of the SMTP client, as the MTA described it."""
-    name = _text(event.hostname)
+    name = text(event.hostname)
     address = event.bare_address
     if address is None:
         return name
-    return f"{name} [{_text(address)}]"
+    return f"{name} [{text(address)}]"
 
 
 def _macro(macros: Any, name: str) -> str | None:
     value = macros.lookup(name)
-    return None if value is None else _text(value)
+    return None if value is None else text(value)

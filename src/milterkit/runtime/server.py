@@ -38,6 +38,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from milterkit.decision import Decision
 from milterkit.execution import CallbackRunner, ExecutionSettings, LoopWatchdog
 from milterkit.milter import Milter
 from milterkit.protocol.errors import ProtocolError
@@ -88,7 +89,7 @@ def _settings(
     execution: ExecutionSettings | None,
     callback_timeout: float | None,
     progress_interval: float | None,
-    error_decision: str | None,
+    error_decision: Decision | str | None,
 ) -> ExecutionSettings:
     """``execution``, with the single settings given beside it taking precedence."""
     settings = execution or ExecutionSettings()
@@ -180,7 +181,7 @@ class Server:
         execution: ExecutionSettings | None = None,
         callback_timeout: float | None = None,
         progress_interval: float | None = None,
-        error_decision: str | None = None,
+        error_decision: Decision | str | None = None,
         logger: logging.Logger | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         observer: Observer | None = None,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from milterkit._deprecation import change_header_args, insert_header_args
+from milterkit.decision import Decision
 from milterkit.protocol import messages as msg
+from milterkit.protocol.text import text, wire
 from milterkit.result import CheckResult, SmtpReply, bare_address
 
 __all__ = [
@@ -31,8 +34,8 @@ __all__ = [
 ]
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("utf-8", "surrogateescape")
+def _optional_text(value: bytes | None) -> str | None:
+    return None if value is None else text(value)
 
 
 def _args(args: str | Iterable[str] | None) -> str | None:
@@ -60,45 +63,48 @@ def _find(result: CheckResult, wanted: msg.Message, what: str) -> None:
         raise _fail(f"expected {what}: {wanted!r}", result)
 
 
-def _enc(value: str) -> bytes:
-    return value.encode("utf-8", "surrogateescape")
-
-
 def _value(value: str) -> bytes:
-    return _enc(value).replace(b"\r\n", b"\n")
+    return wire(value).replace(b"\r\n", b"\n")
 
 
-def assert_decision(result: CheckResult, decision: str, code: int | None = None) -> None:
-    """``decision`` is continue/accept/reject/tempfail/discard; ``code`` the SMTP code."""
-    if result.decision != decision:
-        raise _fail(f"expected decision {decision!r}, got {result.decision!r}", result)
+def assert_decision(result: CheckResult, decision: Decision | str, code: int | None = None) -> None:
+    """``decision`` is a :class:`~milterkit.decision.Decision` or its name (continue,
+    accept, reject, tempfail, discard); ``code`` the SMTP code. A name that is no
+    decision raises ValueError, so a misspelt one cannot pass."""
+    wanted = Decision.parse(decision)
+    if result.decision != wanted:
+        raise _fail(f"expected decision '{wanted}', got '{result.decision}'", result)
     reply = result.smtp_reply
     if code is not None and (reply is None or reply.code != code):
         raise _fail(f"expected SMTP code {code}, got {reply}", result)
 
 
 def assert_header_added(result: CheckResult, name: str, value: str) -> None:
-    _find(result, msg.AddHeader(_enc(name), _value(value)), "an added header")
+    _find(result, msg.AddHeader(wire(name), _value(value)), "an added header")
 
 
-def assert_header_inserted(result: CheckResult, index: int, name: str, value: str) -> None:
-    _find(result, msg.InsertHeader(index, _enc(name), _value(value)), "an inserted header")
+def assert_header_inserted(result: CheckResult, name: str, value: str, index: int) -> None:
+    """The milter called ``insert_header(name, value, index)`` (same argument order)."""
+    name, value, index = insert_header_args(name, value, index, what="assert_header_inserted")
+    _find(result, msg.InsertHeader(index, wire(name), _value(value)), "an inserted header")
 
 
-def assert_header_changed(result: CheckResult, name: str, index: int, value: str) -> None:
-    _find(result, msg.ChangeHeader(index, _enc(name), _value(value)), "a changed header")
+def assert_header_changed(result: CheckResult, name: str, value: str, index: int = 1) -> None:
+    """The milter called ``change_header(name, value, index)`` (same argument order)."""
+    name, value, index = change_header_args(name, value, index, what="assert_header_changed")
+    _find(result, msg.ChangeHeader(index, wire(name), _value(value)), "a changed header")
 
 
 def assert_header_deleted(result: CheckResult, name: str, index: int = 1) -> None:
-    _find(result, msg.ChangeHeader(index, _enc(name), b""), "a deleted header")
+    _find(result, msg.ChangeHeader(index, wire(name), b""), "a deleted header")
 
 
 def _rcpt_matches(mod: msg.Message, address: str, args: str | None) -> bool:
     if isinstance(mod, msg.AddRecipient):
-        return args is None and bare_address(_text(mod.recipient) or "") == address
+        return args is None and bare_address(text(mod.recipient)) == address
     if isinstance(mod, msg.AddRecipientPar):
-        found = bare_address(_text(mod.recipient) or "")
-        return found == address and _text(mod.args) == args
+        found = bare_address(text(mod.recipient))
+        return found == address and _optional_text(mod.args) == args
     return False
 
 
@@ -113,16 +119,13 @@ def assert_recipient_added(
 def assert_recipient_deleted(result: CheckResult, address: str) -> None:
     wanted = bare_address(address)
     for mod in result.modifications:
-        if (
-            isinstance(mod, msg.DeleteRecipient)
-            and bare_address(_text(mod.recipient) or "") == wanted
-        ):
+        if isinstance(mod, msg.DeleteRecipient) and bare_address(text(mod.recipient)) == wanted:
             return
     raise _fail(f"expected recipient {address} deleted", result)
 
 
 def _from_matches(mod: msg.ChangeFrom, address: str, args: str | None) -> bool:
-    return bare_address(_text(mod.sender) or "") == address and _text(mod.args) == args
+    return bare_address(text(mod.sender)) == address and _optional_text(mod.args) == args
 
 
 def assert_from_changed(

@@ -1,0 +1,338 @@
+"""A message as an MTA sees it, and what an MTA does to it for a filter.
+
+Two jobs, both over raw bytes:
+
+- **Parsing.** :class:`ParsedMessage` splits a message the way an MTA's
+  header parser does, without the :mod:`email` package: that package re-folds
+  and re-encodes headers, and a milter test must see the exact bytes the MTA
+  would have sent and stored.
+- **The MTA simulation.** :func:`apply_modifications` plays a filter's
+  modifications onto a message and its envelope with the MTA's rules
+  (PROTOCOL.md sections 8 and 10): header indexes, Sendmail's nulled deletes,
+  REPLBODY line ends, recipient deletion by exact match.
+
+Untouched headers and an untouched body come out byte for byte as they went
+in; new lines use the message's own line ending. Nothing here knows about
+results or sockets: :meth:`milterkit.result.CheckResult.apply` feeds it.
+"""
+
+from __future__ import annotations
+
+import email.generator
+import email.message
+import email.policy
+import email.utils
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from milterkit.protocol.messages import (
+    AddHeader,
+    AddRecipient,
+    AddRecipientPar,
+    ChangeFrom,
+    ChangeHeader,
+    DeleteRecipient,
+    InsertHeader,
+    Message,
+    ReplaceBody,
+)
+from milterkit.protocol.text import text as _text
+from milterkit.protocol.text import wire
+
+__all__ = [
+    "Envelope",
+    "MessageInput",
+    "ParsedMessage",
+    "RawHeader",
+    "apply_modifications",
+    "bare_address",
+    "envelope_from_headers",
+]
+
+MessageInput = bytes | bytearray | memoryview | email.message.Message
+
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+_LONE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def bare_address(address: str) -> str:
+    """An envelope address without surrounding whitespace and angle brackets."""
+    stripped = address.strip()
+    if stripped.startswith("<") and stripped.endswith(">"):
+        return stripped[1:-1]
+    return stripped
+
+
+# ----------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True)
+class RawHeader:
+    """One header field exactly as in the message, including its line ends."""
+
+    name: bytes
+    raw: bytes
+
+    def value(self, leading_space: bool = False) -> bytes:
+        """The value as an MTA sends it in SMFIC_HEADER (PROTOCOL.md section 10.1).
+
+        Folded lines are joined with LF only. Without HDR_LEADSPC the MTA drops
+        exactly one space after the colon (never a tab); with it the value is
+        passed verbatim.
+        """
+        value = self.raw[self.raw.index(b":") + 1 :]  # 'Subject : x' has spaces before ':'
+        value = value.rstrip(b"\n").removesuffix(b"\r").replace(b"\r\n", b"\n")
+        if not leading_space and value.startswith(b" "):
+            value = value[1:]
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """A message split into raw header fields, the blank line, and the raw body."""
+
+    headers: tuple[RawHeader, ...]
+    separator: bytes
+    body: bytes
+    newline: bytes
+
+    @classmethod
+    def parse(cls, message: MessageInput) -> ParsedMessage:
+        """Split a message the way an MTA's header parser does.
+
+        The header section ends at the first empty line, or at the first line
+        that is neither a field nor a continuation (that line starts the body).
+        """
+        data = _as_bytes(message)
+        newline = b"\r\n" if data.split(b"\n", 1)[0].endswith(b"\r") else b"\n"
+        headers: list[RawHeader] = []
+        pos = 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            end = len(data) if end < 0 else end + 1
+            line = data[pos:end]
+            if line in (b"\n", b"\r\n"):
+                return cls(tuple(headers), line, data[end:], newline)
+            if line[:1] in (b" ", b"\t") and headers:
+                last = headers[-1]
+                headers[-1] = RawHeader(last.name, last.raw + line)
+            else:
+                name = _field_name(line)
+                if name is None:
+                    break
+                headers.append(RawHeader(name, line))
+            pos = end
+        return cls(tuple(headers), b"", data[pos:], newline)
+
+    def get(self, name: str) -> bytes | None:
+        """The first value of a header (case-insensitive), one leading space removed."""
+        wanted = name.encode("ascii").lower()
+        for header in self.headers:
+            if header.name.lower() == wanted:
+                return header.value()
+        return None
+
+    def smtp_body(self) -> bytes:
+        """The body as MTAs send it to milters: CRLF line ends, last line terminated."""
+        body = _LONE_LF.sub(b"\r\n", self.body)
+        if body and not body.endswith(b"\n"):
+            body += b"\r\n"
+        return body
+
+
+def envelope_from_headers(parsed: ParsedMessage) -> tuple[str, list[str]]:
+    """Sender from From:, recipients from To: and Cc:, for when none are given.
+
+    A convenience for trying a message file quickly; a real MTA takes the
+    envelope from MAIL/RCPT, which may differ from the headers.
+    """
+    senders = _addresses(parsed, "From")
+    recipients = _addresses(parsed, "To") + _addresses(parsed, "Cc")
+    return (senders[0] if senders else ""), recipients
+
+
+def _addresses(parsed: ParsedMessage, name: str) -> list[str]:
+    wanted = name.lower().encode()
+    values = [_text(h.value()) for h in parsed.headers if h.name.lower() == wanted]
+    return [addr for _, addr in email.utils.getaddresses(values) if addr]
+
+
+def _field_name(line: bytes) -> bytes | None:
+    colon = line.find(b":")
+    if colon <= 0:
+        return None
+    # obsolete syntax (RFC 822 3.4.2): white space between name and colon, as
+    # Postfix's is_header_buf() accepts; the name excludes it
+    name = line[:colon].rstrip(b" \t")
+    return name if _FIELD_NAME.fullmatch(name) else None
+
+
+def _as_bytes(message: MessageInput) -> bytes:
+    if isinstance(message, email.message.Message):
+        out = io.BytesIO()
+        policy = email.policy.compat32.clone(linesep="\r\n")
+        email.generator.BytesGenerator(out, mangle_from_=False, policy=policy).flatten(message)
+        return out.getvalue()
+    return bytes(message)
+
+
+# ------------------------------------------------------------------ the MTA's edits
+
+
+@dataclass
+class Envelope:
+    """Sender and recipients (without ``<>``) as the MTA holds them, with ESMTP args."""
+
+    sender: str
+    sender_args: str | None = None
+    recipients: list[str] = field(default_factory=list)
+    recipient_args: dict[str, str] = field(default_factory=dict)
+
+    def apply(self, mod: Message) -> None:
+        """Apply an envelope modification; other modifications are ignored."""
+        if isinstance(mod, ChangeFrom):
+            self.sender = bare_address(_text(mod.sender))
+            self.sender_args = None if mod.args is None else _text(mod.args)
+        elif isinstance(mod, AddRecipient | AddRecipientPar):
+            address = bare_address(_text(mod.recipient))
+            self.recipients.append(address)
+            if isinstance(mod, AddRecipientPar) and mod.args:
+                self.recipient_args[address] = _text(mod.args)
+        elif isinstance(mod, DeleteRecipient):
+            self._delete(bare_address(_text(mod.recipient)))
+
+    def _delete(self, address: str) -> None:
+        """Postfix strips ``<>`` and deletes every recipient equal to it (strcmp: case counts)."""
+        self.recipients = [r for r in self.recipients if r != address]
+        for key in [k for k in self.recipient_args if k.lower() == address]:
+            del self.recipient_args[key]
+
+
+def apply_modifications(
+    message: MessageInput,
+    modifications: Iterable[Message],
+    envelope: Envelope,
+    *,
+    leading_space: bool = False,
+    sendmail_rules: bool = False,
+    received_header: bytes | str | None = None,
+) -> bytes:
+    """Play ``modifications`` onto ``message`` and ``envelope`` as the MTA would.
+
+    Returns the message bytes the MTA would store; ``envelope`` is changed in
+    place. ``leading_space`` is the negotiated HDR_LEADSPC; ``sendmail_rules``
+    keeps a deleted header counted by later CHGHEADER indexes, as Sendmail does.
+    ``received_header`` is the MTA's own ``Received:`` field (with or without
+    its line end): filters never see it and CHGHEADER indexes skip it, but
+    INSHEADER index 0 goes above it (PROTOCOL.md section 10.4). Without it,
+    insert indexes count the message's own headers.
+    """
+    parsed = ParsedMessage.parse(message)
+    received = _received(received_header, parsed.newline)
+    editor = _HeaderEditor(parsed, leading_space, received, sendmail_rules)
+    new_body: list[bytes] | None = None
+    for mod in modifications:
+        if isinstance(mod, ReplaceBody):
+            new_body = [] if new_body is None else new_body
+            new_body.append(mod.chunk)
+        elif not editor.apply(mod):
+            envelope.apply(mod)
+    body = parsed.body if new_body is None else _postfix_body(b"".join(new_body), parsed)
+    return editor.render() + (parsed.separator or parsed.newline) + body
+
+
+def _received(header: bytes | str | None, newline: bytes) -> RawHeader | None:
+    if header is None:
+        return None
+    raw = wire(header)
+    if not raw.endswith(b"\n"):
+        raw += newline
+    name = _field_name(raw)
+    if name is None:
+        raise ValueError(f"received_header {raw[:60]!r} is not a header field")
+    return RawHeader(name, raw)
+
+
+def _postfix_body(body: bytes, parsed: ParsedMessage) -> bytes:
+    """A REPLBODY body as Postfix stores it, written with the message's line end.
+
+    Postfix splits on LF and drops one CR right before it; a lone CR stays;
+    an unterminated last line still becomes a line (PROTOCOL.md section 8.1).
+    """
+    if not body:
+        return b""
+    lines = body.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return b"".join(line.removesuffix(b"\r") + parsed.newline for line in lines)
+
+
+@dataclass
+class _Entry:
+    header: RawHeader
+    received: bool = False
+    deleted: bool = False  # Sendmail: value nulled, still counted by CHGHEADER
+
+
+class _HeaderEditor:
+    """The header list under edit; the MTA's Received header is entry 0 if given."""
+
+    def __init__(
+        self,
+        parsed: ParsedMessage,
+        leadspc: bool,
+        received: RawHeader | None,
+        null_deletes: bool = False,
+    ) -> None:
+        self._entries = [_Entry(h) for h in parsed.headers]
+        if received is not None:
+            self._entries.insert(0, _Entry(received, received=True))
+        self._leadspc = leadspc
+        self._newline = parsed.newline
+        #: Sendmail's rule: a deleted header keeps its place in the index count.
+        self.null_deletes = null_deletes
+
+    def apply(self, mod: Message) -> bool:
+        """Apply a header modification; False if ``mod`` is not one."""
+        if isinstance(mod, AddHeader):
+            self._entries.append(_Entry(self._field(mod.name, mod.value)))
+        elif isinstance(mod, InsertHeader):
+            self._entries.insert(
+                min(mod.index, len(self._entries)), _Entry(self._field(mod.name, mod.value))
+            )
+        elif isinstance(mod, ChangeHeader):
+            self._change(mod)
+        else:
+            return False
+        return True
+
+    def _field(self, name: bytes, value: bytes) -> RawHeader:
+        """A new header field: one space after the colon unless HDR_LEADSPC (section 10.5)."""
+        value = value.replace(b"\r\n", b"\n").replace(b"\n", self._newline)
+        space = b"" if self._leadspc else b" "
+        return RawHeader(name, name + b":" + space + value + self._newline)
+
+    def _change(self, mod: ChangeHeader) -> None:
+        """CHGHEADER: nth header of the name (0 counts as 1), empty value deletes."""
+        wanted = mod.name.lower()
+        index = max(mod.index, 1)
+        seen = 0
+        for pos, entry in enumerate(self._entries):
+            if entry.received or entry.header.name.lower() != wanted:
+                continue
+            seen += 1
+            if seen == index:
+                if mod.value:
+                    self._entries[pos] = _Entry(self._field(mod.name, mod.value))
+                elif self.null_deletes:
+                    entry.deleted = True
+                else:
+                    del self._entries[pos]
+                return
+        if mod.value:
+            self._entries.append(_Entry(self._field(mod.name, mod.value)))
+
+    def render(self) -> bytes:
+        return b"".join(e.header.raw for e in self._entries if not e.deleted)
