@@ -61,3 +61,29 @@ def test_readme_rcpt_example_rejects_with_multiline_reply(
     result = mta.check(message, recipients=["<nobody@example.net>", "<bob@example.net>"])
     reply = result.rejected_recipients["<nobody@example.net>"]
     assert reply.text == "550-5.1.1 No such user.\r\n550 5.1.1 Ask postmaster."
+
+
+def test_readme_client_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The "same from Python" block, with both of its addresses pointing at a live filter."""
+    from milterkit.protocol import Accept, AddHeader, Command
+    from tests.client.milter_server import MilterServer, Script
+
+    server = MilterServer(Script(replies={Command.BODYEOB: [AddHeader(b"X-Seen", b"1"), Accept()]}))
+    try:
+        address = server.listen_unix(str(tmp_path / "filter.sock"))
+        eml = b"From: <a@example.org>\r\nTo: <b@example.net>\r\nSubject: hi\r\n\r\nbody\r\n"
+        (tmp_path / "message.eml").write_bytes(eml)
+        monkeypatch.chdir(tmp_path)
+        block = _block_with("ClientOptions(profile=SENDMAIL")
+        block = block.replace("inet:8891@127.0.0.1", address).replace("unix:/run/x.sock", address)
+        namespace: dict[str, Any] = {"messages": [eml, eml]}
+        exec(compile(block, "README:client", "exec"), namespace)
+    finally:
+        server.stop()
+    assert namespace["delivered"].message_bytes.endswith(b"X-Seen: 1\r\n\r\nbody\r\n")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("accept ") and printed[1:] == ["accept", "accept"]
+    connects = [p for log in server.logs for p in log.packets() if p.code == Command.CONNECT]
+    assert [c.address for c in connects[1:]] == [b"192.0.2.1"]  # type: ignore[attr-defined]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
+from milterkit import Milter
 from milterkit.client import (
     SENDMAIL,
     V2_ONLY,
     AsyncMilterClient,
+    CheckResult,
+    ClientInfo,
+    ClientOptions,
     MilterAddressError,
     MilterClient,
     MilterConnectionError,
@@ -27,7 +32,9 @@ from milterkit.protocol import (
     Connect,
     Continue,
     Data,
+    Family,
     Header,
+    Helo,
     InsertHeader,
     Macro,
     MacroStage,
@@ -315,3 +322,98 @@ def test_async_client(serve: Serve) -> None:
     assert asyncio.run(main()) == ["continue", "continue"]
     assert kinds(server.logs[0].packets()).count("A") == 3  # ABORT is absorbed by the filter
     assert isinstance(server.logs[0].events[-1], Quit)  # read once packets() saw the close
+
+
+def test_sync_client_runs_inside_a_running_event_loop(serve: Serve) -> None:
+    """The blocking client owns no loop: a sync function called from a coroutine may use it.
+
+    A client that ran a private loop per call fails here ("Cannot run the
+    event loop while another loop is running").
+    """
+    address, _ = serve(Script(replies={Command.BODYEOB: [AddHeader(b"X-Seen", b"1"), Accept()]}))
+
+    async def main() -> str:
+        with MilterClient(address, timeout=5) as client:
+            return client.check(MSG).decision
+
+    assert asyncio.run(main()) == "accept"
+
+
+def test_sync_client_creates_no_event_loop(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    address, _ = serve()
+
+    def no_loop() -> None:
+        raise AssertionError("the blocking client created an event loop")
+
+    monkeypatch.setattr(asyncio, "new_event_loop", no_loop)
+    monkeypatch.setattr(asyncio, "get_event_loop", no_loop)
+    with MilterClient(address, timeout=5) as client:
+        assert client.check(MSG).decision == "continue"
+        assert client.check(MSG).decision == "continue"
+
+
+def run_async_check(address: str, **keywords: Any) -> CheckResult:
+    async def main() -> CheckResult:
+        async with AsyncMilterClient(address, **keywords) as client:
+            return await client.check(MSG)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "stage", "words"),
+    [
+        (SILENT, MilterTimeout, "mail", "took longer than 0.5 s to reply at MAIL"),
+        (GARBAGE, MilterProtocolError, "mail", "broke the protocol during mail"),
+        (CLOSE, MilterConnectionError, "mail", "closed the connection"),
+    ],
+)
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_both_drivers_fail_the_same_way(
+    serve: Serve, driver: str, reply: object, error: type[Exception], stage: str, words: str
+) -> None:
+    address, _ = serve(Script(replies={Command.MAIL: reply}))  # type: ignore[dict-item]
+    with pytest.raises(error) as info:
+        if driver == "sync":
+            check(address, MSG, timeout=0.5)
+        else:
+            run_async_check(address, timeout=0.5)
+    assert info.value.stage == stage  # type: ignore[attr-defined]
+    assert words in str(info.value) and address in str(info.value)
+
+
+def test_one_options_object_for_both_clients_and_the_harness(serve: Serve) -> None:
+    from milterkit.testing import MilterHarness
+
+    options = ClientOptions(
+        profile=SENDMAIL, client=ClientInfo("192.0.2.7", 4000, helo="opts.example"), timeout=5
+    )
+    address, server = serve()
+    with MilterClient(address, options=options) as client:
+        client.check(MSG)
+    run_async_check(address, options=options)
+    for log in server.logs:
+        packets = log.packets()
+        assert Connect(b"[192.0.2.7]", Family.INET, 4000, b"192.0.2.7") in packets
+        assert Helo(b"opts.example") in packets
+        assert "A" not in kinds(packets)  # the Sendmail profile: no ABORT after a message
+    with MilterHarness(Milter, options=options) as harness:
+        assert harness.mta.profile is SENDMAIL
+        assert harness.mta.connect_message().port == 4000
+
+
+def test_keywords_override_the_options_object(serve: Serve) -> None:
+    options = ClientOptions(client=ClientInfo("192.0.2.7", 4000), timeout=30)
+    client = MilterClient("unix:/nonexistent", options=options, timeout=2, helo="kw.example")
+    assert client.options.timeout == 2
+    assert client.options.client == ClientInfo("192.0.2.7", 4000, None, "kw.example")
+    assert options.timeout == 30  # the shared object is untouched
+
+
+def test_options_keep_a_private_read_only_copy_of_macros() -> None:
+    macros = {"j": "mx.example"}
+    options = ClientOptions(macros=macros)
+    macros["j"] = "changed"
+    assert options.macros["j"] == "mx.example"
+    with pytest.raises(TypeError):
+        options.macros["j"] = "x"  # type: ignore[index]

@@ -14,6 +14,7 @@ from milterkit.client import ClientInfo, Exchange, MTASession
 from milterkit.mtaprofile import POSTFIX, POSTFIX_NONSMTP, SENDMAIL, V2_ONLY, MTAProfile
 from milterkit.protocol import (
     NEED_DATA,
+    Abort,
     Action,
     AddHeader,
     Connect,
@@ -149,3 +150,39 @@ def test_postfix_queue_id_only_after_first_accepted_rcpt() -> None:
 def test_message_before_opening_is_refused() -> None:
     with pytest.raises(LocalProtocolError):
         MTASession().message(message(1), "a@b.c", ["d@e.f"])
+
+
+def test_trailing_abort_belongs_to_the_run_and_leads_the_next_exchange() -> None:
+    session = MTASession(POSTFIX)
+    filt = FilterConnection()
+    wire: list[bytes] = []
+    pump(session.opening(), filt, eom_header, wire)
+    run = session.message(message(1), "a@b.c", ["d@e.f"])
+    pump(run, filt, eom_header, wire)
+    # Postfix's ABORT after a message is the run's own, not yet returned by anyone
+    assert shape(run.trailing) == "A"
+    assert not shape(b"".join(wire)).endswith("A")
+    following = session.message(message(1), "a@b.c", ["d@e.f"])
+    assert shape(following.start()).startswith("Am")  # ABORT, then the MAIL macros
+
+
+def test_quit_returns_the_trailing_abort_before_its_own_packets() -> None:
+    session = MTASession(POSTFIX)
+    filt = FilterConnection()
+    pump(session.opening(), filt, eom_header, [])
+    pump(session.message(message(1), "a@b.c", ["d@e.f"]), filt, eom_header, [])
+    assert shape(session.quit()) == "AAQ"  # the message's ABORT, the session-end ABORT, QUIT
+
+
+def test_a_message_waits_for_the_previous_exchange() -> None:
+    session = MTASession(POSTFIX)
+    session.opening().start()  # OPTNEG sent, reply not received
+    with pytest.raises(LocalProtocolError, match="Opening is not done"):
+        session.message(message(1), "a@b.c", ["d@e.f"])
+
+
+def test_session_send_returns_bytes_and_keeps_nothing() -> None:
+    session = MTASession(POSTFIX)
+    pump(session.opening(), FilterConnection(), eom_header, [])
+    assert shape(session.send(Abort())) == "A"
+    assert shape(session.quit()) == "AQ"  # only quit's own ABORT: send() queued nothing

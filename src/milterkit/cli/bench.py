@@ -1,13 +1,18 @@
 """``milterkit bench``: a bounded load generator for milters.
 
-Several processes (default: one per CPU) each run asyncio connections that
-drive :class:`~milterkit.protocol.MTAConnection` directly. The bytes of every
-command of the test message are computed once per negotiated outcome (by a
-dry run of :class:`~milterkit.client.session.MessageRun` against an
-always-continue filter), so the per-message cost on the driver side is a few
-writes and the parsing of the replies. The run stops by itself after
-``--duration`` seconds or ``--messages`` messages (failed attempts count too,
-so a dead filter cannot make it hang).
+Several processes (default: one per CPU) each run asyncio connections over
+the client's sans-I/O :class:`~milterkit.client.session.MTASession`: the
+opening is its :class:`~milterkit.client.session.Opening` exchange, ABORT and
+QUIT come from :meth:`~milterkit.client.session.MTASession.abort` and
+:meth:`~milterkit.client.session.MTASession.quit`. Only the messages take a
+faster path: the bytes of every command of the test message are computed
+once per negotiated outcome (by a dry run of
+:class:`~milterkit.client.session.MessageRun` against an always-continue
+filter) and replayed, with :meth:`~milterkit.protocol.MTAConnection.sent_encoded`
+telling the session's connection which reply to expect; so the per-message
+cost on the driver side is a few writes and the parsing of the replies. The
+run stops by itself after ``--duration`` seconds or ``--messages`` messages
+(failed attempts count too, so a dead filter cannot make it hang).
 
 Latency is measured per message, from writing its first packet (MAIL) to
 reading the final end-of-message reply. The driver's own CPU time is reported
@@ -135,8 +140,7 @@ class Plan:
     """Prebuilt bytes of one message: batches, each ending in a command that gets a reply."""
 
     batches: tuple[tuple[bytes, Command, str], ...]
-    after: bytes  # packets written after the EOM reply (Postfix's ABORT)
-    abort: bytes
+    after: bytes  # the message's trailing packets, written after the EOM reply (Postfix's ABORT)
 
 
 def make_plan(profile: MTAProfile, negotiated: Negotiated, config: BenchConfig) -> Plan:
@@ -151,12 +155,9 @@ def make_plan(profile: MTAProfile, negotiated: Negotiated, config: BenchConfig) 
     _dry_run(session.opening(), reply)
     message, sender, recipients = build_message(config)
     batches: list[tuple[bytes, Command, str]] = []
-    _dry_run(session.message(message, sender, recipients), None, batches)
-    return Plan(tuple(batches), session.take_pending(), encode_abort())
-
-
-def encode_abort() -> bytes:
-    return b"\x00\x00\x00\x01A"
+    run = session.message(message, sender, recipients)
+    _dry_run(run, None, batches)
+    return Plan(tuple(batches), run.trailing)
 
 
 def _dry_run(
@@ -231,12 +232,11 @@ class _Worker:
             await _exchange(session.opening(), reader, writer, config.timeout)
             assert session.negotiated is not None
             plan = self._plan(session.negotiated)
-            conn = session.conn
             for n in range(max(config.msgs_per_conn, 1)):
                 if n and not self.take():
                     break
-                await self.one_message(plan, conn, reader, writer)
-            writer.write(b"\x00\x00\x00\x01Q")
+                await self.one_message(plan, session, reader, writer)
+            writer.write(session.quit())
             with contextlib.suppress(OSError):
                 await writer.drain()
         finally:
@@ -251,10 +251,11 @@ class _Worker:
     async def one_message(
         self,
         plan: Plan,
-        conn: MTAConnection,
+        session: MTASession,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        conn = session.conn
         started = time.perf_counter()
         decision = "continue"
         skipping = ""
@@ -269,7 +270,7 @@ class _Worker:
                 skipping = stage
             elif not isinstance(reply, Continue) and stage != "rcpt":
                 decision = Reply(reply.code).name.lower()
-                writer.write(plan.abort)
+                writer.write(session.abort())
                 break
         else:
             writer.write(plan.after)

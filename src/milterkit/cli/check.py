@@ -44,6 +44,8 @@ from milterkit.cli.display import (
     write_atomically,
 )
 from milterkit.client import (
+    ClientInfo,
+    ClientOptions,
     MilterAddressError,
     MilterClient,
     MilterConnectionError,
@@ -188,16 +190,13 @@ def _check(args: argparse.Namespace, data: bytes, macros: dict[str, str]) -> Che
         recipients = recipients or from_rcpts
     if not recipients:
         raise ValueError("no recipient: give --rcpt or a To:/Cc: header")
-    with MilterClient(
-        args.socket,
+    options = ClientOptions(
         profile=PROFILES[args.profile],
-        client_address=args.client_ip or None,
-        client_port=args.client_port,
-        hostname=args.client_name,
-        helo=args.helo,
+        client=ClientInfo(args.client_ip or None, args.client_port, args.client_name, args.helo),
         macros=macros,
         timeout=args.timeout,
-    ) as client:
+    )
+    with MilterClient(args.socket, options=options) as client:
         return client.check(data, sender=sender, recipients=recipients)
 
 

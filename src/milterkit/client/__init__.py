@@ -7,16 +7,21 @@
 >>> delivered = result.apply(open("msg.eml", "rb").read())
 
 :func:`check` is one connection, one message. :class:`MilterClient`
-(blocking) and :class:`AsyncMilterClient` keep a connection open for several
-messages. The protocol logic is sans-I/O in :mod:`milterkit.client.session`
-(:class:`MTASession`, :class:`MessageRun`) for reuse with other transports.
+(blocking sockets, no event loop) and :class:`AsyncMilterClient` (asyncio)
+keep a connection open for several messages. All three take one
+:class:`ClientOptions` (``options=``) or the same settings as keywords.
+The protocol logic is sans-I/O in :mod:`milterkit.client.session`
+(:class:`MTASession`, :class:`Opening`, :class:`MessageRun`): both clients
+and the in-memory test harness drive the same exchanges, each over its own
+transport, as httpx's ``Client`` and ``AsyncClient`` share one base.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from milterkit.client.aio import DEFAULT_TIMEOUT, AsyncMilterClient
+from milterkit.client.aio import AsyncMilterClient
 from milterkit.client.errors import (
     MilterAddressError,
     MilterConnectionError,
@@ -24,10 +29,14 @@ from milterkit.client.errors import (
     MilterProtocolError,
     MilterTimeout,
 )
+from milterkit.client.options import DEFAULT_TIMEOUT, ClientKeywords, ClientOptions
 from milterkit.client.session import ClientInfo, Exchange, MessageRun, MTASession, Opening
 from milterkit.client.sync import MilterClient
 from milterkit.mtaprofile import POSTFIX, SENDMAIL, V2_ONLY, MTAProfile
 from milterkit.result import CheckResult, DeliveredMessage, MessageInput
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -37,6 +46,8 @@ __all__ = [
     "AsyncMilterClient",
     "CheckResult",
     "ClientInfo",
+    "ClientKeywords",
+    "ClientOptions",
     "DeliveredMessage",
     "Exchange",
     "MTAProfile",
@@ -59,34 +70,23 @@ def check(
     *,
     sender: str | None = None,
     recipients: Sequence[str] | None = None,
-    client_address: str | None = "127.0.0.1",
-    client_port: int = 50000,
-    hostname: str | None = None,
-    helo: str = "client.example.org",
-    macros: Mapping[str, str] | None = None,
-    profile: MTAProfile = POSTFIX,
-    timeout: float = DEFAULT_TIMEOUT,
-    version: int | None = None,
-    actions: int | None = None,
-    protocol: int | None = None,
+    sender_args: Sequence[str] = (),
+    recipient_args: Mapping[str, Sequence[str]] | None = None,
+    options: ClientOptions | None = None,
+    **keywords: Unpack[ClientKeywords],
 ) -> CheckResult:
     """Connect, run one message through the filter at ``address``, QUIT.
 
     Sender and recipients default to the message's From and To/Cc headers.
-    Raises :class:`MilterError` subclasses for connection problems, timeouts
-    and protocol violations.
+    The MTA's settings are ``options`` and/or the same settings as keywords
+    (``timeout=10``, ``profile=SENDMAIL``). Raises :class:`MilterError`
+    subclasses for connection problems, timeouts and protocol violations.
     """
-    with MilterClient(
-        address,
-        profile=profile,
-        client_address=client_address,
-        client_port=client_port,
-        hostname=hostname,
-        helo=helo,
-        macros=macros,
-        timeout=timeout,
-        version=version,
-        actions=actions,
-        protocol=protocol,
-    ) as client:
-        return client.check(message, sender=sender, recipients=recipients)
+    with MilterClient(address, options=options, **keywords) as client:
+        return client.check(
+            message,
+            sender=sender,
+            recipients=recipients,
+            sender_args=sender_args,
+            recipient_args=recipient_args,
+        )

@@ -4,8 +4,11 @@
 an :class:`~milterkit.mtaprofile.MTAProfile`. It hands out *exchanges*: an
 :class:`Opening` (OPTNEG, CONNECT, HELO) and then one :class:`MessageRun` per
 message (MAIL ... EOM). Neither touches a socket or a clock, so the same code
-drives a real socket (:mod:`milterkit.client.aio`), an in-memory
-``FilterConnection`` (the test harness), or a replay of recorded bytes.
+drives a blocking socket (:mod:`milterkit.client.sync`), an asyncio stream
+(:mod:`milterkit.client.aio`), an in-memory ``FilterConnection`` (the test
+harness), or a replay of recorded bytes. As with h11, every call that has
+bytes for the filter returns them; nothing is written or queued behind the
+caller's back.
 
 Driving an exchange (the whole contract)::
 
@@ -24,7 +27,7 @@ Driving an exchange (the whole contract)::
     run = session.message(message_bytes, "alice@example.org", ["bob@example.net"])
     drive(run, transport)
     result = run.result                     # a CheckResult
-    transport.write(session.quit())         # pending ABORTs + QUIT
+    transport.write(session.quit())         # trailing ABORTs + QUIT
 
 An in-memory harness makes ``transport.write`` feed a ``FilterConnection``
 (``receive_data``/``next_event``) and ``transport.read`` return the bytes of
@@ -41,9 +44,13 @@ Rules the driver can rely on:
   still incomplete: just read again.
 * When ``done`` turns True the returned bytes are empty. Packets that need
   no reply and that a real MTA writes lazily (Postfix's ABORT after a
-  message) stay queued in the session and go out in front of the next
-  exchange's first bytes, or with :meth:`MTASession.quit` /
-  :meth:`MTASession.abort`.
+  message) are the exchange's :attr:`Exchange.trailing` bytes; the session
+  puts them in front of the next exchange's first bytes, or of
+  :meth:`MTASession.quit` / :meth:`MTASession.abort`.
+* An exchange keeps its own state (its stages, its result, a verdict that
+  ends the session); the session reads a finished exchange when the next one
+  is asked for, so the connection-level facts (:attr:`MTASession.verdict`)
+  change only between exchanges.
 * Filter misbehaviour raises :class:`~milterkit.protocol.RemoteProtocolError`
   from ``receive_data``; the session is then unusable, as it is for an MTA.
 """
@@ -122,6 +129,8 @@ _DECISIONS = {
 }
 _LETTER_OF_STAGE = {int(k): chr(v) for k, v in STAGE_LETTER.items()}
 _Script = Generator[bytes, Message, None]
+#: A decision that ends the SMTP session: (decision, reply, stage).
+Verdict = tuple[str, SmtpReply | None, str]
 _Ask = Generator[bytes, Message, Message | None]
 
 
@@ -168,9 +177,6 @@ class MTASession:
     negotiated data size (see :mod:`milterkit.client.limits`).
     """
 
-    max_modifications: int | None = DEFAULT_MAX_MODIFICATIONS
-    max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES
-
     def __init__(
         self,
         profile: MTAProfile = POSTFIX,
@@ -181,8 +187,12 @@ class MTASession:
         protocol: int | None = None,
         macros: Mapping[str, str] | None = None,
         connection: MTAConnection | None = None,
+        max_modifications: int | None = DEFAULT_MAX_MODIFICATIONS,
+        max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.profile = profile
+        self.max_modifications = max_modifications
+        self.max_reply_bytes = max_reply_bytes
         self.client = client or ClientInfo()
         if connection is None:
             connection = MTAConnection(keep_unoffered_protocol=profile.keeps_unoffered_protocol)
@@ -196,15 +206,13 @@ class MTASession:
             ProtocolFlag(profile.protocol if protocol is None else protocol),
         )
         self._overrides, self._extra = _parse_overrides(profile, macros or {})
-        self._pending: list[bytes] = []
         self.context = self._connection_context()
-        self.opening_stages: list[StageResult] = []
-        #: Set when CONNECT/HELO ended the session: (decision, reply, stage).
-        self.verdict: tuple[str, SmtpReply | None, str] | None = None
         self.opened = False
-        self.in_message = False
-        #: Sendmail after SKIP at RCPT: the filter gets nothing more but QUIT.
-        self.filter_skipped = False
+        self._opening: Opening | None = None
+        self._latest: Exchange | None = None  # the last exchange handed out
+        self._verdict: Verdict | None = None
+        self._filter_skipped = False
+        self._carry = b""  # a finished exchange's trailing bytes, not yet returned
 
     # --------------------------------------------------------------- exchanges
 
@@ -213,7 +221,9 @@ class MTASession:
         if self.opened:
             raise LocalProtocolError("the session is already open")
         self.opened = True
-        return Opening(self)
+        self._opening = Opening(self)
+        self._latest = self._opening
+        return self._opening
 
     def message(
         self,
@@ -230,56 +240,84 @@ class MTASession:
         """
         if not self.opened:
             raise LocalProtocolError("run session.opening() before the first message")
+        self._settle()
+        if self._latest is not None:
+            raise LocalProtocolError(f"the previous {type(self._latest).__name__} is not done")
         if sender is None or recipients is None:
             header_sender, header_rcpts = envelope_from_headers(ParsedMessage.parse(message))
             sender = header_sender if sender is None else sender
             recipients = header_rcpts if recipients is None else recipients
-        return MessageRun(self, message, sender, recipients, sender_args, recipient_args or {})
+        run = MessageRun(self, message, sender, recipients, sender_args, recipient_args or {})
+        self._latest = run
+        return run
 
     def abort(self) -> bytes:
-        """Queued packets plus ABORT, e.g. for an SMTP RSET; no reply follows."""
-        self.emit(Abort())
-        self.in_message = False
-        return self.take_pending()
+        """Trailing packets plus ABORT, e.g. for an SMTP RSET; no reply follows."""
+        self._settle(abandon=True)
+        return self._take_carry() + self.send(Abort())
 
     def quit(self) -> bytes:
-        """Queued packets plus QUIT (Postfix adds its session-end ABORT first)."""
-        if self.verdict is not None and not self.profile.quit_after_session_verdict:
-            return self.take_pending()
+        """Trailing packets plus QUIT (Postfix adds its session-end ABORT first)."""
+        self._settle(abandon=True)
+        out = self._take_carry()
+        if self._verdict is not None and not self.profile.quit_after_session_verdict:
+            return out
         if self.profile.abort_after_message:
-            self.emit(Abort())
-        self.emit(Quit())
-        return self.take_pending()
+            out += self.send(Abort())
+        return out + self.send(Quit())
 
     @property
     def negotiated(self) -> Negotiated | None:
         return self.conn.negotiated
 
+    @property
+    def verdict(self) -> Verdict | None:
+        """Set once CONNECT/HELO (or a 421, SHUTDOWN or MTA error) ended the SMTP session."""
+        self._settle()
+        return self._verdict
+
+    @property
+    def filter_skipped(self) -> bool:
+        """Sendmail after SKIP at RCPT: the filter gets nothing more but QUIT."""
+        self._settle()
+        return self._filter_skipped
+
+    @property
+    def opening_stages(self) -> list[StageResult]:
+        """What the filter answered to CONNECT and HELO (a copy)."""
+        return [] if self._opening is None else list(self._opening.stages)
+
+    def _settle(self, abandon: bool = False) -> None:
+        """Take in the last exchange once it is done (or given up on, for ABORT/QUIT)."""
+        latest = self._latest
+        if latest is None or not (latest.done or abandon):
+            return
+        self._latest = None
+        self._verdict = self._verdict or latest.verdict
+        self._filter_skipped = self._filter_skipped or latest.filter_skipped
+        self._carry += latest.trailing
+
+    def _take_carry(self) -> bytes:
+        carry, self._carry = self._carry, b""
+        return carry
+
     # ----------------------------------------------------------------- sending
 
-    def emit(self, message: Message) -> bool:
-        """Queue a command; False when the filter asked not to get it."""
-        data = self.conn.send(message)
-        if data:
-            self._pending.append(data)
-        return bool(data)
+    def send(self, message: Message) -> bytes:
+        """Bytes for a command; ``b""`` when the filter asked not to get it."""
+        return self.conn.send(message)
 
-    def take_pending(self) -> bytes:
-        data = b"".join(self._pending)
-        self._pending.clear()
-        return data
-
-    def emit_macros(self, letter: str, context: Mapping[str, str]) -> None:
-        """Queue the MACRO packet for a stage letter, if the MTA sends one."""
+    def macros_for(self, letter: str, context: Mapping[str, str]) -> bytes:
+        """The MACRO packet for a stage letter, or ``b""`` if the MTA sends none."""
         names = self._stage_names(letter)
         if names is None:
-            return
+            return b""
         pairs = []
         for name in names:
             value = self._value(name, context)
             if value:
                 pairs.append((wire(name), wire(value)))
-        self.emit(Macro(ord(letter), tuple(pairs)))
+        return self.send(Macro(ord(letter), tuple(pairs)))
 
     def _stage_names(self, letter: str) -> list[str] | None:
         base = letter
@@ -416,12 +454,22 @@ class Exchange(ABC):
         self.detail = ""
         #: Bytes received from the filter during this exchange (see max_reply_bytes).
         self.received = 0
+        #: Packets that need no reply, for the session to send before the next command.
+        self.trailing = b""
+        #: A decision of this exchange that ends the whole SMTP session.
+        self.verdict: Verdict | None = None
+        #: Sendmail after SKIP at RCPT: the filter gets nothing more but QUIT.
+        self.filter_skipped = False
+        self._out: list[bytes] = []
         self._script: _Script | None = None
 
     def start(self) -> bytes:
-        """Bytes to send first (may include packets queued by earlier exchanges)."""
+        """Bytes to send first (the previous exchange's trailing packets lead)."""
         if self._script is not None:
             raise LocalProtocolError("exchange already started")
+        carry = self.session._take_carry()
+        if carry:
+            self._out.append(carry)
         self._script = self._run()
         return self._resume(None)
 
@@ -452,8 +500,7 @@ class Exchange(ABC):
         """The MTA drops the filter mid-reply (Postfix: a configuration error)."""
         assert self._script is not None
         self._script.close()
-        self.done = True
-        self.session.in_message = False
+        self._finish_script()
         return b""
 
     def _resume(self, reply: Message | None) -> bytes:
@@ -461,8 +508,30 @@ class Exchange(ABC):
         try:
             return self._script.send(reply)  # type: ignore[arg-type]
         except StopIteration:
-            self.done = True
+            self._finish_script()
             return b""
+
+    def _finish_script(self) -> None:
+        """Done: what is still unsent needs no reply and goes out lazily."""
+        self.done = True
+        self.trailing = self._take()
+
+    def _send(self, message: Message) -> bool:
+        """Add a command to the outgoing bytes; False when the filter asked not to get it."""
+        data = self.session.send(message)
+        if data:
+            self._out.append(data)
+        return bool(data)
+
+    def _send_macros(self, letter: str, context: Mapping[str, str]) -> None:
+        data = self.session.macros_for(letter, context)
+        if data:
+            self._out.append(data)
+
+    def _take(self) -> bytes:
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
 
     @abstractmethod
     def _run(self) -> _Script:
@@ -477,15 +546,14 @@ class Exchange(ABC):
         """Keep the filter's answer at one step."""
 
     def _ask(self, message: Message, stage: str, detail: str = "") -> _Ask:
-        """Queue a command; if it needs a reply, flush and wait for it."""
-        session = self.session
-        if not session.emit(message):
+        """Add a command; if it needs a reply, yield everything so far and wait for it."""
+        if not self._send(message):
             return None
-        if session.conn.awaiting is None:
+        if self.session.conn.awaiting is None:
             self._record(stage, "noreply", None, detail)
             return None
         self.stage, self.detail = stage, detail
-        reply = yield session.take_pending()
+        reply = yield self._take()
         if stage != "optneg":
             self._record(stage, decision_of(reply), reply, detail)
         return reply
@@ -506,9 +574,15 @@ class Opening(Exchange):
     """OPTNEG, then CONNECT and HELO with their macros.
 
     A final reply other than continue at CONNECT or HELO ends the session for
-    every message (PROTOCOL.md section 6.7); it is kept in
-    :attr:`MTASession.verdict` and shows up in each message's result.
+    every message (PROTOCOL.md section 6.7); it is this exchange's
+    :attr:`verdict`, becomes :attr:`MTASession.verdict` and shows up in each
+    message's result.
     """
+
+    def __init__(self, session: MTASession) -> None:
+        super().__init__(session)
+        #: The filter's answers to CONNECT and HELO.
+        self.stages: list[StageResult] = []
 
     def _run(self) -> _Script:
         session = self.session
@@ -516,20 +590,20 @@ class Opening(Exchange):
         assert session.conn.negotiated is not None
         session.conn.cap_reply_size(session.conn.negotiated.max_data_size)
         ctx = session.context
-        session.emit_macros("C", ctx)
+        self._send_macros("C", ctx)
         connect = session.connect_message()
         reply = yield from self._ask(
             connect, "connect", connect.hostname.decode("utf-8", "replace")
         )
         if self._ends_session(reply, "connect"):
             return
-        session.emit_macros("H", ctx)
+        self._send_macros("H", ctx)
         helo = session.helo_name()
         reply = yield from self._ask(Helo(wire(helo)), "helo", helo)
         self._ends_session(reply, "helo")
 
     def _record(self, stage: str, decision: str, reply: Message | None, detail: str) -> None:
-        self.session.opening_stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
+        self.stages.append(StageResult(stage, decision, _smtp_reply(reply), detail))
 
     def _ends_session(self, reply: Message | None, stage: str) -> bool:
         if reply is None:
@@ -539,7 +613,7 @@ class Opening(Exchange):
             return False
         if decision == "shutdown":
             decision = "tempfail"
-        self.session.verdict = (decision, _smtp_reply(reply), stage)
+        self.verdict = (decision, _smtp_reply(reply), stage)
         return True
 
 
@@ -595,12 +669,10 @@ class MessageRun(Exchange):
             return
         if session.filter_skipped:
             return  # Sendmail after SKIP at RCPT: the message passes untouched
-        session.in_message = True
         self._start_context()
         yield from self._message()
         if session.profile.abort_after_message:
-            session.emit(Abort())  # Sendmail sends none, even after a message that ended early
-        session.in_message = False
+            self._send(Abort())  # Sendmail sends none, even after a message that ended early
 
     def _message(self) -> _Script:
         if not (yield from self._mail()):
@@ -629,7 +701,7 @@ class MessageRun(Exchange):
             if skipping:
                 accepted = True
                 continue
-            self.session.emit_macros("R", self.context)
+            self._send_macros("R", self.context)
             args = _encs(self.recipient_args.get(rcpt, ()))
             reply = yield from self._ask(Rcpt(wire(self._envelope(rcpt)), args), "rcpt", rcpt)
             if reply is not None and not self._verdict(reply, "rcpt", rcpt):
@@ -639,7 +711,7 @@ class MessageRun(Exchange):
                 self._first_accepted_rcpt()
             skipping = reply is not None and decision_of(reply) == "skip"
             if skipping and self.session.profile.skip_rcpt_ends_session:
-                self.session.filter_skipped = True
+                self.filter_skipped = True
                 return False
         return accepted or self._all_rcpts_rejected()
 
@@ -648,7 +720,7 @@ class MessageRun(Exchange):
         sends = self.session.conn.sends(Command.HEADER)
         for raw in self.parsed.headers:
             if sends:
-                self.session.emit_macros("L", self.context)
+                self._send_macros("L", self.context)
             header = Header(raw.name, raw.value(leadspc))
             reply = yield from self._ask(header, "header", raw.name.decode("ascii", "replace"))
             if reply is None:
@@ -669,7 +741,7 @@ class MessageRun(Exchange):
         sends = conn.sends(Command.BODY)
         for chunk in conn.body_chunks(self.parsed.smtp_body()):
             if sends:
-                self.session.emit_macros("B", self.context)
+                self._send_macros("B", self.context)
             reply = yield from self._ask(chunk, "body", f"{len(chunk.chunk)} bytes")
             if reply is None:
                 continue
@@ -689,7 +761,7 @@ class MessageRun(Exchange):
         off, except for EOH: under NOEOH there is no EOH event, macros included.
         """
         if letter != "N" or self.session.conn.sends(Command.EOH):
-            self.session.emit_macros(letter, self.context)
+            self._send_macros(letter, self.context)
         reply = yield from self._ask(command, stage, detail)
         if reply is None:
             return True
@@ -720,7 +792,7 @@ class MessageRun(Exchange):
         if decision in ("reject", "tempfail", "shutdown"):
             result.default_reply = self._reply_for(decision, reply)
         if decision == "shutdown" or _is_421(reply):
-            self.session.verdict = ("tempfail", self._reply_for(decision, reply), stage)
+            self.verdict = ("tempfail", self._reply_for(decision, reply), stage)
             decision = "tempfail"
         result.decision, result.decided_at = decision, stage
         result.reply = _smtp_reply(reply)
@@ -782,7 +854,7 @@ class MessageRun(Exchange):
         self.result.stages.append(StageResult("eom", "tempfail", reply, f"MTA: {why}"))
         self.result.decision, self.result.decided_at = "tempfail", "eom"
         self.result.default_reply = reply
-        self.session.verdict = ("tempfail", reply, "eom")
+        self.verdict = ("tempfail", reply, "eom")
 
     # ---------------------------------------------------------------- helpers
 

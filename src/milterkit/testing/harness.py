@@ -19,16 +19,32 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from milterkit.client.session import ClientInfo, Exchange, MTASession
+from milterkit.client.options import ClientKeywords, ClientOptions, resolve
+from milterkit.client.session import Exchange
 from milterkit.execution import CallbackRunner, ExecutionSettings
 from milterkit.milter import Milter
-from milterkit.mtaprofile import POSTFIX, MTAProfile
-from milterkit.protocol.constants import Action, ProtocolFlag
 from milterkit.result import CheckResult, MessageInput
 from milterkit.session import MilterSession
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["HarnessError", "HarnessKeywords", "MilterFactory", "MilterHarness", "check"]
+
 MilterFactory = type[Milter] | Callable[[], Milter]
+
+
+class HarnessKeywords(ClientKeywords, total=False):
+    """Every keyword :class:`MilterHarness` takes: the MTA's, then the filter side's."""
+
+    options: ClientOptions | None
+    error_decision: str
+    callback_timeout: float | None
+    execution: str | None
+    reraise: bool
+    logger: logging.Logger | None
 
 
 class HarnessError(RuntimeError):
@@ -38,9 +54,12 @@ class HarnessError(RuntimeError):
 class MilterHarness:
     """One fake MTA connection to one Milter instance; several messages may follow.
 
-    ``profile`` picks the MTA to imitate (:data:`~milterkit.mtaprofile.POSTFIX`,
-    :data:`~milterkit.mtaprofile.SENDMAIL`, :data:`~milterkit.mtaprofile.V2_ONLY`);
-    ``version``/``actions``/``protocol`` override what it offers. With
+    The fake MTA is set up as the clients are: ``options=`` (a
+    :class:`~milterkit.client.ClientOptions`) and/or the same settings as
+    keywords, e.g. ``profile=SENDMAIL`` to imitate Sendmail
+    (:data:`~milterkit.mtaprofile.POSTFIX`, :data:`~milterkit.mtaprofile.SENDMAIL`,
+    :data:`~milterkit.mtaprofile.V2_ONLY`) or ``version``/``actions``/``protocol``
+    to change what it offers; the timeouts do not apply (no socket). With
     ``reraise=True`` an exception raised by a callback fails the test with its
     own traceback, instead of being answered with ``error_decision`` (what the
     daemon does, and what a test of that behaviour wants).
@@ -50,20 +69,13 @@ class MilterHarness:
         self,
         milter: MilterFactory,
         *,
-        profile: MTAProfile = POSTFIX,
-        client_address: str = "127.0.0.1",
-        client_port: int = 50000,
-        hostname: str | None = None,
-        helo: str = "client.example.org",
-        macros: Mapping[str, str] | None = None,
-        version: int | None = None,
-        actions: Action | None = None,
-        protocol: ProtocolFlag | None = None,
+        options: ClientOptions | None = None,
         error_decision: str = "tempfail",
         callback_timeout: float | None = None,
         execution: str | None = None,
         reraise: bool = False,
         logger: logging.Logger | None = None,
+        **keywords: Unpack[ClientKeywords],
     ) -> None:
         settings = ExecutionSettings(
             mode=execution, error_decision=error_decision, callback_timeout=callback_timeout
@@ -81,15 +93,8 @@ class MilterHarness:
             settings=settings,
             runner=self._runner,
         )
-        client = ClientInfo(client_address, client_port, hostname, helo)
-        self.mta = MTASession(
-            profile,
-            client=client,
-            version=version,
-            actions=actions,
-            protocol=protocol,
-            macros=macros,
-        )
+        self.options = resolve(options, **keywords)
+        self.mta = self.options.new_session()
         self._opened = False
         self._closed = False
         self._reraise = reraise
@@ -190,12 +195,26 @@ class MilterHarness:
             pending = self.filter.resume()
 
 
-def check(milter: MilterFactory, message: MessageInput, **options: object) -> CheckResult:
-    """One message through a fresh harness: ``check(MyMilter, eml_bytes, sender=...)``."""
-    check_options = {
-        k: options.pop(k)
-        for k in ("sender", "recipients", "sender_args", "recipient_args")
-        if k in options
-    }
-    with MilterHarness(milter, **options) as harness:  # type: ignore[arg-type]
-        return harness.check(message, **check_options)  # type: ignore[arg-type]
+def check(
+    milter: MilterFactory,
+    message: MessageInput,
+    *,
+    sender: str | None = None,
+    recipients: Sequence[str] | None = None,
+    sender_args: Sequence[str] = (),
+    recipient_args: Mapping[str, Sequence[str]] | None = None,
+    **keywords: Unpack[HarnessKeywords],
+) -> CheckResult:
+    """One message through a fresh harness: ``check(MyMilter, eml_bytes, sender=...)``.
+
+    ``keywords`` are :class:`MilterHarness`'s (``options=``, ``profile=``,
+    ``reraise=``, ...).
+    """
+    with MilterHarness(milter, **keywords) as harness:
+        return harness.check(
+            message,
+            sender=sender,
+            recipients=recipients,
+            sender_args=sender_args,
+            recipient_args=recipient_args,
+        )

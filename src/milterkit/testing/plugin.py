@@ -13,21 +13,51 @@ and friends); they raise AssertionError with everything the milter did.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
-from milterkit.result import CheckResult
-from milterkit.testing.harness import MilterHarness, check
+from milterkit.result import CheckResult, MessageInput
+from milterkit.testing.harness import HarnessKeywords, MilterFactory, MilterHarness, check
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["CheckFactory", "HarnessFactory", "milter_check", "milter_harness"]
+
+
+class HarnessFactory(Protocol):
+    """The ``milter_harness`` fixture: :class:`MilterHarness`'s own signature."""
+
+    def __call__(
+        self, milter: MilterFactory, /, **keywords: Unpack[HarnessKeywords]
+    ) -> MilterHarness: ...
+
+
+class CheckFactory(Protocol):
+    """The ``milter_check`` fixture: :func:`milterkit.testing.check`'s own signature."""
+
+    def __call__(
+        self,
+        milter: MilterFactory,
+        message: MessageInput,
+        /,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        sender_args: Sequence[str] = (),
+        recipient_args: Mapping[str, Sequence[str]] | None = None,
+        **keywords: Unpack[HarnessKeywords],
+    ) -> CheckResult: ...
 
 
 @pytest.fixture
-def milter_harness() -> Iterator[Callable[..., MilterHarness]]:
+def milter_harness() -> Iterator[HarnessFactory]:
     made: list[MilterHarness] = []
 
-    def make(milter: Any, **options: Any) -> MilterHarness:
-        harness = MilterHarness(milter, **options)
+    def make(milter: MilterFactory, /, **keywords: Unpack[HarnessKeywords]) -> MilterHarness:
+        harness = MilterHarness(milter, **keywords)
         made.append(harness)
         return harness
 
@@ -37,5 +67,6 @@ def milter_harness() -> Iterator[Callable[..., MilterHarness]]:
 
 
 @pytest.fixture
-def milter_check() -> Callable[..., CheckResult]:
+def milter_check() -> CheckFactory:
+    """``milter_check(MyMilter, message, sender=..., ...)``: one message, one fresh harness."""
     return check
