@@ -8,7 +8,7 @@ Two jobs, both over raw bytes:
   would have sent and stored.
 - **The MTA simulation.** :func:`apply_modifications` plays a filter's
   modifications onto a message and its envelope with the MTA's rules
-  (PROTOCOL.md sections 8 and 10): header indexes, Sendmail's nulled deletes,
+  (PROTOCOL.md sections 8 and 10): header indexes, Sendmail's own header list and nulled deletes,
   REPLBODY line ends, recipient deletion by exact match.
 
 Untouched headers and an untouched body come out byte for byte as they went
@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from milterkit.mtaprofile import HeaderDefault
 from milterkit.protocol.messages import (
     AddHeader,
     AddRecipient,
@@ -218,20 +219,30 @@ def apply_modifications(
     leading_space: bool = False,
     sendmail_rules: bool = False,
     received_header: bytes | str | None = None,
+    header_defaults: Iterable[HeaderDefault] = (),
+    mailer_flags: str = "",
 ) -> bytes:
     """Play ``modifications`` onto ``message`` and ``envelope`` as the MTA would.
 
     Returns the message bytes the MTA would store; ``envelope`` is changed in
-    place. ``leading_space`` is the negotiated HDR_LEADSPC; ``sendmail_rules``
-    keeps a deleted header counted by later CHGHEADER indexes, as Sendmail does.
-    ``received_header`` is the MTA's own ``Received:`` field (with or without
-    its line end): filters never see it and CHGHEADER indexes skip it, but
-    INSHEADER index 0 goes above it (PROTOCOL.md section 10.4). Without it,
-    insert indexes count the message's own headers.
+    place. ``leading_space`` is the negotiated HDR_LEADSPC. ``received_header``
+    is the MTA's own ``Received:`` field (with or without its line end):
+    filters never see it and CHGHEADER indexes skip it, but INSHEADER index 0
+    goes above it (PROTOCOL.md section 10.4). Without it, insert indexes count
+    the message's own headers.
+
+    ``sendmail_rules`` switches to Sendmail's header list (``_SendmailHeaders``):
+    ``header_defaults`` come before the message's headers (the Received header
+    fills the default of that name), and ``mailer_flags`` decides which of them
+    Sendmail writes (see :class:`milterkit.mtaprofile.MTAProfile`).
     """
     parsed = ParsedMessage.parse(message)
     received = _received(received_header, parsed.newline)
-    editor = _HeaderEditor(parsed, leading_space, received, sendmail_rules)
+    editor: _HeaderEditor | _SendmailHeaders
+    if sendmail_rules:
+        editor = _SendmailHeaders(parsed, leading_space, received, header_defaults, mailer_flags)
+    else:
+        editor = _HeaderEditor(parsed, leading_space, received)
     new_body: list[bytes] | None = None
     for mod in modifications:
         if isinstance(mod, ReplaceBody):
@@ -273,26 +284,17 @@ def _postfix_body(body: bytes, parsed: ParsedMessage) -> bytes:
 class _Entry:
     header: RawHeader
     received: bool = False
-    deleted: bool = False  # Sendmail: value nulled, still counted by CHGHEADER
 
 
 class _HeaderEditor:
-    """The header list under edit; the MTA's Received header is entry 0 if given."""
+    """Postfix's header list under edit; the MTA's Received header is entry 0 if given."""
 
-    def __init__(
-        self,
-        parsed: ParsedMessage,
-        leadspc: bool,
-        received: RawHeader | None,
-        null_deletes: bool = False,
-    ) -> None:
+    def __init__(self, parsed: ParsedMessage, leadspc: bool, received: RawHeader | None) -> None:
         self._entries = [_Entry(h) for h in parsed.headers]
         if received is not None:
             self._entries.insert(0, _Entry(received, received=True))
         self._leadspc = leadspc
         self._newline = parsed.newline
-        #: Sendmail's rule: a deleted header keeps its place in the index count.
-        self.null_deletes = null_deletes
 
     def apply(self, mod: Message) -> bool:
         """Apply a header modification; False if ``mod`` is not one."""
@@ -326,8 +328,6 @@ class _HeaderEditor:
             if seen == index:
                 if mod.value:
                     self._entries[pos] = _Entry(self._field(mod.name, mod.value))
-                elif self.null_deletes:
-                    entry.deleted = True
                 else:
                     del self._entries[pos]
                 return
@@ -335,4 +335,155 @@ class _HeaderEditor:
             self._entries.append(_Entry(self._field(mod.name, mod.value)))
 
     def render(self) -> bytes:
-        return b"".join(e.header.raw for e in self._entries if not e.deleted)
+        return b"".join(e.header.raw for e in self._entries)
+
+
+# Sendmail's conf.c HdrInfo: names whose defaults a header of the message does
+# not null (H_FORCE), names never replaced (H_TRACE), and Resent- names, which
+# Sendmail writes only when the message came with one of them (H_RESENT).
+_SM_TRACE = frozenset({b"received", b"x400-received", b"via", b"mail-from"})
+_SM_RESENT = frozenset(
+    b"resent-" + name
+    for name in (b"sender", b"from", b"reply-to", b"to", b"cc", b"bcc", b"message-id", b"date")
+)
+
+
+@dataclass
+class _SmEntry:
+    """One entry of Sendmail's header list (``HDR``)."""
+
+    name: bytes
+    #: The field as written, or None: no value yet, a default whose value only
+    #: Sendmail knows, or a header a filter deleted.
+    raw: bytes | None
+    #: H_USER: from the message or a filter; what CHGHEADER indexes count.
+    user: bool = True
+    #: The configuration's default this entry stands for, if any.
+    default: HeaderDefault | None = None
+
+
+class _SendmailHeaders:
+    """Sendmail's header list: its own defaults first, then the message's headers.
+
+    ``milter.c``'s rules (checked against Sendmail 8.17 in tests/fidelity):
+    ADDHEADER and CHGHEADER fill a default (a non-user, non-trace entry) of
+    that name in place, keeping the default's spelling of the name; otherwise
+    ADDHEADER goes before the first entry of that name (``addheader()``) or at
+    the end. CHGHEADER counts only user entries, and a deleted one stays
+    counted (its value is nulled). INSHEADER goes after the index-th entry of
+    the whole list. Defaults are written only when they hold a value here:
+    Sendmail's own values (Date, Message-Id ...) are not invented, except the
+    Received header the caller passes.
+    """
+
+    def __init__(
+        self,
+        parsed: ParsedMessage,
+        leadspc: bool,
+        received: RawHeader | None,
+        defaults: Iterable[HeaderDefault],
+        mailer_flags: str,
+    ) -> None:
+        self._entries = [_SmEntry(d.name.encode("ascii"), None, False, d) for d in defaults]
+        self._entries += [_SmEntry(h.name, h.raw) for h in parsed.headers]
+        if received is not None:
+            slot = self._default(received.name, trace_too=True)
+            if slot is None:
+                self._entries.insert(0, _SmEntry(received.name, received.raw, False))
+            else:
+                slot.raw = received.raw
+        self._leadspc = leadspc
+        self._newline = parsed.newline
+        self._mailer_flags = mailer_flags
+        self._resent = any(h.name.lower() in _SM_RESENT for h in parsed.headers)
+
+    def _default(self, name: bytes, trace_too: bool = False) -> _SmEntry | None:
+        """The first non-user entry of that name Sendmail may fill (trace ones only if asked)."""
+        wanted = name.lower()
+        for entry in self._entries:
+            if entry.user or entry.name.lower() != wanted:
+                continue
+            if trace_too or wanted not in _SM_TRACE:
+                return entry
+        return None
+
+    def apply(self, mod: Message) -> bool:
+        """Apply a header modification; False if ``mod`` is not one."""
+        if isinstance(mod, AddHeader):
+            slot = self._default(mod.name)
+            if slot is None:
+                self._add(mod.name, mod.value)
+            else:
+                self._fill(slot, mod.value)
+        elif isinstance(mod, InsertHeader):
+            self._insert(mod.index, mod.name, mod.value)
+        elif isinstance(mod, ChangeHeader):
+            self._change(mod)
+        else:
+            return False
+        return True
+
+    def _field(self, name: bytes, value: bytes) -> bytes:
+        """A field as Sendmail writes it: one space after the colon unless HDR_LEADSPC."""
+        value = value.replace(b"\r\n", b"\n").replace(b"\n", self._newline)
+        space = b"" if self._leadspc else b" "
+        return name + b":" + space + value + self._newline
+
+    def _fill(self, entry: _SmEntry, value: bytes) -> None:
+        """A new value for an existing entry, which keeps its name and becomes a user one."""
+        entry.raw = self._field(entry.name, value)
+        entry.user = True
+
+    def _add(self, name: bytes, value: bytes) -> None:
+        """``addheader()``: before the first entry of that name, else at the end."""
+        new = _SmEntry(name, self._field(name, value))
+        wanted = name.lower()
+        for pos, entry in enumerate(self._entries):
+            if entry.name.lower() == wanted:
+                self._entries.insert(pos, new)
+                return
+        self._entries.append(new)
+
+    def _insert(self, index: int, name: bytes, value: bytes) -> None:
+        """``insheader()``: after the index-th entry (0-based, counting every entry)."""
+        new = _SmEntry(name, self._field(name, value))
+        index = index if index < 2**31 else 0  # a negative mi_int32 walks no entry
+        if index >= len(self._entries):
+            self._entries.append(new)
+        else:
+            self._entries.insert(index + 1, new)
+
+    def _change(self, mod: ChangeHeader) -> None:
+        """CHGHEADER: the index-th user entry (0 counts as 1), else the last default of the name."""
+        wanted = mod.name.lower()
+        index = mod.index if mod.index < 2**31 else 0
+        target: _SmEntry | None = None
+        fallback: _SmEntry | None = None
+        for entry in self._entries:
+            if entry.name.lower() != wanted:
+                continue
+            if entry.user:
+                index -= 1
+                if index <= 0:
+                    target = entry
+                    break
+            elif wanted not in _SM_TRACE:
+                fallback = entry
+        target = target or fallback
+        if target is None:
+            if mod.value:
+                self._add(mod.name, mod.value)
+        elif mod.value:
+            self._fill(target, mod.value)
+        else:
+            target.raw = None
+
+    def _written(self, entry: _SmEntry) -> bool:
+        """``putheader()`` skips unmet ``?F?`` conditions and Resent- of a non-resent message."""
+        if entry.name.lower() in _SM_RESENT and not self._resent:
+            return False
+        flag = entry.default.mailer_flag if entry.default is not None else ""
+        return not flag or flag in self._mailer_flags
+
+    def render(self) -> bytes:
+        return b"".join(e.raw for e in self._entries if e.raw is not None and self._written(e))

@@ -30,6 +30,7 @@ __all__ = [
     "SENDMAIL",
     "V2_ONLY",
     "FakeConnect",
+    "HeaderDefault",
     "MTAProfile",
 ]
 
@@ -70,6 +71,23 @@ class FakeConnect:
     port: int = 0
     address: str = "127.0.0.1"
     helo: str = "localhost"
+
+
+@dataclass(frozen=True)
+class HeaderDefault:
+    """A header the MTA keeps in its own header list (a sendmail.cf ``H`` line).
+
+    Sendmail puts these ahead of the message's headers, in configuration
+    order, and writes each one that the message does not have itself, with its
+    own value. Filters never see them, but they count for INSHEADER indexes, and
+    ADDHEADER or CHGHEADER of such a name replaces the value in place
+    (PROTOCOL.md section 10.2).
+    """
+
+    name: str
+    #: The ``?F?`` condition: written only by a delivering mailer with this
+    #: flag (see :attr:`MTAProfile.mailer_flags`); "" for always.
+    mailer_flag: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,9 +148,20 @@ class MTAProfile:
     #: EOM list counts only when an EOH list was requested too.
     eom_list_follows_eoh: bool = False
     #: Whose header edit rules ``CheckResult.apply()`` follows: "postfix", or
-    #: "sendmail" (CHGHEADER deletes by nulling the value, so later indexes of
-    #: that name do not shift).
+    #: "sendmail": CHGHEADER deletes by nulling the value (later indexes of
+    #: that name do not shift) and keeps the header's own spelling of its name;
+    #: ADDHEADER and CHGHEADER fill a header of :attr:`header_defaults` in place;
+    #: ADDHEADER of a name already present goes before its first occurrence;
+    #: INSHEADER counts :attr:`header_defaults` too.
     header_edits: str = "postfix"
+    #: With ``header_edits="sendmail"``: the MTA's own header list, which
+    #: comes before the message's headers (Sendmail: the cf ``H`` lines).
+    #: ``apply()`` never invents their values; it only places what a filter
+    #: wrote into them.
+    header_defaults: tuple[HeaderDefault, ...] = ()
+    #: Flags of the mailer that delivers, for the ``?F?`` conditions of
+    #: :attr:`header_defaults`.
+    mailer_flags: str = ""
     reject_reply: str = "550 5.7.1 Command rejected"
     tempfail_reply: str = "451 4.7.1 Service unavailable - try again later"
     shutdown_reply: str = "421 4.7.0 Server closing connection"
@@ -276,6 +305,19 @@ SENDMAIL = MTAProfile(
     skip_header_skips_body=True,
     eom_list_follows_eoh=True,
     header_edits="sendmail",
+    # proto.m4's H lines; the m4 cf's local mailer has D, F, M and P (esmtp has no P)
+    header_defaults=(
+        HeaderDefault("Return-Path", "P"),
+        HeaderDefault("Received"),
+        HeaderDefault("Resent-Date", "D"),
+        HeaderDefault("Date", "D"),
+        HeaderDefault("Resent-From", "F"),
+        HeaderDefault("From", "F"),
+        HeaderDefault("Full-Name", "x"),
+        HeaderDefault("Resent-Message-Id", "M"),
+        HeaderDefault("Message-Id", "M"),
+    ),
+    mailer_flags="DFMP",
     daemon_name="MTA",
     mta_version="8.17.1",
     tempfail_reply="451 4.3.2 Please try again later",

@@ -28,6 +28,7 @@ from milterkit.message import (
     bare_address,
     envelope_from_headers,
 )
+from milterkit.mtaprofile import HeaderDefault
 from milterkit.protocol.constants import Action, ProtocolFlag, Reply
 from milterkit.protocol.messages import Message, Quarantine, ReplaceBody
 from milterkit.protocol.negotiate import Negotiated, describe_flags
@@ -122,6 +123,10 @@ class CheckResult:
     recipients: list[str] = field(default_factory=list)
     #: Whose header edit rules apply() follows ("postfix" or "sendmail"; see MTAProfile).
     header_edits: str = "postfix"
+    #: The MTA's own header list and delivering mailer's flags, for the
+    #: Sendmail rules (MTAProfile.header_defaults, MTAProfile.mailer_flags).
+    header_defaults: tuple[HeaderDefault, ...] = ()
+    mailer_flags: str = ""
 
     @property
     def smtp_reply(self) -> SmtpReply | None:
@@ -148,6 +153,13 @@ class CheckResult:
         without its line end). Filters never see it and CHGHEADER indexes skip
         it, but INSHEADER index 0 goes above it (PROTOCOL.md section 10.4).
         Without it, insert indexes count the message's own headers.
+
+        With the Sendmail rules (:attr:`header_edits`) the MTA's own headers
+        (:attr:`header_defaults`) come first: a filter's ADDHEADER or CHGHEADER
+        of such a name fills it in place, INSHEADER counts them, and the
+        Received header takes its place among them. Values Sendmail writes
+        itself (its Date, Message-Id ...) are not invented: such a header
+        appears only once a filter gave it a value.
         """
         envelope = self._envelope()
         message_bytes = apply_modifications(
@@ -159,6 +171,8 @@ class CheckResult:
             ),
             sendmail_rules=self.header_edits == "sendmail",
             received_header=received_header,
+            header_defaults=self.header_defaults,
+            mailer_flags=self.mailer_flags,
         )
         return DeliveredMessage(
             sender=envelope.sender,

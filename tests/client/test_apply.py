@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 
+from milterkit.mtaprofile import POSTFIX, SENDMAIL
 from milterkit.protocol import (
     Action,
     AddHeader,
@@ -225,8 +226,122 @@ def test_sendmail_rules_delete_without_shifting_indexes() -> None:
     sendmail = headers_of(result(*mods, header_edits="sendmail").apply(MSG).message_bytes)
     # Postfix: the second X-Dup is now the first; index 2 is past the end, so it is added
     assert postfix.endswith(b"\tsecond\r\nx-dup: two\r\nX-Dup: changed\r\n")
-    # Sendmail: the second X-Dup itself changes
-    assert sendmail.endswith(b"\tsecond\r\nX-Dup: changed\r\n")
+    # Sendmail: the second X-Dup itself changes, and keeps its own spelling of the name
+    assert sendmail.endswith(b"\tsecond\r\nx-dup: changed\r\n")
+
+
+# Sendmail's own headers (the sendmail.cf H lines): checked against Sendmail 8.17 in
+# tests/fidelity/test_sendmail_client.py::test_sendmail_own_headers
+NO_DATE = b"From: <alice@example.org>\r\nTo: <bob@example.com>\r\nSubject: s\r\n\r\nBody\r\n"
+
+
+def sendmail_headers(*mods: Message, message: bytes = NO_DATE, **kw: object) -> list[bytes]:
+    kw.setdefault("mailer_flags", SENDMAIL.mailer_flags)
+    res = result(*mods, header_edits="sendmail", header_defaults=SENDMAIL.header_defaults, **kw)
+    return headers_of(res.apply(message, received_header=RECEIVED).message_bytes).splitlines()
+
+
+def test_sendmail_add_header_fills_its_own_header_in_place() -> None:
+    got = sendmail_headers(
+        AddHeader(b"message-id", b"<m@id>"), AddHeader(b"Date", b"d"), AddHeader(b"X-New", b"x")
+    )
+    # Sendmail's entries come first, in cf order, and keep the cf's spelling
+    assert got == [
+        RECEIVED,
+        b"Date: d",
+        b"Message-Id: <m@id>",
+        b"From: <alice@example.org>",
+        b"To: <bob@example.com>",
+        b"Subject: s",
+        b"X-New: x",
+    ]
+
+
+def test_sendmail_add_header_of_a_present_name_goes_before_it() -> None:
+    # the first Date fills Sendmail's entry; the second finds a user header of the name
+    got = sendmail_headers(AddHeader(b"Date", b"d1"), AddHeader(b"Date", b"d2"))
+    assert got[:3] == [RECEIVED, b"Date: d2", b"Date: d1"]
+    got = sendmail_headers(AddHeader(b"subject", b"new"), AddHeader(b"Received", b"r"))
+    assert got == [
+        b"Received: r",
+        RECEIVED,
+        b"From: <alice@example.org>",
+        b"To: <bob@example.com>",
+        b"subject: new",
+        b"Subject: s",
+    ]
+
+
+def test_sendmail_header_the_message_has_gets_a_second_one_on_top() -> None:
+    message = NO_DATE.replace(b"Subject", b"Date: mine\r\nSubject")
+    got = sendmail_headers(AddHeader(b"Date", b"theirs"), message=message)
+    assert got[:3] == [RECEIVED, b"Date: theirs", b"From: <alice@example.org>"]
+    assert b"Date: mine" in got
+
+
+def test_sendmail_unwritten_defaults() -> None:
+    """?x? Full-Name, and Resent-* unless the message is resent, are filled but not written."""
+    mods = (
+        AddHeader(b"Full-Name", b"n"),
+        AddHeader(b"Resent-Date", b"rd"),
+        AddHeader(b"Return-Path", b"<rp@example.org>"),
+    )
+    got = sendmail_headers(*mods)
+    assert got[:2] == [b"Return-Path: <rp@example.org>", RECEIVED]
+    assert not any(h.startswith((b"Full-Name", b"Resent-Date")) for h in got)
+    resent = sendmail_headers(*mods, message=b"Resent-To: <c@example.com>\r\n" + NO_DATE)
+    assert resent[:3] == [b"Return-Path: <rp@example.org>", RECEIVED, b"Resent-Date: rd"]
+    # without P the delivering mailer (esmtp) does not write Return-Path
+    esmtp = sendmail_headers(*mods, mailer_flags="DFM")
+    assert not any(h.startswith(b"Return-Path") for h in esmtp)
+
+
+def test_sendmail_change_header_falls_back_to_its_own_header() -> None:
+    got = sendmail_headers(
+        ChangeHeader(0, b"date", b"d"),
+        ChangeHeader(3, b"To", b"<c@example.com>"),
+        ChangeHeader(1, b"subject", b"t"),
+    )
+    assert got == [
+        RECEIVED,
+        b"Date: d",
+        b"From: <alice@example.org>",
+        b"To: <c@example.com>",
+        b"To: <bob@example.com>",
+        b"Subject: t",
+    ]
+    # a default deleted by CHGHEADER can still be filled by a later ADDHEADER
+    got = sendmail_headers(ChangeHeader(1, b"Date", b""), AddHeader(b"Date", b"d"))
+    assert got[:2] == [RECEIVED, b"Date: d"]
+
+
+def test_sendmail_insert_header_counts_its_own_headers() -> None:
+    got = sendmail_headers(
+        InsertHeader(0, b"X-I0", b"0"),
+        InsertHeader(1, b"X-I1", b"1"),
+        InsertHeader(3, b"X-I3", b"3"),
+        InsertHeader(12, b"X-I12", b"12"),
+        InsertHeader(100, b"X-End", b"e"),
+    )
+    # entries: Return-Path, X-I0, X-I1, Received, X-I3, Resent-Date, Date, Resent-From,
+    # From (Sendmail's), Full-Name, Resent-Message-Id, Message-Id, From (the message's) ...
+    assert got == [
+        b"X-I0: 0",
+        b"X-I1: 1",
+        RECEIVED,
+        b"X-I3: 3",
+        b"From: <alice@example.org>",
+        b"X-I12: 12",
+        b"To: <bob@example.com>",
+        b"Subject: s",
+        b"X-End: e",
+    ]
+
+
+def test_postfix_profile_has_no_mta_headers() -> None:
+    got = headers_of(result(AddHeader(b"Date", b"d")).apply(NO_DATE).message_bytes)
+    assert got.endswith(b"Subject: s\r\nDate: d\r\n")
+    assert POSTFIX.header_defaults == () and POSTFIX.header_edits == "postfix"
 
 
 def test_result_module_still_exports_the_names_that_moved() -> None:

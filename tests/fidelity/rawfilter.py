@@ -44,6 +44,10 @@ def change_header(name: str, index: int, value: str) -> bytes:
     return frame("m", struct.pack(">I", index) + name.encode() + b"\0" + value.encode() + b"\0")
 
 
+def insert_header(name: str, index: int, value: str) -> bytes:
+    return frame("i", struct.pack(">I", index) + name.encode() + b"\0" + value.encode() + b"\0")
+
+
 def del_rcpt(address: str) -> bytes:
     return frame("-", address.encode() + b"\0")
 

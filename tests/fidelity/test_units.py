@@ -13,7 +13,7 @@ import pytest
 from milterkit import Action, Milter, ReplyCode, Skip
 from milterkit.client import MilterTimeout, check
 from milterkit.milter import ActionOutsideMessageError, Family, Response
-from milterkit.mtaprofile import POSTFIX, SENDMAIL, V2_ONLY
+from milterkit.mtaprofile import POSTFIX, SENDMAIL, V2_ONLY, MTAProfile
 from milterkit.protocol import (
     NEED_DATA,
     Abort,
@@ -27,7 +27,7 @@ from milterkit.protocol import (
 from milterkit.session import MilterSession
 from milterkit.testing import MilterHarness
 
-from .rawfilter import RawFilter
+from .rawfilter import CONTINUE, RawFilter, add_header
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nX-Lead:  two\r\n\r\n"
 BIG = MESSAGE + b"x" * 200_000 + b"\r\n"
@@ -171,3 +171,15 @@ def test_sendmail_profile_strips_unoffered_bits() -> None:
         pytest.raises(MilterTimeout, match="to reply at CONNECT"),
     ):
         check(raw.milterkit_spec, MESSAGE, profile=SENDMAIL, version=2, protocol=0x7F, timeout=2)
+
+
+@pytest.mark.parametrize("profile", [SENDMAIL, POSTFIX], ids=["sendmail", "postfix"])
+def test_add_header_of_an_mta_header(profile: MTAProfile) -> None:
+    """Item 12: ADDHEADER Date fills Sendmail's own (cf) Date in place; Postfix appends."""
+    with RawFilter(script={"E": [add_header("Date", "d"), CONTINUE]}) as raw:
+        result = check(raw.milterkit_spec, MESSAGE, profile=profile, timeout=20)
+    headers = result.apply(MESSAGE).message_bytes.split(b"\r\n")
+    if profile is SENDMAIL:
+        assert headers[:2] == [b"Date: d", b"From: a@example.org"]
+    else:
+        assert headers[2:4] == [b"X-Lead:  two", b"Date: d"]

@@ -650,6 +650,8 @@ class MessageRun(Exchange):
             negotiated=session.negotiated,
             profile=session.profile.name,
             header_edits=session.profile.header_edits,
+            header_defaults=session.profile.header_defaults,
+            mailer_flags=session.profile.mailer_flags,
             stages=list(session.opening_stages),
             sender=sender,
             sender_args=self.sender_args,
