@@ -280,6 +280,14 @@ def _postfix_body(body: bytes, parsed: ParsedMessage) -> bytes:
     return b"".join(line.removesuffix(b"\r") + parsed.newline for line in lines)
 
 
+def header_field(name: bytes, value: bytes, newline: bytes, leading_space: bool) -> bytes:
+    """A field as both MTAs write a filter's header: one space after the colon
+    unless HDR_LEADSPC was agreed (section 10.5), line ends as in the message."""
+    value = value.replace(b"\r\n", b"\n").replace(b"\n", newline)
+    space = b"" if leading_space else b" "
+    return name + b":" + space + value + newline
+
+
 @dataclass
 class _Entry:
     header: RawHeader
@@ -311,10 +319,7 @@ class _HeaderEditor:
         return True
 
     def _field(self, name: bytes, value: bytes) -> RawHeader:
-        """A new header field: one space after the colon unless HDR_LEADSPC (section 10.5)."""
-        value = value.replace(b"\r\n", b"\n").replace(b"\n", self._newline)
-        space = b"" if self._leadspc else b" "
-        return RawHeader(name, name + b":" + space + value + self._newline)
+        return RawHeader(name, header_field(name, value, self._newline, self._leadspc))
 
     def _change(self, mod: ChangeHeader) -> None:
         """CHGHEADER: nth header of the name (0 counts as 1), empty value deletes."""
@@ -424,10 +429,7 @@ class _SendmailHeaders:
         return True
 
     def _field(self, name: bytes, value: bytes) -> bytes:
-        """A field as Sendmail writes it: one space after the colon unless HDR_LEADSPC."""
-        value = value.replace(b"\r\n", b"\n").replace(b"\n", self._newline)
-        space = b"" if self._leadspc else b" "
-        return name + b":" + space + value + self._newline
+        return header_field(name, value, self._newline, self._leadspc)
 
     def _fill(self, entry: _SmEntry, value: bytes) -> None:
         """A new value for an existing entry, which keeps its name and becomes a user one."""
