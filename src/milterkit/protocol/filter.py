@@ -20,6 +20,7 @@ from typing import Any
 from milterkit.protocol.constants import (
     MAX_DATA_SIZE,
     MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
     REPLY_ACTION,
     Action,
     Command,
@@ -46,6 +47,7 @@ from milterkit.protocol.messages import (
     decode_command,
 )
 from milterkit.protocol.negotiate import (
+    MacroRequest,
     Negotiated,
     build_filter_reply,
     check_filter_reply_local,
@@ -328,11 +330,20 @@ class FilterConnection:
 
     # -------------------------------------------------------------------- sending
 
-    def negotiate(self, **wanted: object) -> bytes:
+    def negotiate(
+        self,
+        *,
+        version: int = PROTOCOL_VERSION,
+        actions: Action = Action.NONE,
+        protocol: ProtocolFlag = ProtocolFlag.NONE,
+        macros: MacroRequest | None = None,
+    ) -> bytes:
         """Build the OPTNEG reply with :func:`build_filter_reply` and send it."""
         if self.offer is None or self.awaiting != Command.OPTNEG:
             raise LocalProtocolError("no OPTNEG from the MTA to answer")
-        reply = build_filter_reply(self.offer, **wanted)  # type: ignore[arg-type]
+        reply = build_filter_reply(
+            self.offer, version=version, actions=actions, protocol=protocol, macros=macros
+        )
         return self.send(reply)
 
     def send(self, message: Message) -> bytes:
