@@ -19,6 +19,7 @@ import milterkit
 from milterkit._compiled import COMPILABLE, _PreferSource, build_description, compiled_modules
 from tests.conftest import TESTING_COMPILED
 from tests.runtime.test_daemon import Daemon
+from tests.runtime.test_server_mta import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,8 +115,8 @@ def test_pure_finder_prefers_the_source_beside_an_extension(tmp_path: Path) -> N
 def test_daemon_start_line_names_the_build(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     daemon = Daemon(tmp_path, "--socket", f"unix:{tmp_path}/milter.sock")
-    try:
-        daemon.wait_socket()
+    try:  # the socket is bound before the start line is written: wait for the line itself
+        wait_for(lambda: "milterkit serving" in daemon.log(), 20, "the start line")
     finally:
         daemon.stop()
     line = next(line for line in daemon.log().splitlines() if "milterkit serving" in line)
