@@ -6,11 +6,12 @@ import argparse
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, TypeVar
+from typing import TypeVar
 
 from milterkit.cli.run import add_serve_options, daemon_config
 from milterkit.decision import Decision
-from milterkit.milter import Accept, Milter, ReplyCode, Response
+from milterkit.milter import Accept, Continue, Milter, ReplyCode, Response
+from milterkit.protocol.text import wire
 from milterkit.runtime.address import (
     Address,
     FdAddress,
@@ -112,6 +113,31 @@ def in_networks(address: str | None, nets: Sequence[Network]) -> bool:
     return any(ip.version == net.version and ip in net for net in nets)
 
 
+class HeaderRecordingMilter(Milter):
+    """A filter that rebuilds the message at end of message keeps its header fields here.
+
+    milterkit streams headers to ``header()`` and keeps none itself, so each
+    cookbook filter that scans or signs the whole message records them, in
+    order, afresh for each message. Subclasses reset their own per-message
+    state by extending :meth:`start_message`, which runs at MAIL FROM.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list[tuple[str, str]] = []
+
+    def start_message(self) -> None:
+        self.headers = []
+
+    def mail_from(self, sender: str, params: list[str]) -> Response:
+        self.start_message()
+        return Continue()
+
+    def header(self, name: str, value: str) -> Response:
+        self.headers.append((name, value))
+        return Continue()
+
+
 def header_block(headers: Iterable[tuple[str, str]], *, leading_space: bool = False) -> bytes:
     """The header section as the MTA holds it: CRLF line ends, blank line at the end.
 
@@ -123,14 +149,8 @@ def header_block(headers: Iterable[tuple[str, str]], *, leading_space: bool = Fa
     for name, value in headers:
         sep = ":" if leading_space else ": "
         field = f"{name}{sep}{value}".replace("\r\n", "\n").replace("\n", "\r\n")
-        lines.append(field.encode("utf-8", "surrogateescape") + b"\r\n")
+        lines.append(wire(field) + b"\r\n")
     return b"".join(lines) + b"\r\n"
-
-
-def whole_message(headers: Iterable[tuple[str, str]], body: IO[bytes], **kw: bool) -> bytes:
-    """Headers and the collected body as one message (in memory: bounded by max_body_bytes)."""
-    body.seek(0)
-    return header_block(headers, **kw) + body.read()
 
 
 def service_address(spec: str) -> Address:

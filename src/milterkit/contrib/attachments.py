@@ -33,8 +33,8 @@ from email.message import Message
 from email.mime.text import MIMEText
 from email.parser import BytesParser
 
-from milterkit.contrib._common import filter_parser, header_block, serve
-from milterkit.milter import Continue, Milter, ReplyCode, Response
+from milterkit.contrib._common import HeaderRecordingMilter, filter_parser, header_block, serve
+from milterkit.milter import Continue, ReplyCode, Response
 from milterkit.protocol.constants import Action
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
@@ -73,7 +73,7 @@ class Verdict:
 KEEP = Verdict("keep")
 
 
-class AttachmentPolicy(Milter):
+class AttachmentPolicy(HeaderRecordingMilter):
     """Applies :class:`AttachmentSettings` to every MIME leaf part of a message."""
 
     actions = Action.CHANGE_BODY | Action.CHANGE_HEADERS | Action.ADD_HEADERS
@@ -83,15 +83,6 @@ class AttachmentPolicy(Milter):
     def __init__(self, settings: AttachmentSettings) -> None:
         super().__init__()
         self.settings = settings
-        self.headers: list[tuple[str, str]] = []
-
-    def mail_from(self, sender: str, params: list[str]) -> Response:
-        self.headers = []
-        return Continue()
-
-    def header(self, name: str, value: str) -> Response:
-        self.headers.append((name, value))
-        return Continue()
 
     def end_of_message(self) -> Response:
         self.body_file.seek(0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from milterkit.contrib._common import (
     SERVICE_DECISIONS,
+    HeaderRecordingMilter,
     address_argument,
     connect_service,
     filter_parser,
@@ -30,7 +31,7 @@ from milterkit.contrib._common import (
     service_failure,
 )
 from milterkit.decision import Decision
-from milterkit.milter import Continue, Discard, Milter, ReplyCode, Response, Skip
+from milterkit.milter import Continue, Discard, ReplyCode, Response, Skip
 from milterkit.protocol.constants import Action, ProtocolFlag
 from milterkit.runtime.address import Address
 
@@ -85,7 +86,7 @@ class ClamdStream:
         self.sock.close()
 
 
-class ClamavMilter(Milter):
+class ClamavMilter(HeaderRecordingMilter):
     """Streams each message to clamd and acts on the verdict at end of message."""
 
     actions = Action.ADD_HEADERS | Action.QUARANTINE
@@ -93,18 +94,9 @@ class ClamavMilter(Milter):
     def __init__(self, settings: ClamavSettings) -> None:
         super().__init__()
         self.settings = settings
-        self.headers: list[tuple[str, str]] = []
         self.scan: ClamdStream | None = None
         self.failure: Exception | None = None
         self.sent = 0
-
-    def mail_from(self, sender: str, params: list[str]) -> Response:
-        self.reset()
-        return Continue()
-
-    def header(self, name: str, value: str) -> Response:
-        self.headers.append((name, value))
-        return Continue()
 
     def end_of_headers(self) -> Response:
         """Open the scan now so the body can stream as it comes."""
@@ -190,6 +182,10 @@ class ClamavMilter(Milter):
 
     def error_decision(self) -> Response:
         return service_failure(self.settings.on_error, "virus scanner")
+
+    def start_message(self) -> None:
+        super().start_message()
+        self.reset()
 
     def reset(self) -> None:
         if self.scan is not None:

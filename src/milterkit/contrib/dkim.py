@@ -27,6 +27,7 @@ import dkim  # type: ignore[import-untyped]
 import dkim.dnsplug  # type: ignore[import-untyped]
 
 from milterkit.contrib._common import (
+    HeaderRecordingMilter,
     Network,
     filter_parser,
     header_block,
@@ -35,7 +36,7 @@ from milterkit.contrib._common import (
     network_argument,
     networks,
 )
-from milterkit.milter import Continue, Milter, Response
+from milterkit.milter import Continue, Response
 from milterkit.protocol.constants import Action, Family, ProtocolFlag
 
 DEFAULT_SIGNED_HEADERS = (
@@ -68,7 +69,7 @@ class DkimSettings:
     txt_lookup: TxtLookup | None = None
 
 
-class DkimMilter(Milter):
+class DkimMilter(HeaderRecordingMilter):
     """Signs mail from internal or authenticated senders, verifies everything else."""
 
     actions = Action.ADD_HEADERS | Action.CHANGE_HEADERS
@@ -82,7 +83,6 @@ class DkimMilter(Milter):
         self.settings = settings
         self.client: str | None = None
         self.authenticated = False
-        self.headers: list[tuple[str, str]] = []
 
     def connect(
         self, hostname: str, family: Family, address: str | None, port: int | None
@@ -90,14 +90,9 @@ class DkimMilter(Milter):
         self.client = address
         return Continue()
 
-    def mail_from(self, sender: str, params: list[str]) -> Response:
+    def start_message(self) -> None:
+        super().start_message()
         self.authenticated = bool(self.macro_values.get("{auth_authen}"))
-        self.headers = []
-        return Continue()
-
-    def header(self, name: str, value: str) -> Response:
-        self.headers.append((name, value))
-        return Continue()
 
     def end_of_message(self) -> Response:
         message = header_block(self.headers, leading_space=self.verbatim_headers())

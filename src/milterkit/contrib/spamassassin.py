@@ -24,6 +24,7 @@ from typing import IO
 
 from milterkit.contrib._common import (
     SERVICE_DECISIONS,
+    HeaderRecordingMilter,
     address_argument,
     connect_service,
     filter_parser,
@@ -32,7 +33,7 @@ from milterkit.contrib._common import (
     service_failure,
 )
 from milterkit.decision import Decision
-from milterkit.milter import Continue, Milter, ReplyCode, Response
+from milterkit.milter import Continue, ReplyCode, Response
 from milterkit.protocol.constants import Action
 from milterkit.runtime.address import Address
 
@@ -118,7 +119,7 @@ def spam_header(value: str, symbols: str) -> SpamResult:
         raise SpamdError(f"spamd sent a bad Spam header: {value.strip()[:100]!r}") from None
 
 
-class SpamAssassinMilter(Milter):
+class SpamAssassinMilter(HeaderRecordingMilter):
     """Scores each message with spamd; tags, quarantines or rejects by the score."""
 
     actions = Action.ADD_HEADERS | Action.CHANGE_HEADERS | Action.QUARANTINE
@@ -128,15 +129,6 @@ class SpamAssassinMilter(Milter):
     def __init__(self, settings: SpamSettings) -> None:
         super().__init__()
         self.settings = settings
-        self.headers: list[tuple[str, str]] = []
-
-    def mail_from(self, sender: str, params: list[str]) -> Response:
-        self.headers = []
-        return Continue()
-
-    def header(self, name: str, value: str) -> Response:
-        self.headers.append((name, value))
-        return Continue()
 
     def end_of_message(self) -> Response:
         head = header_block(self.headers)
