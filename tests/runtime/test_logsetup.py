@@ -153,6 +153,7 @@ def test_file_destination_unwritable(tmp_path: Path) -> None:
         ("tag\U000e0041", "tag\\U000e0041"),
         ("caf\u00e9 \u00fc", "caf\u00e9 \u00fc"),
         (b"raw\r\n\xff", "raw\\r\\n\\xff"),
+        ("decoded \udcff", "decoded \\xff"),  # invalid UTF-8 kept by text(): the byte, as above
         (bytearray(b"\x1b"), "\\x1b"),
         (42, "42"),
         (None, "None"),

@@ -16,6 +16,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from milterkit.protocol.text import escape_char
+
 __all__ = ["encodable", "json_safe", "printable", "printable_reply", "write_atomically"]
 
 # C0 and C1 controls, DEL, lone surrogates (invalid UTF-8 decoded with
@@ -34,18 +36,7 @@ def printable(text: str) -> str:
     """
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() or ch == " " else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    if 0xDC80 <= code <= 0xDCFF:
-        return f"\\x{code - 0xDC00:02x}"
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+    return "".join(ch if ch.isprintable() or ch == " " else escape_char(ch) for ch in text)
 
 
 def printable_reply(text: str) -> str:

@@ -9,7 +9,7 @@ two functions, so a value never round-trips through two different codecs.
 
 from __future__ import annotations
 
-__all__ = ["text", "wire"]
+__all__ = ["escape_char", "text", "wire"]
 
 
 def text(value: bytes) -> str:
@@ -20,3 +20,19 @@ def text(value: bytes) -> str:
 def wire(value: str | bytes) -> bytes:
     """A str (or bytes, passed through) as the bytes that go on the wire."""
     return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+
+
+def escape_char(char: str) -> str:
+    """One character as a backslash escape, for showing untrusted text to people.
+
+    A lone surrogate is a byte of invalid UTF-8 that :func:`text` kept, so it
+    shows as that byte (``\\xff``), the same as a byte escaped from ``bytes``.
+    """
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"

@@ -19,6 +19,7 @@ import sys
 from types import TracebackType
 from typing import TypeAlias
 
+from milterkit.protocol.text import escape_char
 from milterkit.runtime.errors import RuntimeConfigError
 from milterkit.runtime.logfile import ReopenableFileHandler
 
@@ -229,14 +230,7 @@ def _escape_char(char: str) -> str:
     named = _NAMED_ESCAPES.get(char)
     if named is not None:
         return named
-    if char.isprintable():
-        return char
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+    return char if char.isprintable() else escape_char(char)
 
 
 def _escape_byte(byte: int) -> str:
