@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from itertools import chain
-from typing import final
+from typing import Final, final
 
 from milterkit.protocol.constants import Command
 from milterkit.protocol.errors import RemoteProtocolError
@@ -42,12 +42,12 @@ STAGE_ORDER: tuple[int, ...] = (
     Command.BODY,
     Command.BODYEOB,
 )
-CONNECTION_STAGES = frozenset({int(Command.CONNECT), int(Command.HELO)})
-_RANK = {stage: rank for rank, stage in enumerate(STAGE_ORDER)}
+CONNECTION_STAGES: Final = frozenset({int(Command.CONNECT), int(Command.HELO)})
+_RANK: Final = {stage: rank for rank, stage in enumerate(STAGE_ORDER)}
 #: Stage letters that are stored: Sendmail's C H M R T N E, plus Postfix's
 #: L (before each header), B (before each body chunk) and U (before UNKNOWN).
 #: A MACRO packet for any other byte is ignored, as libmilter ignores it.
-STAGES = frozenset({*STAGE_ORDER, int(Command.UNKNOWN)})
+STAGES: Final = frozenset({*STAGE_ORDER, int(Command.UNKNOWN)})
 #: Macros held at once per connection. Postfix sends a few dozen by default and
 #: Sendmail at most 50 per list (7 lists); this leaves room for generous
 #: configurations while bounding what a hostile peer can make us keep.
@@ -56,9 +56,9 @@ DEFAULT_MAX_MACROS = 1000
 DEFAULT_MAX_MACRO_BYTES = 256 * 1024
 #: Packets up to this size are split into pairs before the caps are checked
 #: (splitting them costs little); larger ones are checked first.
-_SMALL_PACKET = 1024
+_SMALL_PACKET: Final = 1024
 #: The stages a MACRO packet for a stage replaces: itself and the later ones.
-_REPLACED: dict[int, tuple[int, ...]] = {
+_REPLACED: Final[dict[int, tuple[int, ...]]] = {
     **{stage: STAGE_ORDER[rank:] for rank, stage in enumerate(STAGE_ORDER)},
     int(Command.UNKNOWN): (int(Command.UNKNOWN),),
 }
@@ -71,7 +71,8 @@ MacroObserver = Callable[[int, tuple[tuple[bytes, bytes], ...]], None]
 def macro_key(name: bytes | str) -> bytes:
     """Canonical lookup key: braces stripped, so ``i`` and ``{i}`` match."""
     raw = name.encode("ascii", "surrogateescape") if isinstance(name, str) else name
-    if raw[:1] == b"{" and raw[-1:] == b"}":
+    # Performance: indexing gives ints, where raw[:1] == b"{" would build bytes.
+    if len(raw) > 1 and raw[0] == 0x7B and raw[-1] == 0x7D:  # { and }
         return raw[1:-1]
     return raw
 
