@@ -20,16 +20,18 @@ import os
 from setuptools import setup
 
 # The modules that carry the per-packet work: framing, message pack/unpack, the
-# two state machines and their step tables, and negotiation. Left interpreted:
-# milter.py (users subclass Milter with ordinary classes), protocol/macros.py
-# (compat/libmilterphp.py subclasses MacroStore, and an interpreted class cannot
-# inherit from a compiled one without mypy_extensions at run time), and
-# session.py (mypyc rejects its TYPE_CHECKING-dependent LoggerAdapter base).
+# two state machines and their step tables, negotiation, and the macro store
+# (nearly every command comes with a MACRO packet). Left interpreted: milter.py
+# (users subclass Milter with ordinary classes, which cannot inherit from a
+# compiled class without mypy_extensions at run time) and session.py (mypyc
+# rejects its TYPE_CHECKING-dependent LoggerAdapter base). MacroStore is final:
+# code that must see each MACRO packet sets its ``observer`` instead.
 COMPILED_MODULES = [
     "src/milterkit/protocol/errors.py",
     "src/milterkit/protocol/events.py",
     "src/milterkit/protocol/constants.py",
     "src/milterkit/protocol/framing.py",
+    "src/milterkit/protocol/macros.py",
     "src/milterkit/protocol/messages.py",
     "src/milterkit/protocol/negotiate.py",
     "src/milterkit/protocol/filter.py",

@@ -28,6 +28,7 @@ COMPILABLE = (
     "protocol.events",
     "protocol.constants",
     "protocol.framing",
+    "protocol.macros",
     "protocol.messages",
     "protocol.negotiate",
     "protocol.filter",

@@ -153,6 +153,11 @@ class MacroView(Mapping[str, str]):
     def raw(self, name: str | bytes) -> bytes | None:
         return self._store.lookup(name)
 
+    @property
+    def store(self) -> MacroStore:
+        """The connection's MacroStore; set its ``observer`` to see each MACRO packet."""
+        return self._store
+
 
 class _MacroRequest:
     """``Milter.macros``: the class's macro request; on an instance, the old spelling

@@ -25,6 +25,7 @@ from milterkit.protocol import (
     Macro,
     Mail,
     Quit,
+    QuitNoClose,
     Rcpt,
 )
 from milterkit.protocol import messages as wire
@@ -128,6 +129,44 @@ def test_message_arrays_per_command() -> None:
     mail = Recording.seen[3]
     assert mail["binary"] == b"<a@example.org>\x00BODY=8BITMIME\x00SIZE=10\x00"
     assert mail["size"] == len(mail["binary"]) + 1
+
+
+def test_smfic_macro_once_per_packet_also_after_quit_nc() -> None:
+    """Each MACRO packet, as sent, reaches smficMacro before the next command's callback,
+    also two for one command (the second replaces the first in the store), and also on
+    a connection reused after QUIT_NC, which gets a new adapter."""
+    Recording.seen = []
+    first = Macro(ord("C"), ((b"j", b"mx.example"),))
+    second = Macro(ord("C"), ((b"{daemon_name}", b"smtpd"),))
+    again = Macro(ord("C"), ((b"j", b"mx2.example"),))
+    server, address = serve(make(Recording))
+    with serving(server), RawMTA.connect(address) as mta:
+        mta.negotiate(OFFER_V6)
+        mta.send(first)
+        mta.send(second)
+        mta.command(Connect(b"client.example", Family.INET, 4567, b"192.0.2.1"))
+        mta.send(QuitNoClose())
+        mta.send(again)
+        mta.command(Connect(b"other.example", Family.INET, 4568, b"192.0.2.2"))
+        mta.send(Quit())
+        assert mta.wait_closed()
+    wait_for(lambda: Recording.seen and Recording.seen[-1]["command"] == "Q", 5, "quit")
+    by = [(m["command"], m["args"]) for m in Recording.seen]
+    assert by[:3] == [
+        ("D", ["C", "j", "mx.example"]),
+        ("D", ["C", "{daemon_name}", "smtpd"]),
+        ("C", ["client.example", "4", "4567", "192.0.2.1"]),
+    ]
+    assert by[-3:] == [
+        ("D", ["C", "j", "mx2.example"]),
+        ("C", ["other.example", "4", "4568", "192.0.2.2"]),
+        ("Q", []),
+    ]
+    assert [m["binary"] for m in Recording.seen if m["command"] == "D"] == [
+        first.payload(),
+        second.payload(),
+        again.payload(),
+    ]
     assert Recording.seen[1]["size"] == len(Recording.seen[1]["binary"]) + 1
 
 

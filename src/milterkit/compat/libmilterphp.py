@@ -83,7 +83,6 @@ from milterkit.protocol.constants import (
     ProtocolFlag,
 )
 from milterkit.protocol.errors import LocalProtocolError
-from milterkit.protocol.macros import MacroStore
 from milterkit.protocol.names import (
     SMFIF_ADDHDRS as SMFIF_ADDHDRS,
 )
@@ -395,18 +394,8 @@ class Milter:
 # --------------------------------------------------------------- the adapter
 
 
-class _RecordingMacroStore(MacroStore):
-    """A MacroStore that also remembers each MACRO packet, for smficMacro."""
-
-    __slots__ = ("received",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[tuple[int, tuple[tuple[bytes, bytes], ...]]] = []
-
-    def set_stage(self, stage: int, pairs: tuple[tuple[bytes, bytes], ...]) -> None:
-        super().set_stage(stage, pairs)
-        self.received.append((stage, pairs))
+#: One MACRO packet as received: the stage letter and its (name, value) pairs.
+_MacroPacket = tuple[int, tuple[tuple[bytes, bytes], ...]]
 
 
 class _Adapter(mk.Milter):
@@ -420,14 +409,29 @@ class _Adapter(mk.Milter):
         self.php = copy.copy(self.template)
         self.php._adapter = self
         self.php._replies = None
-        self._store: _RecordingMacroStore | None = None
+        #: The MACRO packets received since the last smfic* callback, oldest first.
+        self._macro_packets: list[_MacroPacket] = []
+
+    @property
+    def macro_values(self) -> mk.MacroView:
+        """As for any Milter; setting it also starts recording MACRO packets."""
+        return self._macro_view
+
+    @macro_values.setter
+    def macro_values(self, view: mk.MacroView) -> None:
+        """The session hands over the connection's macros: record each packet from now.
+
+        libMilterPHP calls smficMacro once per MACRO packet, so the values in force
+        are not enough. The store's observer sees every packet (after QUIT_NC too,
+        where the new adapter's observer replaces the old one). It holds the list,
+        not the adapter, so the store does not keep the adapter alive.
+        """
+        self._macro_view = view
+        packets = self._macro_packets
+        view.store.observer = lambda stage, pairs: packets.append((stage, pairs))
 
     def negotiate(self, offer: msg.OptNeg) -> msg.OptNeg | None:
         """Reply with exactly the given actions and ignored content, as libMilterPHP does."""
-        store = _RecordingMacroStore()
-        self._session.conn.macros = store
-        self._store = store
-        self.macro_values = mk.MacroView(store)
         return build_filter_reply(
             offer,
             version=self.template.protocol_version,
@@ -564,11 +568,12 @@ class _Adapter(mk.Milter):
 
     def _report_macros(self) -> None:
         """Call smficMacro once per MACRO packet received since the last callback."""
-        store = self._store
-        if store is None or not store.received:
+        packets = self._macro_packets
+        if not packets:
             return
-        packets, store.received = store.received, []
-        for stage, pairs in packets:
+        received = packets.copy()
+        packets.clear()  # cleared in place: the store's observer holds this list
+        for stage, pairs in received:
             payload = msg.Macro(stage, pairs).payload()
             args = [chr(stage)]
             for name, value in pairs:

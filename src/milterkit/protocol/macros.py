@@ -12,12 +12,19 @@ the macros held at once, over all stages, are capped in number and in bytes
 (:data:`DEFAULT_MAX_MACROS`, :data:`DEFAULT_MAX_MACRO_BYTES`). Going over a
 cap raises :class:`RemoteProtocolError` naming it; the caller closes the
 connection.
+
+Code that must see each MACRO packet as it came, not only the values in force
+(the libMilterPHP compat layer calls ``smficMacro`` once per packet), sets the
+store's :attr:`MacroStore.observer` instead of subclassing: the store is final,
+so that it can be compiled with mypyc, and the observer sees the packets the
+connection's fast path stores too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from itertools import chain
+from typing import Final, final
 
 from milterkit.protocol.constants import Command
 from milterkit.protocol.errors import RemoteProtocolError
@@ -35,12 +42,12 @@ STAGE_ORDER: tuple[int, ...] = (
     Command.BODY,
     Command.BODYEOB,
 )
-CONNECTION_STAGES = frozenset({int(Command.CONNECT), int(Command.HELO)})
-_RANK = {stage: rank for rank, stage in enumerate(STAGE_ORDER)}
+CONNECTION_STAGES: Final = frozenset({int(Command.CONNECT), int(Command.HELO)})
+_RANK: Final = {stage: rank for rank, stage in enumerate(STAGE_ORDER)}
 #: Stage letters that are stored: Sendmail's C H M R T N E, plus Postfix's
 #: L (before each header), B (before each body chunk) and U (before UNKNOWN).
 #: A MACRO packet for any other byte is ignored, as libmilter ignores it.
-STAGES = frozenset({*STAGE_ORDER, int(Command.UNKNOWN)})
+STAGES: Final = frozenset({*STAGE_ORDER, int(Command.UNKNOWN)})
 #: Macros held at once per connection. Postfix sends a few dozen by default and
 #: Sendmail at most 50 per list (7 lists); this leaves room for generous
 #: configurations while bounding what a hostile peer can make us keep.
@@ -49,24 +56,34 @@ DEFAULT_MAX_MACROS = 1000
 DEFAULT_MAX_MACRO_BYTES = 256 * 1024
 #: Packets up to this size are split into pairs before the caps are checked
 #: (splitting them costs little); larger ones are checked first.
-_SMALL_PACKET = 1024
+_SMALL_PACKET: Final = 1024
 #: The stages a MACRO packet for a stage replaces: itself and the later ones.
-_REPLACED: dict[int, tuple[int, ...]] = {
+_REPLACED: Final[dict[int, tuple[int, ...]]] = {
     **{stage: STAGE_ORDER[rank:] for rank, stage in enumerate(STAGE_ORDER)},
     int(Command.UNKNOWN): (int(Command.UNKNOWN),),
 }
 
 
+#: ``observer(stage, pairs)``: called after each MACRO packet is stored.
+MacroObserver = Callable[[int, tuple[tuple[bytes, bytes], ...]], None]
+
+
 def macro_key(name: bytes | str) -> bytes:
     """Canonical lookup key: braces stripped, so ``i`` and ``{i}`` match."""
     raw = name.encode("ascii", "surrogateescape") if isinstance(name, str) else name
-    if raw[:1] == b"{" and raw[-1:] == b"}":
+    # Performance: indexing gives ints, where raw[:1] == b"{" would build bytes.
+    if len(raw) > 1 and raw[0] == 0x7B and raw[-1] == 0x7D:  # { and }
         return raw[1:-1]
     return raw
 
 
+@final
 class MacroStore(Mapping[bytes, bytes]):
-    """The macros in force now, keyed by canonical name (see :func:`macro_key`)."""
+    """The macros in force now, keyed by canonical name (see :func:`macro_key`).
+
+    Final (compiled with mypyc in the compiled build): to see every MACRO packet,
+    set :attr:`observer` rather than subclassing.
+    """
 
     __slots__ = (
         "_bytes",
@@ -74,9 +91,9 @@ class MacroStore(Mapping[bytes, bytes]):
         "_sizes",
         "_stages",
         "_stale",
-        "_watched",
         "max_macro_bytes",
         "max_macros",
+        "observer",
     )
 
     def __init__(
@@ -84,6 +101,7 @@ class MacroStore(Mapping[bytes, bytes]):
         *,
         max_macros: int | None = DEFAULT_MAX_MACROS,
         max_macro_bytes: int | None = DEFAULT_MAX_MACRO_BYTES,
+        observer: MacroObserver | None = None,
     ) -> None:
         self._stages: dict[int, dict[bytes, bytes]] = {}
         #: The message-level stages belong to a message that has ended.
@@ -95,8 +113,14 @@ class MacroStore(Mapping[bytes, bytes]):
         #: Caps on what is held at once (None: no cap); assign to change them.
         self.max_macros = max_macros
         self.max_macro_bytes = max_macro_bytes
-        #: A subclass overrides set_stage: adopt() must go through it.
-        self._watched = type(self).set_stage is not MacroStore.set_stage
+        #: Called as ``observer(stage, pairs)`` after each MACRO packet is stored
+        #: (the stage letter as an int, the pairs as they came, names with their
+        #: braces); packets that are ignored or refused (over a cap) are not
+        #: seen. One observer; assigning replaces it, None removes it. What it
+        #: raises propagates to the caller of adopt()/set_stage() (for a
+        #: connection, out of ``FilterConnection.next_event``), with the packet
+        #: already stored.
+        self.observer = observer
 
     def adopt(self, payload: bytes) -> None:
         """Store a raw MACRO payload (stage byte, then name/value strings).
@@ -113,10 +137,7 @@ class MacroStore(Mapping[bytes, bytes]):
         elif not size or payload[0] not in STAGES:
             return
         pairs = split_macro_payload(payload)[0] if size > 1 else ()
-        if self._watched:
-            self.set_stage(payload[0], pairs)  # a subclass that sees every packet
-        else:
-            self._store(payload[0], pairs, size - 1)  # no need to add up the lengths
+        self._store(payload[0], pairs, size - 1)  # no need to add up the lengths
 
     def _check_packet(self, payload: bytes) -> None:
         limit = self.max_macro_bytes
@@ -158,6 +179,9 @@ class MacroStore(Mapping[bytes, bytes]):
         self._bytes = total
         stages[stage] = values
         self._sizes[stage] = size
+        observer = self.observer
+        if observer is not None:  # the one cost of the hook when unset
+            observer(stage, pairs)
 
     @staticmethod
     def _refuse(what: str, name: str, limit: int) -> None:
