@@ -239,22 +239,30 @@ class CallbackRunner:
         if pooled:
             assert table is not None
             table[name] = True
-        settings = self.settings
-        limit = settings.interrupt_after
-        if limit is not None and limit == settings.callback_timeout:
-            over = f"callback_timeout {limit:g}s"
-        else:
-            over = f"the stuck-callback limit {settings.stuck_callback * 1000:.0f} ms"
         self.log.error(
-            "[%s] callback %s.%s ran %.0f ms on the event loop, over %s: interrupted it; "
-            "answering %s, discarding its result and actions, and closing the connection%s",
+            "[%s] callback %s.%s ran %.0f ms on the event loop, over %s: interrupted it; %s%s",
             cid,
             cls.__name__,
             name,
             seconds * 1000,
-            over,
-            Decision(settings.error_decision).value,
+            self._interrupt_limit(),
+            self._interrupt_outcome(name),
             "; it runs in the thread pool from now on" if pooled else "",
+        )
+
+    def _interrupt_limit(self) -> str:
+        settings = self.settings
+        limit = settings.interrupt_after
+        if limit is not None and limit == settings.callback_timeout:
+            return f"callback_timeout {limit:g}s"
+        return f"the stuck-callback limit {settings.stuck_callback * 1000:.0f} ms"
+
+    def _interrupt_outcome(self, name: str) -> str:
+        if name in ("abort", "close"):  # they answer nothing
+            return "closing the connection"
+        decision = Decision(self.settings.error_decision).value
+        return (
+            f"answering {decision}, discarding its result and actions, and closing the connection"
         )
 
     def guard_inline_calls(self) -> None:

@@ -415,8 +415,19 @@ class MilterSession:
         function = getattr(self.milter, name)
         if self._pooled.get(name, False):
             return self._await_notify_pooled(name, function)
+        runner = self._runner
+        started = time.perf_counter()
         try:
-            result = function()
+            try:  # as in _call: CallbackInterrupted may come until runner.current is None
+                if runner is not None:
+                    runner.current = (self.connection_id, name)
+                result = function()
+            finally:
+                if runner is not None:
+                    runner.current = None
+        except CallbackInterrupted:
+            self._interrupted(name, time.perf_counter() - started, len(self.pending))
+            return None
         except Exception as exc:
             self.callback_errors.append(exc)
             self.log.exception("callback %s raised", name)

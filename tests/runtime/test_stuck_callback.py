@@ -26,7 +26,7 @@ import pytest
 
 from milterkit.execution import ExecutionSettings
 from milterkit.milter import Accept, Continue, Milter
-from milterkit.protocol import Abort, Mail, TempFail
+from milterkit.protocol import Abort, Mail, Quit, TempFail
 from milterkit.protocol import messages as wire
 from milterkit.runtime.interrupt import INTERRUPT_SIGNAL
 from milterkit.runtime.server import Server, new_event_loop
@@ -58,7 +58,16 @@ STUCK_MILTER = textwrap.dedent(
             if kind == "where":  # Accept: it ran in the pool
                 in_pool = threading.current_thread() is not threading.main_thread()
                 return Accept() if in_pool else Continue()
+            self.kind = kind
             return Continue()
+
+        def abort(self):
+            if getattr(self, "kind", "") == "aborthang":
+                time.sleep(10**6)
+
+        def close(self):
+            if getattr(self, "kind", "") == "closehang":
+                time.sleep(10**6)
     """
 )
 
@@ -154,6 +163,29 @@ def test_inline_callback_timeout_acts_on_time(stuck_daemon: Callable[..., Daemon
     daemon.stop()
     (line,) = [line for line in daemon.log().splitlines() if "interrupted it" in line]
     assert "on the event loop, over callback_timeout 0.5s: interrupted it" in line
+
+
+@pytest.mark.parametrize("hangs", ["close", "abort"])
+def test_a_stuck_abort_or_close_is_interrupted(
+    stuck_daemon: Callable[..., Daemon], hangs: str
+) -> None:
+    daemon = stuck_daemon("--workers", "1", "--stuck-callback-ms", "500")
+    with RawMTA.connect(daemon.sock_path, timeout=30) as mta:
+        mta.hello()
+        assert mta.command(Mail(f"<{hangs}hang@x>".encode())) == [wire.Continue()]
+        mta.send(Abort() if hangs == "abort" else Quit())
+        assert mta.wait_closed(10)  # after an interrupted abort, no close() either
+    for _ in range(2):
+        with RawMTA.connect(daemon.sock_path, timeout=30) as mta:
+            mta.hello()
+            assert mta.command(Mail(b"<ok@x>")) == [wire.Continue()]
+    daemon.stop()
+    lines = [line for line in daemon.log().splitlines() if "interrupted it" in line]
+    (line,) = lines
+    assert f"callback Stuck.{hangs} ran " in line
+    assert line.endswith(
+        "interrupted it; closing the connection; it runs in the thread pool from now on"
+    )
 
 
 AROUND_MILTER = textwrap.dedent(
