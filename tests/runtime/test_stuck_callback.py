@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -24,12 +25,13 @@ from typing import Any
 
 import pytest
 
-from milterkit.execution import ExecutionSettings
+from milterkit.execution import CallbackInterrupted, ExecutionSettings
 from milterkit.milter import Accept, Continue, Milter
 from milterkit.protocol import Abort, Mail, Quit, TempFail
 from milterkit.protocol import messages as wire
 from milterkit.runtime.interrupt import INTERRUPT_SIGNAL
 from milterkit.runtime.server import Server, new_event_loop
+from milterkit.session import MilterSession
 from tests.runtime.test_daemon import Daemon, with_kill
 from tests.runtime.test_server_mta import RawMTA, inet_listener
 
@@ -372,6 +374,29 @@ def test_a_signal_already_in_use_is_left_alone(caplog: pytest.LogCaptureFixture)
         signal.signal(INTERRUPT_SIGNAL, previous)
     assert f"signal {INTERRUPT_SIGNAL} already has a handler" in caplog.text
     assert "inline callbacks that hold the event loop will not be interrupted" in caplog.text
+
+
+def test_callback_interrupted_without_a_runner_is_answered_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A session with no runner (no guard) still answers when the exception comes anyway."""
+
+    class Raises(Milter):
+        def mail_from(self, sender: str, params: list[str]) -> Any:
+            raise CallbackInterrupted("raised by hand")
+
+    def frame(code: bytes, payload: bytes = b"") -> bytes:
+        return struct.pack(">I", len(payload) + 1) + code + payload
+
+    out: list[bytes] = []
+    session = MilterSession(Raises, out.append)
+    opening = frame(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF))
+    opening += frame(b"C", b"h\x004\x00\x19127.0.0.1\x00") + frame(b"H", b"h\x00")
+    with caplog.at_level(logging.ERROR, "milterkit"):
+        assert session.data_received(opening + frame(b"M", b"<a@b>\x00")) is None
+    assert out[-1] == frame(b"t")
+    assert session.closed
+    assert "callback mail_from was interrupted; answering tempfail" in caplog.text
 
 
 # ------------------------------------------------------------------ settings

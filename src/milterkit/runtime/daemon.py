@@ -167,8 +167,8 @@ def run(
     socket; ``max_connections`` is the total across them. ``execution``
     (``auto``, ``inline``, ``threads``), ``threads``, ``slow_callback``,
     ``loop_block_warning`` and ``stuck_callback`` say how sync callbacks run
-    (docs/running.md). Configuration
-    errors are logged in one line and give exit status 78 (EX_CONFIG).
+    (docs/running.md). Configuration errors are logged in one line and give
+    exit status 78 (EX_CONFIG).
     """
     config = DaemonConfig(
         address=address,
