@@ -33,7 +33,7 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from milterkit.execution import CallbackInterrupted
 
@@ -50,8 +50,6 @@ INTERRUPT_SIGNAL: int | None = None if _SIGRTMIN is None else _SIGRTMIN + 6
 
 #: Guards running in this process; the signal handler serves them all.
 _guards: list[InlineCallGuard] = []
-#: The handler found before ours, put back when the last guard stops.
-_saved_handler: Any = None
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -105,7 +103,7 @@ class InlineCallGuard:
         return guard
 
     def stop(self) -> None:
-        """Stop the thread; the last guard to stop puts the previous handler back."""
+        """Stop the thread; the last guard to stop puts the default handler back."""
         self._stop.set()
         self._thread.join(5)
         if self in _guards:
@@ -141,12 +139,14 @@ class InlineCallGuard:
 
 
 def _install_handler(signum: int, logger: logging.Logger) -> bool:
-    """Take the signal, unless something else in the process already uses it."""
-    global _saved_handler
+    """Take the signal, unless something else in the process already uses it.
+
+    ``getsignal`` gives None for a handler installed from C: taken as well.
+    """
     current = signal.getsignal(signum)
     if current is _interrupt:
         return True
-    if current not in (signal.SIG_DFL, None):
+    if current is not signal.SIG_DFL:
         logger.warning(
             "signal %d already has a handler (%r): inline callbacks that hold the event "
             "loop will not be interrupted",
@@ -155,10 +155,10 @@ def _install_handler(signum: int, logger: logging.Logger) -> bool:
         )
         return False
     signal.signal(signum, _interrupt)  # without SA_RESTART: blocking calls see EINTR
-    _saved_handler = current
     return True
 
 
 def _restore_handler(signum: int) -> None:
+    """Back to the default, as found (the thread that could send the signal is gone)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signum, _saved_handler or signal.SIG_DFL)
+        signal.signal(signum, signal.SIG_DFL)
