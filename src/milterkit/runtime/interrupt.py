@@ -28,6 +28,7 @@ run in another thread is not guarded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -54,7 +55,7 @@ _guards: list[InlineCallGuard] = []
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     """The signal handler: raise in the call a guard aimed at, if it still runs."""
-    for guard in _guards:
+    for guard in tuple(_guards):  # a guard's thread may remove itself meanwhile
         target = guard.target
         if target is not None and guard.runner.current is target:
             raise CallbackInterrupted(
@@ -68,10 +69,18 @@ class InlineCallGuard:
     It looks every ``limit / 10`` (5 ms to 250 ms), so the interruption comes
     between ``limit`` and ``limit`` plus two looks after the call started. A
     call that swallows the interruption is interrupted again every ``limit``.
+    The thread ends on :meth:`stop`, or by itself once the loop is closed (a
+    server that was never stopped must not leave a thread behind, e.g. before
+    a fork).
     """
 
     def __init__(
-        self, runner: CallbackRunner, limit: float, logger: logging.Logger, signum: int
+        self,
+        runner: CallbackRunner,
+        limit: float,
+        logger: logging.Logger,
+        signum: int,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.runner = runner
         self.limit = limit
@@ -79,10 +88,15 @@ class InlineCallGuard:
         #: The call the last signal was meant for (read by the handler).
         self.target: tuple[str, str] | None = None
         self._signum = signum
+        self._loop = loop
         self._main = threading.get_ident()
         self._tick = min(max(limit / 10, 0.005), 0.25)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="milterkit-interrupt", daemon=True)
+        # what the thread saw last: the call, when it is due, whether it was interrupted
+        self._seen: tuple[str, str] | None = None
+        self._due = 0.0
+        self._fired = False
 
     @classmethod
     def start(
@@ -97,7 +111,7 @@ class InlineCallGuard:
             return None
         if not _install_handler(signum, logger):
             return None
-        guard = cls(runner, limit, logger, signum)
+        guard = cls(runner, limit, logger, signum, asyncio.get_running_loop())
         _guards.append(guard)
         guard._thread.start()
         return guard
@@ -106,36 +120,36 @@ class InlineCallGuard:
         """Stop the thread; the last guard to stop puts the default handler back."""
         self._stop.set()
         self._thread.join(5)
-        if self in _guards:
-            _guards.remove(self)
+        self._forget()
         if not _guards and not self._thread.is_alive():
             _restore_handler(self._signum)
 
-    def _run(self) -> None:
-        seen: tuple[str, str] | None = None
-        due = 0.0
-        fired = False
-        while not self._stop.wait(self._tick):
-            current = self.runner.current
-            now = time.monotonic()
-            if current is not seen:
-                seen, due, fired = current, now + self.limit, False
-                continue
-            if current is None or now < due:
-                continue
-            if fired:
-                self.log.warning(
-                    "[%s] callback %s still holds the event loop after it was interrupted "
-                    "(does it catch BaseException?); interrupting it again",
-                    current[0],
-                    current[1],
-                )
-            self._fire(current)
-            due, fired = now + self.limit, True
+    def _forget(self) -> None:
+        if self in _guards:
+            _guards.remove(self)
 
-    def _fire(self, call: tuple[str, str]) -> None:
-        self.target = call
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick) and not self._loop.is_closed():
+            self._look(self.runner.current, time.monotonic())
+        self._forget()
+
+    def _look(self, current: tuple[str, str] | None, now: float) -> None:
+        """Interrupt ``current`` if this same call was already running ``limit`` ago."""
+        if current is not self._seen:
+            self._seen, self._due, self._fired = current, now + self.limit, False
+            return
+        if current is None or now < self._due:
+            return
+        if self._fired:
+            self.log.warning(
+                "[%s] callback %s still holds the event loop after it was interrupted "
+                "(does it catch BaseException?); interrupting it again",
+                current[0],
+                current[1],
+            )
+        self.target = current
         signal.pthread_kill(self._main, self._signum)
+        self._due, self._fired = now + self.limit, True
 
 
 def _install_handler(signum: int, logger: logging.Logger) -> bool:
