@@ -33,7 +33,7 @@ from milterkit.runtime.interrupt import INTERRUPT_SIGNAL
 from milterkit.runtime.server import Server, new_event_loop
 from milterkit.session import MilterSession
 from tests.runtime.test_daemon import Daemon, with_kill
-from tests.runtime.test_server_mta import RawMTA, inet_listener
+from tests.runtime.test_server_mta import RawMTA, inet_listener, wait_for
 
 pytestmark = pytest.mark.skipif(INTERRUPT_SIGNAL is None, reason="no real-time signals")
 
@@ -57,6 +57,13 @@ STUCK_MILTER = textwrap.dedent(
                 lock = threading.Lock()
                 lock.acquire()
                 lock.acquire()
+            if kind == "swallow":  # catches the interruption twice, then lets it go
+                for _ in range(2):
+                    try:
+                        time.sleep(10**6)
+                    except BaseException:
+                        pass
+                time.sleep(10**6)
             if kind == "where":  # Accept: it ran in the pool
                 in_pool = threading.current_thread() is not threading.main_thread()
                 return Accept() if in_pool else Continue()
@@ -165,6 +172,19 @@ def test_inline_callback_timeout_acts_on_time(stuck_daemon: Callable[..., Daemon
     daemon.stop()
     (line,) = [line for line in daemon.log().splitlines() if "interrupted it" in line]
     assert "on the event loop, over callback_timeout 0.5s: interrupted it" in line
+
+
+def test_a_callback_that_swallows_the_interruption_is_interrupted_again(
+    stuck_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = stuck_daemon("--workers", "1", "--execution", "inline", "--stuck-callback-ms", "300")
+    _stuck_then_served(daemon.sock_path, "swallow")
+    daemon.stop()
+    log = daemon.log()
+    again = "[w0-c1] callback mail_from still holds the event loop after it was interrupted "
+    again += "(does it catch BaseException?); interrupting it again"
+    assert log.count(again) == 2, log
+    assert log.count("interrupted it; answering tempfail") == 1, log
 
 
 @pytest.mark.parametrize("hangs", ["close", "abort"])
@@ -397,6 +417,24 @@ def test_callback_interrupted_without_a_runner_is_answered_and_logged(
     assert out[-1] == frame(b"t")
     assert session.closed
     assert "callback mail_from was interrupted; answering tempfail" in caplog.text
+
+
+def test_the_guard_thread_ends_with_its_loop() -> None:
+    """A server started but never stopped leaves no thread once its loop is closed."""
+
+    def guards() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "milterkit-interrupt"]
+
+    before = len(guards())
+    loop = new_event_loop()
+    server = Server(Milter, inet_listener(), execution=ExecutionSettings(stuck_callback=1))
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.call_soon(server.start)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert server.runner.guard is not None and len(guards()) == before + 1
+    loop.close()
+    server.listeners[0].close()
+    wait_for(lambda: len(guards()) == before, 10, "the guard thread to end")
 
 
 # ------------------------------------------------------------------ settings
