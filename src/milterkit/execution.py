@@ -17,6 +17,9 @@ timeout has its scope closed, so what it queues or returns later is dropped.
 
 The :class:`LoopWatchdog` thread (started in the worker, after the fork)
 reports anything that holds the event loop longer than ``loop_block_warning``.
+An inline call that holds the loop past :attr:`ExecutionSettings.interrupt_after`
+is interrupted (:class:`CallbackInterrupted`, raised in it by
+:mod:`milterkit.runtime.interrupt`), so it costs its connection, not the worker.
 """
 
 from __future__ import annotations
@@ -29,14 +32,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from milterkit.decision import ERROR_DECISIONS, Decision
 from milterkit.protocol import messages as msg
 
+if TYPE_CHECKING:
+    from milterkit.runtime.interrupt import InlineCallGuard
+
 __all__ = [
     "EXECUTION_MODES",
     "CallScope",
+    "CallbackInterrupted",
     "CallbackRunner",
     "ExecutionSettings",
     "LoopWatchdog",
@@ -49,6 +56,16 @@ EXECUTION_MODES = ("auto", "inline", "threads")
 _local = threading.local()
 
 
+class CallbackInterrupted(BaseException):
+    """Raised inside an inline callback that held the worker's event loop too long.
+
+    A BaseException, like KeyboardInterrupt: milter code often catches
+    ``Exception`` around a lookup and carries on, which would swallow the
+    interruption and keep the loop held. ``finally`` blocks and ``with``
+    statements still run as it unwinds.
+    """
+
+
 @dataclass(frozen=True)
 class ExecutionSettings:
     """The callback-execution part of the daemon settings, carried to every session.
@@ -57,13 +74,16 @@ class ExecutionSettings:
     default). ``threads`` bounds the per-worker pool; calls past the bound wait
     for a free thread (their connections stay open). ``slow_callback`` is the
     ``auto`` threshold; ``loop_block_warning`` (0 turns it off) is when the
-    watchdog reports a blocked loop.
+    watchdog reports a blocked loop. ``stuck_callback`` (0 turns it off) is
+    when a sync callback still running inline is interrupted, unless
+    ``callback_timeout`` is shorter (see :attr:`interrupt_after`).
     """
 
     mode: str | None = None
     threads: int = 64
     slow_callback: float = 0.020
     loop_block_warning: float = 0.100
+    stuck_callback: float = 5.0
     callback_timeout: float | None = None
     progress_interval: float | None = None
     #: A :class:`~milterkit.decision.Decision` of ERROR_DECISIONS, or its name
@@ -83,10 +103,23 @@ class ExecutionSettings:
             raise ValueError(f"slow_callback must be positive, not {self.slow_callback}")
         if self.loop_block_warning < 0:
             raise ValueError(f"loop_block_warning must be >= 0, not {self.loop_block_warning}")
+        if self.stuck_callback < 0:
+            raise ValueError(f"stuck_callback must be >= 0, not {self.stuck_callback}")
         if self.callback_timeout is not None and self.callback_timeout <= 0:
             raise ValueError(f"callback_timeout must be positive, not {self.callback_timeout}")
         if self.progress_interval is not None and self.progress_interval <= 0:
             raise ValueError(f"progress_interval must be positive, not {self.progress_interval}")
+
+    @property
+    def interrupt_after(self) -> float | None:
+        """Seconds after which an inline sync call is interrupted; None: never.
+
+        The shorter of ``callback_timeout`` (so it acts on time inline too) and
+        ``stuck_callback`` (so a long timeout meant for pooled or async calls
+        does not let one inline call hold every connection of the worker).
+        """
+        limits = [limit for limit in (self.callback_timeout, self.stuck_callback) if limit]
+        return min(limits) if limits else None
 
 
 @dataclass(eq=False)
@@ -141,8 +174,11 @@ class CallbackRunner:
         self._pool: ThreadPoolExecutor | None = None
         self._routes: dict[type, dict[str, bool]] = {}
         self._modes: dict[type, str] = {}
-        #: (connection id, callback name) of the sync callback running inline now.
+        #: (connection id, callback name) of the sync callback running inline now;
+        #: a new tuple per call, so its identity also tells one call from the next.
         self.current: tuple[str, str] | None = None
+        #: Interrupts an inline call that holds the loop too long (None: not running).
+        self.guard: InlineCallGuard | None = None
 
     def mode(self, cls: type) -> str:
         mode = self._modes.get(cls)
@@ -196,6 +232,53 @@ class CallbackRunner:
             self.settings.slow_callback * 1000,
         )
 
+    def note_interrupted(self, cls: type, name: str, seconds: float, cid: str) -> None:
+        """An inline call was interrupted (it held the loop too long): log it; ``auto``: pool it."""
+        table = self._routes.get(cls)
+        pooled = self.mode(cls) == "auto" and table is not None and not table.get(name, True)
+        if pooled:
+            assert table is not None
+            table[name] = True
+        self.log.error(
+            "[%s] callback %s.%s ran %.0f ms on the event loop, over %s: interrupted it; %s%s",
+            cid,
+            cls.__name__,
+            name,
+            seconds * 1000,
+            self._interrupt_limit(),
+            self._interrupt_outcome(name),
+            "; it runs in the thread pool from now on" if pooled else "",
+        )
+
+    def _interrupt_limit(self) -> str:
+        settings = self.settings
+        limit = settings.interrupt_after
+        if limit is not None and limit == settings.callback_timeout:
+            return f"callback_timeout {limit:g}s"
+        return f"the stuck-callback limit {settings.stuck_callback * 1000:.0f} ms"
+
+    def _interrupt_outcome(self, name: str) -> str:
+        if name in ("abort", "close"):  # they answer nothing
+            return "closing the connection"
+        decision = Decision(self.settings.error_decision).value
+        return (
+            f"answering {decision}, discarding its result and actions, and closing the connection"
+        )
+
+    def guard_inline_calls(self) -> None:
+        """Start interrupting inline calls that hold the loop (from the loop, once).
+
+        Only where the loop runs in the main thread (a worker, or ``run()``
+        without fork): the interruption is a signal, and Python runs signal
+        handlers in the main thread only.
+        """
+        limit = self.settings.interrupt_after
+        if limit is None or self.guard is not None:
+            return
+        from milterkit.runtime.interrupt import InlineCallGuard
+
+        self.guard = InlineCallGuard.start(self, limit, self.log)
+
     def submit(
         self, scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]
     ) -> asyncio.Future[Any]:
@@ -209,6 +292,9 @@ class CallbackRunner:
 
     def shutdown(self) -> None:
         """Stop taking work; threads still running a callback are left to finish."""
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -24,7 +24,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from milterkit.decision import Decision
-from milterkit.execution import CallbackRunner, CallScope, ExecutionSettings, current_scope
+from milterkit.execution import (
+    CallbackInterrupted,
+    CallbackRunner,
+    CallScope,
+    ExecutionSettings,
+    current_scope,
+)
 from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Command, ProtocolFlag
@@ -272,21 +278,25 @@ class MilterSession:
             return self._await_pooled(name, function, args)
         runner = self._runner
         mark = len(self.pending)
-        if runner is not None:
-            runner.current = (self.connection_id, name)
         started = time.perf_counter()
         try:
-            result = function(*args)
+            try:  # CallbackInterrupted may come from here until runner.current is None
+                if runner is not None:
+                    runner.current = (self.connection_id, name)
+                result = function(*args)
+            finally:
+                if runner is not None:
+                    runner.current = None
+                elapsed = time.perf_counter() - started
+        except CallbackInterrupted:
+            self._interrupted(name, time.perf_counter() - started, mark)
+            return None
         except Exception as exc:
             self.callback_errors.append(exc)
             self.log.exception("callback %s raised; answering %s", name, self._error_name())
             self._observe_error("callback_raised")
             self._reply(self._error_reply, failed=True)
             return None
-        finally:
-            elapsed = time.perf_counter() - started
-            if runner is not None:
-                runner.current = None
         if elapsed >= self._watch_after and self._ran_long(name, elapsed, mark):
             return None
         if result is None:
@@ -321,6 +331,17 @@ class MilterSession:
             self._callback_timeout,
             self._error_name(),
         )
+        self._reply(self._error_reply, failed=True)
+        self.closed = True
+
+    def _interrupted(self, name: str, elapsed: float, mark: int) -> None:
+        """The worker took its loop back from this inline call: as a timeout, then close."""
+        if self._runner is not None:
+            self._runner.note_interrupted(type(self.milter), name, elapsed, self.connection_id)
+        else:
+            self.log.error("callback %s was interrupted; answering %s", name, self._error_name())
+        del self.pending[mark:]
+        self._observe_error("timeout")
         self._reply(self._error_reply, failed=True)
         self.closed = True
 
@@ -394,8 +415,19 @@ class MilterSession:
         function = getattr(self.milter, name)
         if self._pooled.get(name, False):
             return self._await_notify_pooled(name, function)
+        runner = self._runner
+        started = time.perf_counter()
         try:
-            result = function()
+            try:  # as in _call: CallbackInterrupted may come until runner.current is None
+                if runner is not None:
+                    runner.current = (self.connection_id, name)
+                result = function()
+            finally:
+                if runner is not None:
+                    runner.current = None
+        except CallbackInterrupted:
+            self._interrupted(name, time.perf_counter() - started, len(self.pending))
+            return None
         except Exception as exc:
             self.callback_errors.append(exc)
             self.log.exception("callback %s raised", name)

@@ -219,6 +219,14 @@ def _add_execution_options(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="warn when a worker's event loop is held this long; 0 turns it off (100)",
     )
+    parser.add_argument(
+        "--stuck-callback-ms",
+        type=float,
+        default=5000.0,
+        metavar="MS",
+        help="interrupt a sync callback that holds a worker's event loop this long "
+        "(error decision, connection closed); 0 turns it off (5000)",
+    )
 
 
 def _octal(text: str) -> int:
@@ -289,6 +297,7 @@ def daemon_config(args: argparse.Namespace) -> DaemonConfig:
         threads=args.threads,
         slow_callback=args.slow_callback_ms / 1000,
         loop_block_warning=args.loop_block_warning_ms / 1000,
+        stuck_callback=args.stuck_callback_ms / 1000,
         keep_env=tuple(args.keep_env),
         idle_timeout=args.idle_timeout,
         log_format=args.log_format,

@@ -101,6 +101,7 @@ class DaemonConfig:
     threads: int = 64
     slow_callback: float = 0.020
     loop_block_warning: float = 0.100
+    stuck_callback: float = 5.0
 
     def execution_settings(self) -> ExecutionSettings:
         """The part every session needs (raises ValueError on an invalid value)."""
@@ -109,6 +110,7 @@ class DaemonConfig:
             threads=self.threads,
             slow_callback=self.slow_callback,
             loop_block_warning=self.loop_block_warning,
+            stuck_callback=self.stuck_callback,
             callback_timeout=self.callback_timeout,
             progress_interval=self.progress_interval,
             error_decision=self.error_decision,
@@ -152,6 +154,7 @@ def run(
     threads: int = 64,
     slow_callback: float = 0.020,
     loop_block_warning: float = 0.100,
+    stuck_callback: float = 5.0,
     keep_env: tuple[str, ...] = (),
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     log_format: str = "text",
@@ -162,9 +165,10 @@ def run(
     ``fd:N``; sockets passed by systemd socket activation take precedence.
     ``workers`` processes (default: one per CPU, 0 = no fork) share the
     socket; ``max_connections`` is the total across them. ``execution``
-    (``auto``, ``inline``, ``threads``), ``threads``, ``slow_callback`` and
-    ``loop_block_warning`` say how sync callbacks run (docs/running.md). Configuration
-    errors are logged in one line and give exit status 78 (EX_CONFIG).
+    (``auto``, ``inline``, ``threads``), ``threads``, ``slow_callback``,
+    ``loop_block_warning`` and ``stuck_callback`` say how sync callbacks run
+    (docs/running.md). Configuration errors are logged in one line and give
+    exit status 78 (EX_CONFIG).
     """
     config = DaemonConfig(
         address=address,
@@ -189,6 +193,7 @@ def run(
         threads=threads,
         slow_callback=slow_callback,
         loop_block_warning=loop_block_warning,
+        stuck_callback=stuck_callback,
         keep_env=keep_env,
         idle_timeout=idle_timeout,
         log_format=log_format,

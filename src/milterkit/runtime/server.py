@@ -225,6 +225,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._started = True
         self._start_watchdog()
+        self.runner.guard_inline_calls()  # interrupts an inline call that holds the loop
         for sock in self.listeners:
             sock.setblocking(False)
         self._resume_accepting()
