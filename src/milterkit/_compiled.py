@@ -26,9 +26,12 @@ from types import ModuleType
 COMPILABLE = (
     "protocol.errors",
     "protocol.events",
+    "protocol.codes",
     "protocol.constants",
     "protocol.framing",
     "protocol.messages",
+    "protocol.steps",
+    "protocol.state",
     "protocol.negotiate",
     "protocol.filter",
     "protocol.mta",
