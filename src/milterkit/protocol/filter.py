@@ -103,7 +103,6 @@ _BODYEOB = int(Command.BODYEOB)
 # open": IDLE and IN_MESSAGE differ only by the message position (see ``state``).
 _NEGOTIATING = int(ConnectionState.NEGOTIATING)
 _OPEN = int(ConnectionState.IDLE)
-_IN_MESSAGE = int(ConnectionState.IN_MESSAGE)
 _CLOSED = int(ConnectionState.CLOSED)
 _ERROR = int(ConnectionState.ERROR)
 #: Exact type -> (reply, wire bytes) of the payload-less replies that may be sent.
@@ -168,9 +167,8 @@ class FilterConnection:
         return self._position != 0
 
     def _fail(self, error: ProtocolError) -> None:
-        """Enter the ERROR state (the first error is kept for later calls)."""
-        if self._error is None:
-            self._error = error
+        """Enter the ERROR state; later calls raise an error naming this one."""
+        self._error = error
         self._state = _ERROR
 
     # ------------------------------------------------------------------ receiving

@@ -102,9 +102,8 @@ class MTAConnection:
         return self._in_message
 
     def _fail(self, error: ProtocolError) -> None:
-        """Enter the ERROR state (the first error is kept for later calls)."""
-        if self._error is None:
-            self._error = error
+        """Enter the ERROR state; later calls raise an error naming this one."""
+        self._error = error
         self._state = _ERROR
 
     @staticmethod

@@ -8,10 +8,10 @@ the upper layers use for it. Every other per-step table (in
 :mod:`~milterkit.protocol.constants`, the two state machines, the milter and
 the session) is derived from :data:`STEPS`, so a fact is written once.
 
-The replies differ by side on purpose: the filter side sends SKIP only to BODY
-(libmilter's rule, PROTOCOL.md 6.8), while the MTA side takes it after RCPT,
-HEADER and BODY as Postfix does; the MTA side also takes SHUTDOWN and CONN_FAIL
-(Postfix does), which the filter side refuses to send.
+The replies differ by side on purpose, hence two columns: the filter side sends
+SKIP only to BODY (libmilter's rule, PROTOCOL.md 6.8), while the MTA side takes
+it after RCPT, HEADER and BODY as Postfix does; the MTA side also takes SHUTDOWN
+and CONN_FAIL (Postfix does), which the filter side refuses to send.
 """
 
 from __future__ import annotations
@@ -44,18 +44,35 @@ from milterkit.protocol.messages import (
     Unknown,
 )
 
+P = ProtocolFlag
 _NONE = ProtocolFlag.NONE
-#: Replies valid after every command that gets a reply (PROTOCOL.md 3).
-_DECISIONS = frozenset(
+_NOTHING: frozenset[Reply] = frozenset()
+
+# The reply columns. Valid after every command that gets a reply (PROTOCOL.md 3):
+_DECIDE = frozenset(
     {Reply.CONTINUE, Reply.ACCEPT, Reply.REJECT, Reply.TEMPFAIL, Reply.REPLYCODE, Reply.PROGRESS}
 )
-_WITH_DISCARD = _DECISIONS | {Reply.DISCARD}
-_AT_END = _WITH_DISCARD | frozenset(REPLY_ACTION)
-#: Replies Postfix takes after any command and the filter side never sends.
-_MTA_EXTRA = frozenset({Reply.SHUTDOWN, Reply.CONN_FAIL})
-#: Final replies after which no more commands of the message come (PROTOCOL.md 6.7).
+#: Inside a message DISCARD is valid too (not at CONNECT/HELO).
+_IN_MSG = _DECIDE | {Reply.DISCARD}
+#: The filter side sends SKIP only to BODY (libmilter's rule, PROTOCOL.md 6.8).
+_BODY = _IN_MSG | {Reply.SKIP}
+#: At end of message the modifications too.
+_EOM = _IN_MSG | frozenset(REPLY_ACTION)
+#: The MTA side takes what the filter side sends, plus SHUTDOWN and CONN_FAIL (as
+#: Postfix does, PROTOCOL.md 3), plus SKIP after RCPT, HEADER and BODY (Postfix, 6.8).
+_EXTRA = frozenset({Reply.SHUTDOWN, Reply.CONN_FAIL})
+_MTA_DECIDE = _DECIDE | _EXTRA
+_MTA_IN_MSG = _IN_MSG | _EXTRA
+_MTA_SKIP = _MTA_IN_MSG | {Reply.SKIP}
+_MTA_EOM = _EOM | _EXTRA
+_OPTNEG = frozenset({Reply.OPTNEG})
+
+# The ends_message column (PROTOCOL.md 6.7): a final reply ends the message ...
 _ENDS = frozenset({Reply.ACCEPT, Reply.REJECT, Reply.TEMPFAIL, Reply.DISCARD, Reply.REPLYCODE})
-_NOTHING: frozenset[Reply] = frozenset()
+#: ... except at RCPT, where REJECT/TEMPFAIL/REPLYCODE refuse only that recipient,
+_RCPT_ENDS = frozenset({Reply.ACCEPT, Reply.DISCARD})
+#: ... and at end of message every final reply does, CONTINUE included.
+_EOM_ENDS = _ENDS | {Reply.CONTINUE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,111 +111,43 @@ class Step:
     stage: str
 
 
-def _message_step(
-    command: Command,
-    message: type[Message],
-    flags: tuple[ProtocolFlag, ProtocolFlag],
-    position: int,
-    *,
-    callback: str,
-    stage: str,
-    macro_list: MacroStage | None = None,
-    since: int = 1,
-    repeatable: bool = False,
-    skip_on_mta_side: bool = False,
-) -> Step:
-    """A step within a message: DISCARD allowed, the message ends on a final reply."""
-    mta = _WITH_DISCARD | _MTA_EXTRA
-    return Step(
-        command,
-        message,
-        *flags,
-        answered=True,
-        macro_letter=True,
-        macro_list=macro_list,
-        since=since,
-        position=position,
-        repeatable=repeatable,
-        filter_replies=_WITH_DISCARD | ({Reply.SKIP} if command == Command.BODY else set()),
-        mta_accepts=mta | ({Reply.SKIP} if skip_on_mta_side else set()),
-        ends_message=_ENDS,
-        callback=callback,
-        stage=stage,
-    )
-
-
-def _unanswered(command: Command, message: type[Message], callback: str | None, stage: str) -> Step:
-    """MACRO, ABORT, QUIT, QUIT_NC: no reply, no flags, outside the message order."""
-    since = 6 if command == Command.QUIT_NC else 1
-    return Step(
-        command, message, _NONE, _NONE, False, False, None, since, 0, False,
-        _NOTHING, _NOTHING, _NOTHING, callback, stage,
-    )  # fmt: skip
-
-
 #: Every command the MTA sends, in :class:`~milterkit.protocol.codes.Command` order.
-#: Rows written out give the columns in field order: command, message, no_send,
-#: no_reply, answered, macro_letter, macro_list, since, position, repeatable,
-#: filter_replies, mta_accepts, ends_message, callback, stage.
 # fmt: off
 STEPS: tuple[Step, ...] = (
-    Step(
-        Command.OPTNEG, OptNeg, _NONE, _NONE, True, False, None, 1, 0, False,
-        frozenset({Reply.OPTNEG}), frozenset({Reply.OPTNEG}), _NOTHING, "negotiate", "optneg",
-    ),
-    _unanswered(Command.MACRO, Macro, None, "macro"),
-    Step(
-        Command.CONNECT, Connect, ProtocolFlag.NOCONNECT, ProtocolFlag.NR_CONN, True, True,
-        MacroStage.CONNECT, 1, 0, False, _DECISIONS, _DECISIONS | _MTA_EXTRA, _NOTHING,
-        "connect", "connect",
-    ),
-    Step(
-        Command.HELO, Helo, ProtocolFlag.NOHELO, ProtocolFlag.NR_HELO, True, True,
-        MacroStage.HELO, 1, 0, False, _DECISIONS, _DECISIONS | _MTA_EXTRA, _NOTHING,
-        "helo", "helo",
-    ),
-    _message_step(
-        Command.MAIL, Mail, (ProtocolFlag.NOMAIL, ProtocolFlag.NR_MAIL), 1,
-        callback="mail_from", stage="mail", macro_list=MacroStage.ENVFROM,
-    ),
-    # Only this recipient is refused by REJECT/TEMPFAIL/REPLYCODE: the message goes on.
-    Step(
-        Command.RCPT, Rcpt, ProtocolFlag.NORCPT, ProtocolFlag.NR_RCPT, True, True,
-        MacroStage.ENVRCPT, 1, 2, True, _WITH_DISCARD,
-        _WITH_DISCARD | _MTA_EXTRA | {Reply.SKIP}, frozenset({Reply.ACCEPT, Reply.DISCARD}),
-        "rcpt_to", "rcpt",
-    ),
-    _message_step(
-        Command.DATA, Data, (ProtocolFlag.NODATA, ProtocolFlag.NR_DATA), 3,
-        callback="data", stage="data", macro_list=MacroStage.DATA, since=4,
-    ),
-    _message_step(
-        Command.HEADER, Header, (ProtocolFlag.NOHDRS, ProtocolFlag.NR_HDR), 4,
-        callback="header", stage="header", repeatable=True, skip_on_mta_side=True,
-    ),
-    _message_step(
-        Command.EOH, EndOfHeaders, (ProtocolFlag.NOEOH, ProtocolFlag.NR_EOH), 5,
-        callback="end_of_headers", stage="eoh", macro_list=MacroStage.EOH, since=2,
-    ),
-    _message_step(
-        Command.BODY, Body, (ProtocolFlag.NOBODY, ProtocolFlag.NR_BODY), 6,
-        callback="body", stage="body", repeatable=True, skip_on_mta_side=True,
-    ),
-    # Cannot be turned off; every final reply ends the message; modifications only here.
-    Step(
-        Command.BODYEOB, EndOfMessage, _NONE, _NONE, True, True, MacroStage.EOM, 1, 7, False,
-        _AT_END, _AT_END | _MTA_EXTRA, _ENDS | {Reply.CONTINUE}, "end_of_message", "eom",
-    ),
+    # command, message class, no_send, no_reply, answered, macro_letter, macro_list, since,
+    #   position, repeatable, filter_replies, mta_accepts, ends_message, callback, stage
+    Step(Command.OPTNEG, OptNeg, _NONE, _NONE, True, False, None, 1,
+         0, False, _OPTNEG, _OPTNEG, _NOTHING, "negotiate", "optneg"),
+    Step(Command.MACRO, Macro, _NONE, _NONE, False, False, None, 1,
+         0, False, _NOTHING, _NOTHING, _NOTHING, None, "macro"),
+    Step(Command.CONNECT, Connect, P.NOCONNECT, P.NR_CONN, True, True, MacroStage.CONNECT, 1,
+         0, False, _DECIDE, _MTA_DECIDE, _NOTHING, "connect", "connect"),
+    Step(Command.HELO, Helo, P.NOHELO, P.NR_HELO, True, True, MacroStage.HELO, 1,
+         0, False, _DECIDE, _MTA_DECIDE, _NOTHING, "helo", "helo"),
+    Step(Command.MAIL, Mail, P.NOMAIL, P.NR_MAIL, True, True, MacroStage.ENVFROM, 1,
+         1, False, _IN_MSG, _MTA_IN_MSG, _ENDS, "mail_from", "mail"),
+    Step(Command.RCPT, Rcpt, P.NORCPT, P.NR_RCPT, True, True, MacroStage.ENVRCPT, 1,
+         2, True, _IN_MSG, _MTA_SKIP, _RCPT_ENDS, "rcpt_to", "rcpt"),
+    Step(Command.DATA, Data, P.NODATA, P.NR_DATA, True, True, MacroStage.DATA, 4,
+         3, False, _IN_MSG, _MTA_IN_MSG, _ENDS, "data", "data"),
+    Step(Command.HEADER, Header, P.NOHDRS, P.NR_HDR, True, True, None, 1,
+         4, True, _IN_MSG, _MTA_SKIP, _ENDS, "header", "header"),
+    Step(Command.EOH, EndOfHeaders, P.NOEOH, P.NR_EOH, True, True, MacroStage.EOH, 2,
+         5, False, _IN_MSG, _MTA_IN_MSG, _ENDS, "end_of_headers", "eoh"),
+    Step(Command.BODY, Body, P.NOBODY, P.NR_BODY, True, True, None, 1,
+         6, True, _BODY, _MTA_SKIP, _ENDS, "body", "body"),
+    Step(Command.BODYEOB, EndOfMessage, _NONE, _NONE, True, True, MacroStage.EOM, 1,
+         7, False, _EOM, _MTA_EOM, _EOM_ENDS, "end_of_message", "eom"),
     # DISCARD is not listed for UNKNOWN in PROTOCOL.md 3; both sides let it through
-    # (as before the table existed), since the MTA rejects the command anyway.
-    Step(
-        Command.UNKNOWN, Unknown, ProtocolFlag.NOUNKNOWN, ProtocolFlag.NR_UNKN, True, True,
-        None, 3, 0, False, _WITH_DISCARD, _WITH_DISCARD | _MTA_EXTRA, _NOTHING,
-        "unknown", "unknown",
-    ),
-    _unanswered(Command.ABORT, Abort, "abort", "abort"),
-    _unanswered(Command.QUIT, Quit, "close", "quit"),
-    _unanswered(Command.QUIT_NC, QuitNoClose, "close", "quit_nc"),
+    # (as they did before this table), the MTA rejects the command anyway.
+    Step(Command.UNKNOWN, Unknown, P.NOUNKNOWN, P.NR_UNKN, True, True, None, 3,
+         0, False, _IN_MSG, _MTA_IN_MSG, _NOTHING, "unknown", "unknown"),
+    Step(Command.ABORT, Abort, _NONE, _NONE, False, False, None, 1,
+         0, False, _NOTHING, _NOTHING, _NOTHING, "abort", "abort"),
+    Step(Command.QUIT, Quit, _NONE, _NONE, False, False, None, 1,
+         0, False, _NOTHING, _NOTHING, _NOTHING, "close", "quit"),
+    Step(Command.QUIT_NC, QuitNoClose, _NONE, _NONE, False, False, None, 6,
+         0, False, _NOTHING, _NOTHING, _NOTHING, "close", "quit_nc"),
 )
 # fmt: on
 
