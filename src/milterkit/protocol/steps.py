@@ -4,9 +4,11 @@ Each :class:`Step` says what PROTOCOL.md sections 2, 3 and 6 say about one
 command the MTA sends: its message class, the ``NO*`` bit that turns it off and
 the ``NR_*`` bit that makes it reply-less, its macros, the version that brought
 it, where it sits in a message, which replies each side takes, and the names
-the upper layers use for it. Every other per-step table (in
-:mod:`~milterkit.protocol.constants`, the two state machines, the milter and
-the session) is derived from :data:`STEPS`, so a fact is written once.
+the upper layers use for it. The other per-step tables are derived from
+:data:`STEPS` (those of :mod:`~milterkit.protocol.constants`, of the two state
+machines, the milter's callback flags, the observer's and bench's stage names),
+so a fact is written once; ``messages.COMMAND_TYPES``, which this module builds
+on, is checked against it by a test.
 
 The replies differ by side on purpose, hence two columns: the filter side sends
 SKIP only to BODY (libmilter's rule, PROTOCOL.md 6.8), while the MTA side takes
