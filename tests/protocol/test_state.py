@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import ClassVar
+
 import pytest
 
+from milterkit import Milter
 from milterkit.protocol import (
     Abort,
     Body,
@@ -27,6 +31,7 @@ from milterkit.protocol import (
     Skip,
 )
 from milterkit.protocol.state import STATES, unusable
+from milterkit.session import MilterSession
 from tests.protocol.test_pairing import CONNECT, Pair
 
 S = ConnectionState
@@ -149,6 +154,25 @@ def test_filter_error_state_names_the_first_error() -> None:
     assert pair.flt.state is S.ERROR
 
 
+def test_the_peer_hanging_up_is_taken_in_the_error_state() -> None:
+    """A session that learns of EOF after the error still reaches its abort/close path."""
+    pair = negotiated_pair()
+    pair.flt.receive_data(b"\0\0\0\x01Z")
+    with pytest.raises(RemoteProtocolError, match="unknown command byte"):
+        pair.flt.next_event()
+    pair.flt.receive_data(b"")  # no error: only recorded
+    with pytest.raises(LocalProtocolError, match="after RemoteProtocolError: unknown command"):
+        pair.flt.next_event()
+    with pytest.raises(LocalProtocolError, match="after RemoteProtocolError: unknown command"):
+        pair.flt.receive_data(b"")  # a second EOF is an error, as outside the ERROR state
+    pair.mta.receive_data(Continue().encode())
+    with pytest.raises(RemoteProtocolError, match="unexpected CONTINUE"):
+        pair.mta.next_event()
+    pair.mta.receive_data(b"")
+    with pytest.raises(LocalProtocolError, match="after RemoteProtocolError: unexpected"):
+        pair.mta.next_event()
+
+
 def test_filter_error_from_receive_data() -> None:
     pair = negotiated_pair()
     pair.flt.receive_data(b"")
@@ -219,3 +243,47 @@ def test_unusable_names_the_error() -> None:
         "MAIL out of order in the message"
     )
     assert error.__cause__ is first
+
+
+class _AsyncMail(Milter):
+    calls: ClassVar[list[str]] = []
+
+    async def mail_from(self, sender: str, args: list[str]) -> None:
+        await asyncio.sleep(0)
+        self.calls.append("mail_from")
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_session_runs_abort_and_close_after_an_error_found_on_resume() -> None:
+    """The server's path: a callback went async, the error comes from resume(), then EOF.
+
+    connection_lost() feeds EOF to a connection in the ERROR state; it must still
+    reach the abort and close callbacks.
+    """
+    _AsyncMail.calls.clear()
+    out: list[bytes] = []
+    session = MilterSession(_AsyncMail, out.append)
+    mta = MTAConnection()
+    assert session.data_received(mta.send(MTAConnection.default_offer())) is None
+    mta.receive_data(b"".join(out))
+    assert isinstance(mta.next_event(), OptNeg)
+    pending = session.data_received(Mail(b"<a@example.org>").encode() + b"\0\0\0\x01Z")
+    assert pending is not None
+
+    async def drive() -> None:
+        await pending
+        with pytest.raises(RemoteProtocolError, match="unknown command byte 0x5a"):
+            session.resume()
+        assert session.conn.state is S.ERROR
+        closing = session.connection_lost()
+        if closing is not None:
+            await closing
+
+    asyncio.run(drive())
+    assert _AsyncMail.calls == ["mail_from", "abort", "close"]
+    assert session.closed

@@ -232,6 +232,11 @@ class MTAConnection:
     def receive_data(self, data: bytes) -> None:
         """Bytes from the filter; ``b""`` means the filter closed the connection."""
         if self._error is not None:
+            if not data and not self._eof:
+                # The filter hanging up is news in any state: a caller that goes on to
+                # next_event() (and its abort/close handling) learns of the ERROR there.
+                self._eof = True
+                return
             raise unusable(self._error)
         try:
             if self._eof:
