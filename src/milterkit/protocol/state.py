@@ -33,7 +33,8 @@ class ConnectionState(IntEnum):
     IN_MESSAGE = 2
     #: QUIT went through, or the peer closed the connection and all it sent was read.
     CLOSED = 3
-    #: The peer broke the protocol; every later call raises an error naming why.
+    #: The peer broke the protocol; every later call raises an error naming why
+    #: (``receive_data(b"")`` only records that the peer hung up).
     ERROR = 4
 
 

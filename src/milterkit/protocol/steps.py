@@ -50,7 +50,9 @@ P = ProtocolFlag
 _NONE = ProtocolFlag.NONE
 _NOTHING: frozenset[Reply] = frozenset()
 
-# The reply columns. Valid after every command that gets a reply (PROTOCOL.md 3):
+# The reply columns. Valid after every command that gets a reply (PROTOCOL.md 3).
+# PROGRESS too: Postfix takes it after any command, Sendmail only during end of
+# message (3, 6.9); the session's automatic keepalive runs only there.
 _DECIDE = frozenset(
     {Reply.CONTINUE, Reply.ACCEPT, Reply.REJECT, Reply.TEMPFAIL, Reply.REPLYCODE, Reply.PROGRESS}
 )
