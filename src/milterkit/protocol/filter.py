@@ -369,9 +369,11 @@ class FilterConnection:
         return self
 
     def _expect_reply(self, message: Message) -> Message:
-        assert self.negotiated is not None
         code = message.code
-        if code in self._answers()._replied:
+        # Performance: _answers() only when ``negotiated`` changed (a call less per command)
+        if self.negotiated is not self._answers_for:
+            self._answers()
+        if code in self._replied:
             self._awaiting = _COMMAND_BY_CODE[code]
         return message
 
