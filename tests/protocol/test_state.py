@@ -23,6 +23,7 @@ from milterkit.protocol import (
     Mail,
     MTAConnection,
     OptNeg,
+    ProtocolFlag,
     Quit,
     QuitNoClose,
     Rcpt,
@@ -76,6 +77,17 @@ def test_idle_in_message_and_back() -> None:
     pair.step(Body(b"x"), Continue())
     pair.step(EndOfMessage(), Continue())
     assert states(pair) == (S.IDLE, S.IDLE)
+
+
+def test_without_mail_the_first_message_step_opens_the_message() -> None:
+    pair = Pair()
+    pair.negotiate(protocol=ProtocolFlag.NOMAIL)
+    pair.open_session()
+    assert pair.command(Mail(b"<a@example.org>")) == []  # not sent (NOMAIL)
+    assert pair.mta.state is S.IN_MESSAGE  # the MTA's own message has begun
+    assert pair.flt.state is S.IDLE  # the filter sees nothing yet
+    pair.step(Rcpt(b"<b@example.org>"), Continue())
+    assert states(pair) == (S.IN_MESSAGE, S.IN_MESSAGE)
 
 
 def test_abort_ends_the_message() -> None:
