@@ -29,10 +29,13 @@ from setuptools import setup
 COMPILED_MODULES = [
     "src/milterkit/protocol/errors.py",
     "src/milterkit/protocol/events.py",
+    "src/milterkit/protocol/codes.py",
     "src/milterkit/protocol/constants.py",
     "src/milterkit/protocol/framing.py",
     "src/milterkit/protocol/macros.py",
     "src/milterkit/protocol/messages.py",
+    "src/milterkit/protocol/steps.py",
+    "src/milterkit/protocol/state.py",
     "src/milterkit/protocol/negotiate.py",
     "src/milterkit/protocol/filter.py",
     "src/milterkit/protocol/mta.py",

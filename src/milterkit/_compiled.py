@@ -26,10 +26,13 @@ from types import ModuleType
 COMPILABLE = (
     "protocol.errors",
     "protocol.events",
+    "protocol.codes",
     "protocol.constants",
     "protocol.framing",
     "protocol.macros",
     "protocol.messages",
+    "protocol.steps",
+    "protocol.state",
     "protocol.negotiate",
     "protocol.filter",
     "protocol.mta",

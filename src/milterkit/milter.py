@@ -34,6 +34,7 @@ from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFla
 from milterkit.protocol.errors import LocalProtocolError
 from milterkit.protocol.macros import DEFAULT_MAX_MACRO_BYTES, DEFAULT_MAX_MACROS, MacroStore
 from milterkit.protocol.negotiate import Negotiated, describe_flags
+from milterkit.protocol.steps import STEPS
 from milterkit.protocol.text import text, wire
 
 if TYPE_CHECKING:
@@ -90,26 +91,11 @@ CallbackResult = Response | None | Awaitable[Response | None]
 
 #: Callback name → the ``SMFIP_NO*`` bit that turns the step off when not overridden.
 CALLBACK_NO_FLAG: dict[str, ProtocolFlag] = {
-    "connect": ProtocolFlag.NOCONNECT,
-    "helo": ProtocolFlag.NOHELO,
-    "mail_from": ProtocolFlag.NOMAIL,
-    "rcpt_to": ProtocolFlag.NORCPT,
-    "data": ProtocolFlag.NODATA,
-    "header": ProtocolFlag.NOHDRS,
-    "end_of_headers": ProtocolFlag.NOEOH,
-    "body": ProtocolFlag.NOBODY,
-    "unknown": ProtocolFlag.NOUNKNOWN,
+    s.callback: s.no_send for s in STEPS if s.no_send and s.callback is not None
 }
+#: Callback name → the ``SMFIP_NR_*`` bit that makes the step reply-less.
 CALLBACK_NR_FLAG: dict[str, ProtocolFlag] = {
-    "connect": ProtocolFlag.NR_CONN,
-    "helo": ProtocolFlag.NR_HELO,
-    "mail_from": ProtocolFlag.NR_MAIL,
-    "rcpt_to": ProtocolFlag.NR_RCPT,
-    "data": ProtocolFlag.NR_DATA,
-    "header": ProtocolFlag.NR_HDR,
-    "end_of_headers": ProtocolFlag.NR_EOH,
-    "body": ProtocolFlag.NR_BODY,
-    "unknown": ProtocolFlag.NR_UNKN,
+    s.callback: s.no_reply for s in STEPS if s.no_reply and s.callback is not None
 }
 
 #: Milter.wanted_protocol per (class, collect_body, leading_space).

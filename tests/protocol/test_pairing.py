@@ -657,6 +657,14 @@ def test_closing_inside_a_packet() -> None:
     mta.receive_data(b"")
     with pytest.raises(RemoteProtocolError, match=r"inside a packet \(3 bytes\)"):
         mta.next_event()
+    # the connection is in the ERROR state now: later calls name the first error
+    with pytest.raises(LocalProtocolError, match=r"ERROR state after .*inside a packet"):
+        mta.receive_data(b"x")
+
+
+def test_data_after_the_filter_closed() -> None:
+    mta = mta_waiting(EndOfMessage())
+    mta.receive_data(b"")
     with pytest.raises(RemoteProtocolError, match="after the filter closed"):
         mta.receive_data(b"x")
 

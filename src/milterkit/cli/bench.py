@@ -56,18 +56,12 @@ from milterkit.protocol import (
 )
 from milterkit.protocol.constants import REPLY_ACTION
 from milterkit.protocol.negotiate import Negotiated
+from milterkit.protocol.steps import STEPS
 
 __all__ = ["BenchConfig", "BenchReport", "add_parser", "bench", "main", "run"]
 
-_STAGE_COMMAND = {
-    "mail": Command.MAIL,
-    "rcpt": Command.RCPT,
-    "data": Command.DATA,
-    "header": Command.HEADER,
-    "eoh": Command.EOH,
-    "body": Command.BODY,
-    "eom": Command.BODYEOB,
-}
+#: Stage name -> command, for the steps of a message.
+_STAGE_COMMAND = {s.stage: s.command for s in STEPS if s.position}
 
 
 @dataclass(frozen=True)

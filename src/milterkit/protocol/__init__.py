@@ -3,6 +3,8 @@
 No sockets, no asyncio, no threads, no clocks, no logging. Both roles share
 the framing and the message classes: :class:`FilterConnection` is the milter
 side, :class:`MTAConnection` the MTA side, and the two can be paired in memory.
+Both go through the states of :class:`ConnectionState`; what each command may
+do is one row of :data:`STEPS`.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -76,6 +78,8 @@ from milterkit.protocol.negotiate import (
     build_filter_reply,
     data_size_for,
 )
+from milterkit.protocol.state import ConnectionState
+from milterkit.protocol.steps import STEP_BY_CODE, STEPS, Step
 
 __all__ = [
     "ALL_ACTIONS",
@@ -87,6 +91,8 @@ __all__ = [
     "NEED_DATA",
     "POSTFIX_MAX_PACKET",
     "PROTOCOL_VERSION",
+    "STEPS",
+    "STEP_BY_CODE",
     "Abort",
     "Accept",
     "Action",
@@ -100,6 +106,7 @@ __all__ = [
     "ConnFail",
     "Connect",
     "ConnectionClosed",
+    "ConnectionState",
     "Continue",
     "Data",
     "DeleteRecipient",
@@ -136,6 +143,7 @@ __all__ = [
     "ReplyCodePacket",
     "Shutdown",
     "Skip",
+    "Step",
     "TempFail",
     "Unknown",
     "accept_filter_reply",

@@ -10,6 +10,12 @@ MACRO packets never come out as events: they are folded into
 message is absorbed the same way (libmilter ignores it too). A MAIL or HELO
 that arrives while a message is open first yields a synthetic :class:`Abort`,
 so consumers reset message state in one place.
+
+The connection moves through the named states of
+:class:`~milterkit.protocol.state.ConnectionState`; a RemoteProtocolError puts
+it in the ERROR state, after which every call raises an error naming the first.
+What each command may do (its position in a message, the replies allowed) is
+read from the step table, :data:`milterkit.protocol.steps.STEPS`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from milterkit.protocol.constants import (
     ProtocolFlag,
     Reply,
 )
-from milterkit.protocol.errors import LocalProtocolError, RemoteProtocolError
+from milterkit.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed, NeedData
 from milterkit.protocol.framing import FrameDecoder, encode_frame
 from milterkit.protocol.macros import MacroStore
@@ -54,23 +60,24 @@ from milterkit.protocol.negotiate import (
     describe_flags,
     negotiated,
 )
+from milterkit.protocol.state import STATES, ConnectionState, unusable
+from milterkit.protocol.steps import STEPS
 
 #: Position of each message-phase command within one message.
-_POSITION: dict[int, int] = {
-    Command.MAIL: 1,
-    Command.RCPT: 2,
-    Command.DATA: 3,
-    Command.HEADER: 4,
-    Command.EOH: 5,
-    Command.BODY: 6,
-    Command.BODYEOB: 7,
+_POSITION: dict[int, int] = {int(s.command): s.position for s in STEPS if s.position}
+_REPEATABLE: frozenset[int] = frozenset(int(s.command) for s in STEPS if s.repeatable)
+#: The position after a final reply that ended the message (before ABORT or MAIL).
+_MESSAGE_OVER = max(_POSITION.values()) + 1
+#: Final replies that end the message, per command.
+_ENDS_MESSAGE: dict[int, frozenset[int]] = {
+    int(s.command): frozenset(int(r) for r in s.ends_message) for s in STEPS
 }
-_REPEATABLE: frozenset[int] = frozenset({Command.RCPT, Command.HEADER, Command.BODY})
-_MESSAGE_OVER = 8
-_FINAL_ENDS_MESSAGE = frozenset(
-    {Reply.ACCEPT, Reply.REJECT, Reply.TEMPFAIL, Reply.DISCARD, Reply.REPLYCODE}
-)
-_RCPT_ENDS_MESSAGE = frozenset({Reply.ACCEPT, Reply.DISCARD})
+#: Replies the filter may send, per command.
+_ALLOWED: dict[int, frozenset[int]] = {
+    int(s.command): frozenset(int(r) for r in s.filter_replies) for s in STEPS
+}
+#: The commands SKIP may answer, for the error that refuses it elsewhere.
+_SKIP_TARGETS = "/".join(s.command.name for s in STEPS if Reply.SKIP in s.filter_replies)
 _REFUSED_REPLIES = {
     Reply.SHUTDOWN: (
         "SHUTDOWN ('4') is refused by Sendmail; send a 421 REPLYCODE instead "
@@ -91,6 +98,13 @@ _ALL_COMMANDS = tuple(Command)
 # By value: compiled (mypyc) code reads ``Message.code`` as a plain int.
 _COMMAND_BY_CODE: dict[int, Command] = {int(command): command for command in Command}
 _MACRO = int(Command.MACRO)
+_BODYEOB = int(Command.BODYEOB)
+# The lifecycle part of the state, as plain ints. IDLE here means "negotiated and
+# open": IDLE and IN_MESSAGE differ only by the message position (see ``state``).
+_NEGOTIATING = int(ConnectionState.NEGOTIATING)
+_OPEN = int(ConnectionState.IDLE)
+_CLOSED = int(ConnectionState.CLOSED)
+_ERROR = int(ConnectionState.ERROR)
 #: Exact type -> (reply, wire bytes) of the payload-less replies that may be sent.
 _FIXED_FRAMES: dict[type[Message], tuple[Reply, bytes]] = {
     cls: (Reply(cls.code), cls().encode())
@@ -114,13 +128,14 @@ class FilterConnection:
     def __init__(self, *, max_payload: int = MAX_DATA_SIZE) -> None:
         self._decoder = FrameDecoder(max_payload)
         self._pending: deque[Message] = deque()
-        self._eof = False
-        self._closed = False
+        self._eof = False  # the MTA closed its end (input only: QUIT may precede it)
+        self._state = _NEGOTIATING
+        self._error: ProtocolError | None = None
         self.offer: OptNeg | None = None
         self.negotiated: Negotiated | None = None
         self.macros = MacroStore()
-        self.awaiting: Command | None = None
-        self._connected = False
+        self._awaiting: Command | None = None
+        self._connected = False  # CONNECT came in this SMTP session (QUIT_NC starts another)
         self._position = 0
         # Per-negotiation answers of Negotiated.expects_reply/sends, computed once
         # for the Negotiated object in force (see _answers) instead of per packet.
@@ -128,12 +143,35 @@ class FilterConnection:
         self._replied: frozenset[int] = frozenset()
         self._sends_connect = True
 
-    # ------------------------------------------------------------------ receiving
+    # ---------------------------------------------------------------------- state
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in the protocol (read-only)."""
+        state = self._state
+        if state == _OPEN and self._position:
+            return ConnectionState.IN_MESSAGE
+        return STATES[state]
+
+    @property
+    def awaiting(self) -> Command | None:
+        """The command whose reply is due (read-only); None when no reply is due."""
+        return self._awaiting
 
     @property
     def in_message(self) -> bool:
-        """A message is open: MAIL (or a later step) came and no EOM reply or ABORT yet."""
+        """A message is open: MAIL (or a later step) came and no EOM reply or ABORT yet.
+
+        Still answers in the ERROR state, so the caller knows to run an abort callback.
+        """
         return self._position != 0
+
+    def _fail(self, error: ProtocolError) -> None:
+        """Enter the ERROR state; later calls raise an error naming this one."""
+        self._error = error
+        self._state = _ERROR
+
+    # ------------------------------------------------------------------ receiving
 
     @property
     def buffered(self) -> int:
@@ -141,46 +179,58 @@ class FilterConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the MTA; ``b""`` means the MTA closed the connection."""
-        if self._eof:
-            raise RemoteProtocolError("data received after the connection was closed")
-        if not data:
-            self._eof = True
-            return
-        if self._closed:
-            raise RemoteProtocolError(f"{len(data)} bytes received after QUIT")
-        self._decoder.feed(data)
+        if self._error is not None:
+            if not data and not self._eof:
+                # The MTA hanging up is news in any state: a caller that goes on to
+                # next_event() (and its abort/close handling) learns of the ERROR there.
+                self._eof = True
+                return
+            raise unusable(self._error)
+        try:
+            if self._eof:
+                raise RemoteProtocolError("data received after the connection was closed")
+            if not data:
+                self._eof = True
+                return
+            if self._state == _CLOSED:
+                raise RemoteProtocolError(f"{len(data)} bytes received after QUIT")
+            self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
 
     def next_event(self) -> Event:
         """The next command, NEED_DATA, or ConnectionClosed."""
-        while True:
-            if self._pending:
-                return self._pending.popleft()
-            frame = self._decoder.next_frame()
-            if frame is None:
-                return self._end_of_input()
-            code, payload = frame
-            if (
-                code == _MACRO
-                and self.awaiting is None
-                and self.negotiated is not None
-                and not self._closed
-            ):
-                # Performance: a MACRO packet precedes nearly every command and
-                # never becomes an event; when _accept would just store it, store
-                # its pairs without building the Macro message (same checks: any
-                # other case takes the general path below). adopt() also checks
-                # the macro caps before splitting the payload into pairs.
-                self.macros.adopt(payload)
-                continue
-            if code == _MACRO and self.awaiting is not None and self.negotiated is not None:
-                # refused below anyway; refuse before splitting a large payload
-                self._accept(Macro(None))
-            # decode_command inlined (one call less per packet)
-            unpack = COMMAND_TYPES.get(code)
-            message = decode_command(*frame) if unpack is None else unpack(frame[1])
-            event = self._accept(message)
-            if event is not None:
-                return event
+        if self._error is not None:
+            raise unusable(self._error)
+        try:
+            while True:
+                if self._pending:
+                    return self._pending.popleft()
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    return self._end_of_input()
+                code, payload = frame
+                if code == _MACRO and self._awaiting is None and self._state == _OPEN:
+                    # Performance: a MACRO packet precedes nearly every command and
+                    # never becomes an event; when _accept would just store it, store
+                    # its pairs without building the Macro message (same checks: any
+                    # other case takes the general path below). adopt() also checks
+                    # the macro caps before splitting the payload into pairs.
+                    self.macros.adopt(payload)
+                    continue
+                if code == _MACRO and self._awaiting is not None and self.negotiated is not None:
+                    # refused below anyway; refuse before splitting a large payload
+                    self._accept(Macro(None))
+                # decode_command inlined (one call less per packet)
+                unpack = COMMAND_TYPES.get(code)
+                message = decode_command(*frame) if unpack is None else unpack(frame[1])
+                event = self._accept(message)
+                if event is not None:
+                    return event
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
 
     def _end_of_input(self) -> Event:
         if not self._eof:
@@ -188,18 +238,19 @@ class FilterConnection:
         left = self._decoder.buffered
         if left:
             raise RemoteProtocolError(f"MTA closed the connection inside a packet ({left} bytes)")
+        self._state = _CLOSED
         return ConnectionClosed()
 
     def _accept(self, message: Message) -> Message | None:
         code = message.code  # the Command member of the message class; no Enum call
-        if self._closed:
-            raise RemoteProtocolError(f"{Command(code).name} received after QUIT")
-        if self.negotiated is None:
+        if self._state != _OPEN:
+            if self._state == _CLOSED:
+                raise RemoteProtocolError(f"{Command(code).name} received after QUIT")
             return self._accept_optneg(message)
-        if self.awaiting is not None and code != Command.ABORT and code != Command.QUIT:
+        awaiting = self._awaiting
+        if awaiting is not None and code != Command.ABORT and code != Command.QUIT:
             raise RemoteProtocolError(
-                f"MTA sent {Command(code).name} while the reply to {self.awaiting.name} "
-                "is outstanding"
+                f"MTA sent {Command(code).name} while the reply to {awaiting.name} is outstanding"
             )
         if code == Command.MACRO:
             assert isinstance(message, Macro)
@@ -222,19 +273,19 @@ class FilterConnection:
                 f"{MIN_PROTOCOL_VERSION} is needed"
             )
         self.offer = message
-        self.awaiting = Command.OPTNEG
+        self._awaiting = Command.OPTNEG
         return message
 
     def _on_abort(self, message: Message) -> Message | None:
-        self.awaiting = None
+        self._awaiting = None
         if not self.in_message:
             return None
         self._end_message()
         return message
 
     def _on_quit(self, message: Message) -> Message:
-        self.awaiting = None
-        self._closed = True
+        self._awaiting = None
+        self._state = _CLOSED
         self._end_message()
         return message
 
@@ -318,10 +369,12 @@ class FilterConnection:
         return self
 
     def _expect_reply(self, message: Message) -> Message:
-        assert self.negotiated is not None
         code = message.code
-        if code in self._answers()._replied:
-            self.awaiting = _COMMAND_BY_CODE[code]
+        # Performance: _answers() only when ``negotiated`` changed (a call less per command)
+        if self.negotiated is not self._answers_for:
+            self._answers()
+        if code in self._replied:
+            self._awaiting = _COMMAND_BY_CODE[code]
         return message
 
     def _end_message(self) -> None:
@@ -339,7 +392,7 @@ class FilterConnection:
         macros: MacroRequest | None = None,
     ) -> bytes:
         """Build the OPTNEG reply with :func:`build_filter_reply` and send it."""
-        if self.offer is None or self.awaiting != Command.OPTNEG:
+        if self.offer is None or self._awaiting != Command.OPTNEG:
             raise LocalProtocolError("no OPTNEG from the MTA to answer")
         reply = build_filter_reply(
             self.offer, version=version, actions=actions, protocol=protocol, macros=macros
@@ -347,9 +400,14 @@ class FilterConnection:
         return self.send(reply)
 
     def send(self, message: Message) -> bytes:
-        """Bytes for one reply, after checking that it may be sent now."""
+        """Bytes for one reply, after checking that it may be sent now.
+
+        A refused reply raises LocalProtocolError and changes nothing.
+        """
+        if self._error is not None:
+            raise unusable(self._error)
         if isinstance(message, OptNeg):
-            if self.offer is None or self.awaiting != Command.OPTNEG:
+            if self.offer is None or self._awaiting != Command.OPTNEG:
                 raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
             key = (self.offer, message)
             agreed = _NEGOTIATED.get(key)
@@ -366,7 +424,7 @@ class FilterConnection:
             # constant bytes; same checks and state change as below, minus the
             # payload and framing work.
             fixed_reply, data = fixed
-            if self.awaiting is None or self.awaiting == Command.OPTNEG:
+            if self._awaiting is None or self._awaiting == Command.OPTNEG:
                 raise LocalProtocolError(f"{fixed_reply.name}: no command is waiting for a reply")
             if fixed_reply != Reply.CONTINUE:
                 self._check_reply_kind(fixed_reply)
@@ -395,7 +453,7 @@ class FilterConnection:
         """Check a (non-OPTNEG) reply may be sent now; return its payload."""
         if reply in _REFUSED_REPLIES:
             raise LocalProtocolError(_REFUSED_REPLIES[reply])
-        if self.awaiting is None or self.awaiting == Command.OPTNEG:
+        if self._awaiting is None or self._awaiting == Command.OPTNEG:
             raise LocalProtocolError(f"{reply.name}: no command is waiting for a reply")
         assert self.negotiated is not None
         payload = message.payload()
@@ -410,16 +468,18 @@ class FilterConnection:
         return payload
 
     def _check_optneg(self, message: OptNeg) -> None:
-        if self.offer is None or self.awaiting != Command.OPTNEG:
+        if self.offer is None or self._awaiting != Command.OPTNEG:
             raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
         check_filter_reply_local(self.offer, message)
 
     def _check_reply_kind(self, reply: Reply) -> None:
-        assert self.negotiated is not None and self.awaiting is not None
-        awaiting = self.awaiting
+        """Refuse a reply the step table does not allow for the awaited command."""
+        assert self.negotiated is not None and self._awaiting is not None
+        awaiting = self._awaiting
+        allowed = reply in _ALLOWED[awaiting]
         needed = REPLY_ACTION.get(reply)
         if needed is not None:
-            if awaiting != Command.BODYEOB:
+            if not allowed:
                 raise LocalProtocolError(
                     f"{reply.name} is a modification and only allowed at end of message, "
                     f"not in reply to {awaiting.name}"
@@ -432,25 +492,27 @@ class FilterConnection:
         elif reply == Reply.SKIP:
             if not self.negotiated.protocol & ProtocolFlag.SKIP:
                 raise LocalProtocolError("SKIP was not negotiated (SMFIP_SKIP)")
-            if awaiting != Command.BODY:
-                raise LocalProtocolError(f"SKIP is only allowed for BODY, not {awaiting.name}")
-        elif reply == Reply.DISCARD and awaiting in (Command.CONNECT, Command.HELO):
-            raise LocalProtocolError(f"DISCARD is not a valid reply to {awaiting.name}")
+            if not allowed:
+                raise LocalProtocolError(
+                    f"SKIP is only allowed for {_SKIP_TARGETS}, not {awaiting.name}"
+                )
+        elif not allowed:
+            raise LocalProtocolError(f"{reply.name} is not a valid reply to {awaiting.name}")
 
     def _after_optneg(self, agreed: Negotiated) -> None:
         self.negotiated = agreed
         self._decoder.max_payload = agreed.max_data_size
-        self.awaiting = None
+        self._awaiting = None
+        self._state = _OPEN
 
     def _finish_reply(self, reply: Reply) -> None:
-        awaiting, self.awaiting = self.awaiting, None
-        if awaiting == Command.BODYEOB:
-            self._end_message()
-        elif awaiting == Command.RCPT:
-            if reply in _RCPT_ENDS_MESSAGE:
+        awaiting, self._awaiting = self._awaiting, None
+        assert awaiting is not None
+        if reply in _ENDS_MESSAGE[awaiting]:
+            if awaiting == _BODYEOB:
+                self._end_message()
+            else:
                 self._position = _MESSAGE_OVER
-        elif awaiting in _POSITION and reply in _FINAL_ENDS_MESSAGE:
-            self._position = _MESSAGE_OVER
 
 
 def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-from milterkit.protocol.constants import (
+from milterkit.protocol.codes import (
     CHUNK_SIZE,
     OPTNEG_LEN,
     Action,

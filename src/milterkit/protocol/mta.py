@@ -5,7 +5,10 @@ asked not to get it (NO* bits, or a command its version lacks), and records
 whether a reply is due (NR_* bits). :meth:`next_event` yields the filter's
 replies: any number of PROGRESS while waiting, modifications only at end of
 message, then exactly one final reply. Anything else is a
-:class:`RemoteProtocolError`.
+:class:`RemoteProtocolError`, after which the connection is in the ERROR
+state (:class:`~milterkit.protocol.state.ConnectionState`) and every call
+raises an error naming it. Which reply each command takes is read from the
+step table (:data:`milterkit.protocol.steps.STEPS`, its ``mta_accepts`` column).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from milterkit.protocol.constants import (
     ProtocolFlag,
     Reply,
 )
-from milterkit.protocol.errors import LocalProtocolError, RemoteProtocolError
+from milterkit.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed, NeedData
 from milterkit.protocol.framing import FrameDecoder
 from milterkit.protocol.messages import Body, Macro, Message, OptNeg, decode_reply
@@ -32,10 +35,25 @@ from milterkit.protocol.negotiate import (
     describe_flags,
     semantic_version,
 )
+from milterkit.protocol.state import STATES, ConnectionState, unusable
+from milterkit.protocol.steps import STEP_BY_CODE, STEPS
 
+#: Commands that may be sent while a reply is outstanding (they end the wait).
 _ALWAYS_ALLOWED = frozenset({Command.ABORT, Command.QUIT, Command.QUIT_NC})
-_SKIPPABLE = frozenset({Command.BODY, Command.HEADER, Command.RCPT})
-_NO_DISCARD = frozenset({Command.CONNECT, Command.HELO})
+#: Replies the MTA side accepts, per command.
+_ACCEPTS: dict[int, frozenset[int]] = {
+    int(s.command): frozenset(int(r) for r in s.mta_accepts) for s in STEPS
+}
+#: What sending each command does to the state: opens a message, closes it, or ends all.
+_OPENS_MESSAGE = frozenset(int(s.command) for s in STEPS if s.position)
+_CLOSES_MESSAGE = frozenset({int(Command.ABORT), int(Command.HELO), int(Command.QUIT_NC)})
+_BODYEOB = int(Command.BODYEOB)
+# The lifecycle part of the state, as plain ints. IDLE here means "negotiated and
+# open": IDLE and IN_MESSAGE differ by ``in_message`` (see ``state``).
+_NEGOTIATING = int(ConnectionState.NEGOTIATING)
+_OPEN = int(ConnectionState.IDLE)
+_CLOSED = int(ConnectionState.CLOSED)
+_ERROR = int(ConnectionState.ERROR)
 
 Event = Message | NeedData | ConnectionClosed
 
@@ -54,10 +72,39 @@ class MTAConnection:
         # Postfix caps the length field (command byte + payload) at INT_MAX/2; so
         # does this side, whatever larger payload limit the caller asks for.
         self._decoder = FrameDecoder(min(max_reply_size, POSTFIX_MAX_PACKET - 1))
-        self._eof = False
+        self._eof = False  # the filter closed its end
+        self._state = _NEGOTIATING
+        self._error: ProtocolError | None = None
         self.offer: OptNeg | None = None
         self.negotiated: Negotiated | None = None
-        self.awaiting: Command | None = None
+        self._awaiting: Command | None = None
+        self._in_message = False
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in the protocol (read-only)."""
+        state = self._state
+        if state == _OPEN and self._in_message:
+            return ConnectionState.IN_MESSAGE
+        return STATES[state]
+
+    @property
+    def awaiting(self) -> Command | None:
+        """The command whose reply is due (read-only); None when no reply is due."""
+        return self._awaiting
+
+    @property
+    def in_message(self) -> bool:
+        """A message is open: a message step was sent and no end of message or ABORT since.
+
+        Still answers in the ERROR state.
+        """
+        return self._in_message
+
+    def _fail(self, error: ProtocolError) -> None:
+        """Enter the ERROR state; later calls raise an error naming this one."""
+        self._error = error
+        self._state = _ERROR
 
     @staticmethod
     def default_offer(
@@ -77,48 +124,68 @@ class MTAConnection:
         return self.negotiated.sends(command)
 
     def send(self, message: Message) -> bytes:
-        """Bytes for one command, or ``b""`` if the filter does not want it."""
-        code = Command(message.code) if message.code in Command._value2member_map_ else None
-        if code is None:
+        """Bytes for one command, or ``b""`` if the filter does not want it.
+
+        A refused command raises LocalProtocolError and changes nothing.
+        """
+        if self._error is not None:
+            raise unusable(self._error)
+        step = STEP_BY_CODE.get(message.code)
+        if step is None:
             raise LocalProtocolError(f"{type(message).__name__} is not an MTA command")
+        code = step.command
         if isinstance(message, OptNeg):
             return self._send_optneg(message)
         negotiated = self._require_negotiated(code)
-        if self.awaiting is not None:
-            if code not in _ALWAYS_ALLOWED:
-                raise LocalProtocolError(
-                    f"cannot send {code.name} while waiting for the reply to {self.awaiting.name}"
-                )
-            self.awaiting = None
+        awaiting = self._awaiting
+        if awaiting is not None and code not in _ALWAYS_ALLOWED:
+            raise LocalProtocolError(
+                f"cannot send {code.name} while waiting for the reply to {awaiting.name}"
+            )
         if isinstance(message, Macro):
             return self._send_macro(message, negotiated)
         if code not in _ALWAYS_ALLOWED and not negotiated.sends(code):
+            self._sent(code, False)
             return b""
         self._check_size(message, negotiated)
-        if negotiated.expects_reply(code):
-            self.awaiting = code
+        self._sent(code, negotiated.expects_reply(code))
         return message.encode()
 
     def sent_encoded(self, command: Command) -> None:
         """Bytes for ``command`` went out pre-encoded (a load generator's cached batch):
         wait for its reply as if :meth:`send` had produced them."""
-        if self.awaiting is not None:
+        if self._error is not None:
+            raise unusable(self._error)
+        if self._awaiting is not None:
             raise LocalProtocolError(
-                f"cannot send {command.name} while waiting for the reply to {self.awaiting.name}"
+                f"cannot send {command.name} while waiting for the reply to {self._awaiting.name}"
             )
         self._require_negotiated(command)
-        self.awaiting = command
+        self._sent(command, True)
+
+    def _sent(self, code: Command, replied: bool) -> None:
+        """The state after ``code`` went out (or was left out for the filter's NO* bits)."""
+        self._awaiting = code if replied else None
+        if code in _OPENS_MESSAGE:
+            self._in_message = True
+        elif code in _CLOSES_MESSAGE:
+            self._in_message = False
+        elif code == Command.QUIT:
+            self._in_message = False
+            self._state = _CLOSED
 
     def _send_optneg(self, message: OptNeg) -> bytes:
         if self.offer is not None:
             raise LocalProtocolError("OPTNEG was already sent on this connection")
         self.offer = message
-        self.awaiting = Command.OPTNEG
+        self._awaiting = Command.OPTNEG
         return message.encode()
 
     def _require_negotiated(self, code: Command) -> Negotiated:
         if self.negotiated is None:
             raise LocalProtocolError(f"cannot send {code.name} before option negotiation")
+        if self._state == _CLOSED:
+            raise LocalProtocolError(f"cannot send {code.name}: the connection is closed")
         return self.negotiated
 
     def _send_macro(self, message: Macro, negotiated: Negotiated) -> bytes:
@@ -164,21 +231,38 @@ class MTAConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the filter; ``b""`` means the filter closed the connection."""
-        if self._eof:
-            raise RemoteProtocolError("data received after the filter closed the connection")
-        if not data:
-            self._eof = True
-            return
-        self._decoder.feed(data)
+        if self._error is not None:
+            if not data and not self._eof:
+                # The filter hanging up is news in any state: a caller that goes on to
+                # next_event() (and its abort/close handling) learns of the ERROR there.
+                self._eof = True
+                return
+            raise unusable(self._error)
+        try:
+            if self._eof:
+                raise RemoteProtocolError("data received after the filter closed the connection")
+            if not data:
+                self._eof = True
+                return
+            self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
 
     def next_event(self) -> Event:
         """The next reply, NEED_DATA, or ConnectionClosed."""
-        frame = self._decoder.next_frame()
-        if frame is None:
-            return self._end_of_input()
-        message = decode_reply(*frame)
-        self._accept(message)
-        return message
+        if self._error is not None:
+            raise unusable(self._error)
+        try:
+            frame = self._decoder.next_frame()
+            if frame is None:
+                return self._end_of_input()
+            message = decode_reply(*frame)
+            self._accept(message)
+            return message
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
 
     def _end_of_input(self) -> Event:
         if not self._eof:
@@ -187,15 +271,16 @@ class MTAConnection:
             raise RemoteProtocolError(
                 f"filter closed the connection inside a packet ({self._decoder.buffered} bytes)"
             )
-        if self.awaiting is not None:
+        if self._awaiting is not None:
             raise RemoteProtocolError(
-                f"filter closed the connection without replying to {self.awaiting.name}"
+                f"filter closed the connection without replying to {self._awaiting.name}"
             )
+        self._state = _CLOSED
         return ConnectionClosed()
 
     def _accept(self, message: Message) -> None:
         reply = Reply(message.code)
-        awaiting = self.awaiting
+        awaiting = self._awaiting
         if awaiting is None:
             raise RemoteProtocolError(f"unexpected {reply.name}: no command is waiting for a reply")
         if awaiting == Command.OPTNEG:
@@ -207,7 +292,9 @@ class MTAConnection:
         if reply in REPLY_ACTION:
             return self._accept_modification(reply, awaiting)
         self._check_final(reply, awaiting)
-        self.awaiting = None
+        self._awaiting = None
+        if awaiting == _BODYEOB:
+            self._in_message = False
         return None
 
     def _accept_optneg(self, message: Message) -> None:
@@ -217,10 +304,11 @@ class MTAConnection:
         self.negotiated = accept_filter_reply(
             self.offer, message, keep_unoffered_protocol=self.keep_unoffered_protocol
         )
-        self.awaiting = None
+        self._awaiting = None
+        self._state = _OPEN
 
     def _accept_modification(self, reply: Reply, awaiting: Command) -> None:
-        if awaiting != Command.BODYEOB:
+        if reply not in _ACCEPTS[awaiting]:
             raise RemoteProtocolError(
                 f"modification {reply.name} in reply to {awaiting.name}; only allowed at "
                 "end of message"
@@ -234,13 +322,15 @@ class MTAConnection:
             )
 
     def _check_final(self, reply: Reply, awaiting: Command) -> None:
+        """Refuse a final reply the step table does not accept for the awaited command."""
         assert self.negotiated is not None
+        allowed = reply in _ACCEPTS[awaiting]
         if reply == Reply.SKIP:
             # Postfix takes SKIP whatever was negotiated (libmilter sends it regardless)
             skip_agreed = self.negotiated.protocol & ProtocolFlag.SKIP
             if not skip_agreed and not self.keep_unoffered_protocol:
                 raise RemoteProtocolError("SKIP without SMFIP_SKIP negotiated")
-            if awaiting not in _SKIPPABLE:
+            if not allowed:
                 raise RemoteProtocolError(f"SKIP in reply to {awaiting.name}")
-        if reply == Reply.DISCARD and awaiting in _NO_DISCARD:
-            raise RemoteProtocolError(f"DISCARD is not a valid reply to {awaiting.name}")
+        elif not allowed:
+            raise RemoteProtocolError(f"{reply.name} is not a valid reply to {awaiting.name}")

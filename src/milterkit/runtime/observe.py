@@ -20,6 +20,7 @@ from typing import Any
 
 from milterkit.decision import Decision
 from milterkit.protocol import messages as msg
+from milterkit.protocol.steps import STEPS
 from milterkit.protocol.text import text
 from milterkit.runtime.logsetup import safe
 
@@ -49,16 +50,9 @@ ERROR_KINDS = ("protocol_error", "timeout", "callback_raised", "mta_vanished")
 
 #: Command -> the callback (and stage name) that answers it.
 _STAGES: dict[type, str] = {
-    msg.Connect: "connect",
-    msg.Helo: "helo",
-    msg.Mail: "mail_from",
-    msg.Rcpt: "rcpt_to",
-    msg.Data: "data",
-    msg.Header: "header",
-    msg.EndOfHeaders: "end_of_headers",
-    msg.Body: "body",
-    msg.EndOfMessage: "end_of_message",
-    msg.Unknown: "unknown",
+    s.message: s.callback
+    for s in STEPS
+    if s.answered and s.callback is not None and s.message is not msg.OptNeg
 }
 _PLAIN_STEPS = frozenset({msg.Header, msg.Body, msg.Data, msg.EndOfHeaders, msg.EndOfMessage})
 #: Message steps that start a record when no MAIL came (the milter did not ask for it).
