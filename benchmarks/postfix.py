@@ -79,7 +79,7 @@ class Config:
     spec: compare.ServerSpec | None
 
 
-def milter_specs(venv_python: str) -> list[compare.ServerSpec]:
+def milter_specs(venv_python: str, compiled_python: str = "") -> list[compare.ServerSpec]:
     """The milters: milterkit (speed extra or not, 1 or 2 workers), the peers, minimal variants.
 
     ``libmilter-C`` and ``pymilter`` run as shipped, with Nagle on;
@@ -87,20 +87,26 @@ def milter_specs(venv_python: str) -> list[compare.ServerSpec]:
     ``-minimal`` is the same filter written with only the end-of-message
     callback, so the library negotiates the NO* bits for the other steps.
     ``-noreply`` (an experiment, see EXPERIMENTS) negotiates NR_* for the content steps.
+    ``milterkit-compiled-*`` run the same script on the mypyc-compiled build
+    (compare.ensure_compiled_venv: this checkout, built with MILTERKIT_MYPYC=1).
     """
-    py = sys.executable
 
-    def mk(loop: str, workers: int, style: str = "canonical") -> compare.ServerSpec:
+    def mk(
+        loop: str, workers: int, style: str = "canonical", *, compiled: bool = False
+    ) -> compare.ServerSpec:
         script = str(compare.PEERS / "milterkit_canonical.py")
         argv = [script, "--workers", str(workers), "--loop", loop]
         if style != "canonical":
             argv += ["--style", style]
         suffix = "" if style == "canonical" else f"-{style}"
+        build = "compiled-" if compiled else ""
+        interpreter = compiled_python if compiled else sys.executable
         return compare.ServerSpec(
-            f"milterkit-{loop}-{workers}w{suffix}",
-            lambda port: [py, argv[0], str(port), *argv[1:]],
+            f"milterkit-{build}{loop}-{workers}w{suffix}",
+            lambda port: [interpreter, argv[0], str(port), *argv[1:]],
             loop,
             "milterkit",
+            "compiled" if compiled else "",
         )
 
     def pymilter(name: str, *options: str) -> compare.ServerSpec:
@@ -126,6 +132,8 @@ def milter_specs(venv_python: str) -> list[compare.ServerSpec]:
         mk("uvloop", 1, "minimal"),
         libmilter("libmilter-C-nodelay-minimal", "minimal"),
         mk("uvloop", 1, "noreply"),
+        mk("uvloop", 1, compiled=True),
+        mk("uvloop", 1, "minimal", compiled=True),
     ]
 
 
@@ -653,7 +661,10 @@ def choose_configs(args: argparse.Namespace) -> tuple[list[Config], str]:
         wanted = [ALONE, *(n for n in names if n not in EXPERIMENTS)]
     if any(n.startswith("pymilter") for n in wanted):
         venv_python = compare.ensure_peers_venv()
-    specs = {s.name: s for s in milter_specs(venv_python)}
+    compiled_python = ""
+    if any(n.startswith("milterkit-compiled-") for n in wanted):
+        compiled_python = compare.ensure_compiled_venv()
+    specs = {s.name: s for s in milter_specs(venv_python, compiled_python)}
     if any(n.startswith("libmilter") for n in wanted) and not compare.build_c_peer():
         wanted = [n for n in wanted if not n.startswith("libmilter")]
     if any(n.startswith("milterkit-uvloop") for n in wanted) and not _have_uvloop():
