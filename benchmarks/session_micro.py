@@ -103,9 +103,10 @@ def make_observer(kind: str) -> Observer:
 
 def one_connection(steps: list[bytes]) -> list[bytes]:
     sent: list[bytes] = []
-    session = MilterSession(Canonical, sent.append, observer=OBSERVER)
+    session = MilterSession(Canonical, observer=OBSERVER)
     for step in steps:
         session.data_received(step)
+        sent.append(session.data_to_send())
     session.connection_lost()
     return sent
 
