@@ -106,7 +106,9 @@ def one_connection(steps: list[bytes]) -> list[bytes]:
     session = MilterSession(Canonical, observer=OBSERVER)
     for step in steps:
         session.data_received(step)
-        sent.append(session.data_to_send())
+        out = session.data_to_send()
+        if out:
+            sent.append(out)
     session.connection_lost()
     return sent
 

@@ -62,6 +62,8 @@ DECISION_REPLIES: dict[Decision, msg.Message] = {
 
 Pending = Coroutine[Any, Any, None]
 _CONTINUE = msg.Continue()
+# Performance: read per reply (an enum member lookup costs about 80 ns on Python 3.11).
+_BODYEOB = Command.BODYEOB
 
 
 if TYPE_CHECKING:
@@ -507,9 +509,10 @@ class MilterSession:
 
     def _reply(self, message: msg.Message, *, failed: bool = False) -> None:
         """Send the reply for the current event; at EOM, modifications go first."""
-        if self.conn.awaiting is None:
+        awaiting = self.conn.awaiting
+        if awaiting is None:
             return
-        at_eom = self.conn.awaiting == Command.BODYEOB
+        at_eom = awaiting == _BODYEOB
         batch = [*self.pending, message] if at_eom and not failed else None
         if self.record is not None:  # observe: before send(), which forgets the message macros
             self.record.replied(message, self.pending if batch is not None else ())
