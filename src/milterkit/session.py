@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from milterkit._logging import SessionLogger
 from milterkit.context import MilterContext
 from milterkit.decision import Decision
 from milterkit.execution import (
@@ -68,21 +69,6 @@ _BODYEOB = Command.BODYEOB
 
 if TYPE_CHECKING:
     from milterkit.runtime.observe import Observer, RecordBuilder
-
-if TYPE_CHECKING:
-    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
-else:
-    # LoggerAdapter is subscriptable at runtime only from Python 3.11 (typeshed
-    # declares it generic on every version, so mypy cannot see the difference).
-    _LoggerAdapter = logging.LoggerAdapter
-
-
-class SessionLogger(_LoggerAdapter):
-    """Prefixes every line with the connection id, so one session's lines can be grepped."""
-
-    def process(self, message: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[{extra.get('conn', '?')}] {message}", kwargs
 
 
 class MilterSession:
