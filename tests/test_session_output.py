@@ -129,9 +129,9 @@ def test_progress_from_the_thread_pool_reaches_on_output() -> None:
 
 def test_session_state_for_the_server() -> None:
     session = MilterSession(Tagger)
-    assert not session.negotiated
+    assert session.negotiated is None
     session.data_received(OPENING + frame("M", b"<a@example.org>\x00") + frame("R")[:3])
-    assert session.negotiated
+    assert session.negotiated is not None and session.negotiated.version == 6
     assert session.in_message
     assert session.buffered == 3
     assert not session.awaiting_reply

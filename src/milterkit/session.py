@@ -45,7 +45,7 @@ from milterkit.protocol.constants import Command, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
-from milterkit.protocol.negotiate import build_filter_reply
+from milterkit.protocol.negotiate import Negotiated, build_filter_reply
 from milterkit.protocol.text import text
 
 #: The wire reply for each Decision a callback may return. SHUTDOWN maps to its
@@ -234,9 +234,9 @@ class MilterSession:
         return self.conn.buffered
 
     @property
-    def negotiated(self) -> bool:
-        """Option negotiation has happened."""
-        return self.conn.negotiated is not None
+    def negotiated(self) -> Negotiated | None:
+        """What option negotiation agreed on; None before it."""
+        return self.conn.negotiated
 
     @property
     def in_message(self) -> bool:

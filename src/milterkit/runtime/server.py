@@ -555,7 +555,7 @@ class _Connection(asyncio.Protocol):
             record = session.record if session is not None else None
             if record is not None and record.quit_seen:
                 reason = "quit"
-            elif session is not None and not session.negotiated and session.closed:
+            elif session is not None and session.negotiated is None and session.closed:
                 reason = "negotiation_failed"
             else:
                 reason = "mta_vanished"
@@ -735,7 +735,7 @@ class _Connection(asyncio.Protocol):
         mid_packet = session.buffered > 0
         # Before option negotiation the read timeout applies too: an MTA sends
         # OPTNEG right after connecting, and a silent peer must not hold a slot.
-        opening = not session.negotiated
+        opening = session.negotiated is None
         limit = server.read_timeout if mid_packet or opening else server.timeout
         if not (mid_packet or opening or session.in_message):
             limit = server.idle_timeout
