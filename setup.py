@@ -20,12 +20,14 @@ import os
 from setuptools import setup
 
 # The modules that carry the per-packet work: framing, message pack/unpack, the
-# two state machines and their step tables, negotiation, and the macro store
-# (nearly every command comes with a MACRO packet). Left interpreted: milter.py
-# (users subclass Milter with ordinary classes, which cannot inherit from a
-# compiled class without mypy_extensions at run time) and session.py (mypyc
-# rejects its TYPE_CHECKING-dependent LoggerAdapter base). MacroStore is final:
-# code that must see each MACRO packet sets its ``observer`` instead.
+# two state machines and their step tables, negotiation, the macro store
+# (nearly every command comes with a MACRO packet), and the session that drives
+# a Milter (dispatch, replies) with the context its milter reads. Left
+# interpreted: milter.py (users subclass Milter with ordinary classes, which
+# cannot inherit from a compiled class without mypy_extensions at run time) and
+# _logging.py (mypyc rejects its TYPE_CHECKING-dependent LoggerAdapter base).
+# MacroStore is final: code that must see each MACRO packet sets its
+# ``observer`` instead.
 COMPILED_MODULES = [
     "src/milterkit/protocol/errors.py",
     "src/milterkit/protocol/events.py",
@@ -39,6 +41,8 @@ COMPILED_MODULES = [
     "src/milterkit/protocol/negotiate.py",
     "src/milterkit/protocol/filter.py",
     "src/milterkit/protocol/mta.py",
+    "src/milterkit/context.py",
+    "src/milterkit/session.py",
 ]
 
 

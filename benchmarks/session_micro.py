@@ -103,9 +103,12 @@ def make_observer(kind: str) -> Observer:
 
 def one_connection(steps: list[bytes]) -> list[bytes]:
     sent: list[bytes] = []
-    session = MilterSession(Canonical, sent.append, observer=OBSERVER)
+    session = MilterSession(Canonical, observer=OBSERVER)
     for step in steps:
         session.data_received(step)
+        out = session.data_to_send()
+        if out:
+            sent.append(out)
     session.connection_lost()
     return sent
 

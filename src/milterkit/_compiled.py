@@ -36,6 +36,8 @@ COMPILABLE = (
     "protocol.negotiate",
     "protocol.filter",
     "protocol.mta",
+    "context",
+    "session",
 )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
 from milterkit._deprecation import change_header_args, insert_header_args, warn_renamed
+from milterkit.context import MilterContext
 from milterkit.decision import Decision
 from milterkit.execution import current_scope
 from milterkit.headers import HeaderEdit, plan_header_edits
@@ -36,9 +37,6 @@ from milterkit.protocol.macros import DEFAULT_MAX_MACRO_BYTES, DEFAULT_MAX_MACRO
 from milterkit.protocol.negotiate import Negotiated, describe_flags
 from milterkit.protocol.steps import STEPS
 from milterkit.protocol.text import text, wire
-
-if TYPE_CHECKING:
-    from milterkit.session import MilterSession
 
 Continue = msg.Continue
 Accept = msg.Accept
@@ -246,7 +244,8 @@ class Milter:
     max_macros: ClassVar[int | None] = DEFAULT_MAX_MACROS
     max_macro_bytes: ClassVar[int | None] = DEFAULT_MAX_MACRO_BYTES
 
-    _session: MilterSession
+    #: What the session shares with this milter (set by the session that made it).
+    _context: MilterContext
     #: The macro request of this class; ``macros`` in the class body lands here.
     _macro_request: ClassVar[Mapping[Any, Any]] = {}
     connection_id: str
@@ -319,7 +318,7 @@ class Milter:
 
     @property
     def negotiated(self) -> Negotiated:
-        negotiated = self._session.conn.negotiated
+        negotiated = self._context.negotiated
         if negotiated is None:
             raise LocalProtocolError("option negotiation has not happened yet")
         return negotiated
@@ -327,7 +326,7 @@ class Milter:
     @property
     def event(self) -> msg.Message | None:
         """The raw protocol message being handled (bytes exactly as received)."""
-        return self._session.current_event
+        return self._context.event
 
     @property
     def body_file(self) -> IO[bytes]:
@@ -337,7 +336,7 @@ class Milter:
         file; valid until the message ends (next MAIL, ABORT or close).
         """
         self._require_collected("body_file")
-        return self._session.body_file()
+        return self._context.body_file()
 
     @property
     def body_bytes(self) -> bytes:
@@ -355,7 +354,7 @@ class Milter:
     def body_size(self) -> int:
         """Body bytes collected for the current message."""
         self._require_collected("body_size")
-        return self._session.body_size
+        return self._context.body_size
 
     def _require_collected(self, what: str) -> None:
         """Without collect_body there is no body to read: an empty one would pass all mail."""
@@ -446,8 +445,9 @@ class Milter:
         scope = current_scope()
         if scope is not None and not scope.live:
             return  # a pooled call past its timeout: its actions are dropped, not checked
-        event = type(self._session.current_event)
-        if event in _NEVER_IN_MESSAGE or not self._session.conn.in_message:
+        context = self._context
+        event = type(context.event)
+        if event in _NEVER_IN_MESSAGE or not context.in_message:
             stage = _STAGE_OF_EVENT.get(event, "outside a message")
             raise ActionOutsideMessageError(
                 f"{what}() called in {stage}: modifications belong to one message and may "
@@ -471,7 +471,7 @@ class Milter:
         the session applies when the call returns in time, and drops otherwise.
         """
         scope = current_scope()
-        return self._session.pending if scope is None else scope.actions
+        return self._context.pending if scope is None else scope.actions
 
     # The header edits all take (name, value, where): the position comes last, so
     # it can default where one is usual. The old (index, name, value) order of
@@ -577,7 +577,11 @@ class Milter:
         From a callback running in the thread pool the packet is handed to the
         event loop; it is dropped if the call has already timed out.
         """
-        self._session.progress()
+        scope = current_scope()
+        if scope is None:
+            self._context.progress()
+        else:
+            scope.progress(scope)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -6,9 +6,18 @@ plain milter costs no task switch per packet; only when a callback returns an
 awaitable does :meth:`data_received` hand back a coroutine, and the caller
 (the server pauses reading meanwhile) awaits it and calls :meth:`resume`.
 
-Replies go out through the ``write`` function given at construction, all
-replies of one event in one call (modifications and the final reply at end
-of message together), so TCP sees one segment instead of several small ones.
+The session does no I/O. Like h11's ``send()``, it hands back the bytes to
+send: the replies an input produced queue up, and the caller takes them with
+:meth:`data_to_send` after :meth:`data_received`, :meth:`resume` or an awaited
+coroutine, all of one read in one write (modifications and the final reply at
+end of message, replies to pipelined commands), so TCP sees one segment
+instead of several small ones. PROGRESS sent while a callback works must not
+wait for the callback: the session then calls ``on_output``, and the caller
+takes the bytes at once.
+
+What the milter sees of the connection lives in a
+:class:`~milterkit.context.MilterContext`, which has no reference back to the
+session.
 """
 
 from __future__ import annotations
@@ -17,19 +26,18 @@ import asyncio
 import inspect
 import logging
 import math
-import tempfile
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+from milterkit._logging import SessionLogger
+from milterkit.context import MilterContext
 from milterkit.decision import Decision
 from milterkit.execution import (
     CallbackInterrupted,
     CallbackRunner,
     CallScope,
     ExecutionSettings,
-    current_scope,
 )
 from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode
 from milterkit.protocol import messages as msg
@@ -37,7 +45,7 @@ from milterkit.protocol.constants import Command, ProtocolFlag
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
-from milterkit.protocol.negotiate import build_filter_reply
+from milterkit.protocol.negotiate import Negotiated, build_filter_reply
 from milterkit.protocol.text import text
 
 #: The wire reply for each Decision a callback may return. SHUTDOWN maps to its
@@ -55,25 +63,12 @@ DECISION_REPLIES: dict[Decision, msg.Message] = {
 
 Pending = Coroutine[Any, Any, None]
 _CONTINUE = msg.Continue()
+# Performance: read per reply (an enum member lookup costs about 80 ns on Python 3.11).
+_BODYEOB = Command.BODYEOB
 
 
 if TYPE_CHECKING:
     from milterkit.runtime.observe import Observer, RecordBuilder
-
-if TYPE_CHECKING:
-    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
-else:
-    # LoggerAdapter is subscriptable at runtime only from Python 3.11 (typeshed
-    # declares it generic on every version, so mypy cannot see the difference).
-    _LoggerAdapter = logging.LoggerAdapter
-
-
-class SessionLogger(_LoggerAdapter):
-    """Prefixes every line with the connection id, so one session's lines can be grepped."""
-
-    def process(self, message: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[{extra.get('conn', '?')}] {message}", kwargs
 
 
 class MilterSession:
@@ -82,27 +77,24 @@ class MilterSession:
     ``settings`` carries the daemon's callback settings (error decision,
     timeouts, keepalive, execution mode); ``runner`` is the worker's thread pool
     and routing table (None: every callback runs inline, as in the harness
-    without one). ``write`` takes replies that may be batched with others of
-    the same read; ``write_now`` must send at once (PROGRESS while a callback
-    works), after anything batched before it.
+    without one). Replies queue up until :meth:`data_to_send` takes them;
+    ``on_output`` is called when queued bytes must leave at once (PROGRESS
+    while a callback works), after anything queued before them.
     """
 
     def __init__(
         self,
         factory: Callable[[], Milter],
-        write: Callable[[bytes], None],
         *,
         connection_id: str = "-",
         logger: logging.Logger | None = None,
         settings: ExecutionSettings | None = None,
         runner: CallbackRunner | None = None,
-        write_now: Callable[[bytes], None] | None = None,
+        on_output: Callable[[], None] | None = None,
         observer: Observer | None = None,
     ) -> None:
         settings = settings or _DEFAULT_SETTINGS
         self.conn = FilterConnection()
-        self.pending: list[msg.Message] = []
-        self.current_event: msg.Message | None = None
         self.closed = False
         #: A protocol error was raised from data_received: the input is garbage.
         self.broken = False
@@ -112,8 +104,9 @@ class MilterSession:
         self.connection_id = connection_id
         self.log = SessionLogger(logger or logging.getLogger("milterkit"), {"conn": connection_id})
         self._factory = factory
-        self._write = write
-        self._write_now = write_now or write
+        # The bytes to send, oldest first, until data_to_send() takes them.
+        self._out: list[bytes] = []
+        self._on_output = on_output
         self._runner = runner
         # ExecutionSettings has checked it is one of ERROR_DECISIONS
         self._error_decision = Decision(settings.error_decision)
@@ -130,8 +123,6 @@ class MilterSession:
         self._header_bytes = 0
         self._over_limit: str | None = None
         self._skipping_body = False
-        self._body: IO[bytes] | None = None
-        self.body_size = 0
         #: Messages answered at end of message (a drain closes idle sessions only after one).
         self.messages_done = 0
         # observe: per-message records for logs/metrics (None: nothing recorded)
@@ -144,14 +135,22 @@ class MilterSession:
 
     def _new_milter(self) -> Milter:
         milter = self._factory()
-        # A weak link back: session -> milter -> session would be a reference cycle,
-        # leaving every finished connection to the cyclic GC (RSS grows under load).
-        milter._session = cast(MilterSession, weakref.proxy(self))
+        cls = type(milter)
+        # No link back to the session: session -> milter -> context is no cycle.
+        self.context = MilterContext(
+            self.conn,
+            self._out,
+            self._on_output,
+            body_memory_limit=cls.body_memory_limit,
+            body_spool_dir=cls.body_spool_dir,
+        )
+        #: The context's list of queued modifications (the same list, read per callback).
+        self.pending = self.context.pending
+        milter._context = self.context
         milter.connection_id = self.connection_id
         milter.log = self.log
         milter.macro_values = MacroView(self.conn.macros)
-        self._overridden = _overridden_callbacks(type(milter))
-        cls = type(milter)
+        self._overridden = _overridden_callbacks(cls)
         runner = self._runner
         self._pooled = (
             _INLINE if runner is None else runner.routes(cls, _DECISION_CALLBACKS, cls.overridden)
@@ -167,22 +166,11 @@ class MilterSession:
     # ------------------------------------------------------------- limits
 
     def _new_message(self) -> None:
-        """Forget the per-message accounting and the collected body."""
-        self._headers = self._header_bytes = self.body_size = 0
+        """Forget the per-message accounting, modifications and collected body."""
+        self._headers = self._header_bytes = 0
         self._over_limit = None
         self._skipping_body = False
-        if self._body is not None:
-            self._body.close()
-            self._body = None
-
-    def body_file(self) -> IO[bytes]:
-        """The spool of the collected body (created empty on first use)."""
-        if self._body is None:
-            cls = type(self.milter)
-            self._body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed in _new_message)
-                max_size=cls.body_memory_limit, mode="w+b", dir=cls.body_spool_dir
-            )
-        return self._body
+        self.context.new_message()
 
     def _exceeded(self, what: str) -> Pending | None:
         """A per-message limit was crossed: log once, answer the error decision."""
@@ -226,6 +214,40 @@ class MilterSession:
                 return None
             return self._on_eof()
 
+    def buffer_data(self, data: bytes) -> None:
+        """Keep bytes that arrived while a callback runs, for :meth:`resume` to process."""
+        self.conn.receive_data(data)
+
+    def data_to_send(self) -> bytes:
+        """The bytes queued since the last call (b"" if none): send them in one write."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not processed yet (part of a packet, or input held
+        back while a callback runs)."""
+        return self.conn.buffered
+
+    @property
+    def negotiated(self) -> Negotiated | None:
+        """What option negotiation agreed on; None before it."""
+        return self.conn.negotiated
+
+    @property
+    def in_message(self) -> bool:
+        """Between MAIL (or the first message step) and end of message or abort."""
+        return self.conn.in_message
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """The MTA waits for an answer to the command being handled."""
+        return self.conn.awaiting is not None
+
     def resume(self) -> Pending | None:
         """Process buffered events until more data is needed or a callback suspends."""
         # Performance: look the handler up first; only when there is none is the
@@ -241,7 +263,7 @@ class MilterSession:
                     return self._on_eof()
                 assert isinstance(event, msg.Message)
                 handler = _DISPATCH[type(event)]
-            self.current_event = event  # type: ignore[assignment]
+            self.context.event = event  # type: ignore[assignment]
             if self.record is not None:  # observe
                 self.record.event(event, conn.macros)  # type: ignore[arg-type]
             pending = handler(self, event)
@@ -249,22 +271,10 @@ class MilterSession:
                 return pending
         return None
 
-    def send_now(self, message: msg.Message) -> None:
-        """Send ``message`` at once, not batched with the reply still to come."""
-        self._write_now(self.conn.send(message))
-
-    def progress(self) -> None:
-        """PROGRESS now, from the loop thread or from a callback in the pool."""
-        scope = current_scope()
-        if scope is None:
-            self.send_now(msg.Progress())
-        else:
-            scope.progress(scope)
-
     def _progress_for(self, scope: CallScope) -> None:
         """On the loop: a pooled call asked for PROGRESS; only while it is still answered."""
         if scope.live and not self.closed and self.conn.awaiting is not None:
-            self.send_now(msg.Progress())
+            self.context.progress()
 
     # --------------------------------------------------------------- callbacks
 
@@ -408,7 +418,7 @@ class MilterSession:
             await asyncio.sleep(interval)
             if self.conn.awaiting != Command.BODYEOB:
                 return
-            self.send_now(msg.Progress())
+            self.context.progress()
 
     def _notify(self, name: str) -> Pending | None:
         """Run abort/close, which answer nothing (in the pool when routed there)."""
@@ -485,19 +495,21 @@ class MilterSession:
 
     def _reply(self, message: msg.Message, *, failed: bool = False) -> None:
         """Send the reply for the current event; at EOM, modifications go first."""
-        if self.conn.awaiting is None:
+        awaiting = self.conn.awaiting
+        if awaiting is None:
             return
-        at_eom = self.conn.awaiting == Command.BODYEOB
+        at_eom = awaiting == _BODYEOB
         batch = [*self.pending, message] if at_eom and not failed else None
         if self.record is not None:  # observe: before send(), which forgets the message macros
             self.record.replied(message, self.pending if batch is not None else ())
         if at_eom:
             self.messages_done += 1
-            self.pending.clear()
             self._new_message()  # not only on MAIL/ABORT: with NOMAIL no MAIL comes
         try:
             # one reply (all but EOM): send() directly, no list to build and join
-            self._write(self.conn.send(message) if batch is None else self.conn.send_all(batch))
+            self._out.append(
+                self.conn.send(message) if batch is None else self.conn.send_all(batch)
+            )
         except LocalProtocolError as exc:
             if failed:
                 raise
@@ -520,7 +532,7 @@ class MilterSession:
             reply = self.milter.negotiate(event) or build_filter_reply(
                 event, version=cls.version, actions=cls.actions, protocol=protocol, macros=macros
             )
-            self._write(self.conn.send(reply))
+            self._out.append(self.conn.send(reply))
             _warn_unoffered_leadspc(self.log, event, reply)
         except LocalProtocolError as exc:
             self.log.error("negotiation failed, closing the connection: %s", exc)
@@ -541,7 +553,6 @@ class MilterSession:
         return self._call("helo", text(event.name))
 
     def _on_mail(self, event: msg.Mail) -> Pending | None:
-        self.pending.clear()
         self._new_message()
         return self._call("mail_from", text(event.sender), [text(a) for a in event.args])
 
@@ -581,38 +592,35 @@ class MilterSession:
             self._reply(_CONTINUE)
             return None
         if self._collect_body:
-            size = self.body_size + len(event.chunk)
+            context = self.context
+            size = context.body_size + len(event.chunk)
             if self._max_body_bytes is not None and size > self._max_body_bytes:
                 return self._exceeded(
                     f"body larger than max_body_bytes={self._max_body_bytes} bytes"
                 )
-            self.body_file().write(event.chunk)
-            self.body_size = size
+            context.body_file().write(event.chunk)
+            context.body_size = size
         return self._call("body", event.chunk)
 
     def _on_eom(self, event: msg.EndOfMessage) -> Pending | None:
         if self._over_limit is not None:
             return self._refuse()
-        if self._body is not None:
-            self._body.seek(0)
+        self.context.rewind_body()
         return self._call("end_of_message")
 
     def _on_unknown(self, event: msg.Unknown) -> Pending | None:
         return self._call("unknown", text(event.command))
 
     def _on_abort(self, event: msg.Abort) -> Pending | None:
-        self.pending.clear()
         self._new_message()
         return self._notify("abort")
 
     def _on_quit(self, event: msg.Quit) -> Pending | None:
-        self.pending.clear()
         self._new_message()
         self.closed = True
         return self._notify("close")
 
     def _on_quit_nc(self, event: msg.QuitNoClose) -> Pending | None:
-        self.pending.clear()
         self._new_message()
         pending = self._notify("close")
         self.milter = self._new_milter()
@@ -622,7 +630,6 @@ class MilterSession:
         self.closed = True
         if self.record is not None:  # observe
             self.record.eof()
-        self.pending.clear()
         self._new_message()
         if not self.conn.in_message:
             return self._notify("close")

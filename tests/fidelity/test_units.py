@@ -132,8 +132,7 @@ def test_421_at_rcpt_ends_the_session() -> None:
 
 def test_abort_sees_the_message_macros_and_refuses_actions() -> None:
     """libmilter's xxfi_abort still reads i and {mail_addr}; actions there are refused."""
-    replies: list[bytes] = []
-    session = MilterSession(Recorder, replies.append)
+    session = MilterSession(Recorder)
     mta = MTAConnection()
     for command in (
         MTAConnection.default_offer(),
@@ -143,9 +142,9 @@ def test_abort_sees_the_message_macros_and_refuses_actions() -> None:
         Abort(),
     ):
         session.data_received(mta.send(command))
+        replies = session.data_to_send()
         if replies:  # b"" would tell the MTA side that the filter closed
-            mta.receive_data(b"".join(replies))
-            replies.clear()
+            mta.receive_data(replies)
         while mta.next_event() is not NEED_DATA:
             pass
     milter = session.milter

@@ -131,15 +131,15 @@ def fuzz_mta(data: bytes, sizes: list[int]) -> None:
 
 def fuzz_session(data: bytes, sizes: list[int], prefix: bytes = OPTNEG_V6) -> None:
     """The whole per-connection driver: framing, state machine, callbacks, limits."""
-    out: list[bytes] = []
-    session = MilterSession(FuzzMilter, out.append)
+    session = MilterSession(FuzzMilter)
     pending = None
     try:
         for piece in split(prefix + data, sizes):
             pending = session.data_received(piece)
             assert pending is None  # all callbacks are synchronous
-            assert session.conn.buffered <= MAX_PAYLOAD + 5
-            assert session.body_size <= 100_000
+            session.data_to_send()
+            assert session.buffered <= MAX_PAYLOAD + 5
+            assert session.context.body_size <= 100_000
             if session.closed:
                 break
         pending = session.connection_lost()

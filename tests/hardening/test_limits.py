@@ -197,8 +197,7 @@ def _opening() -> bytes:
 
 def _vanish(cut: int) -> None:
     """One session in which the MTA disappears after ``cut`` bytes of a message."""
-    out: list[bytes] = []
-    session = MilterSession(Counted, out.append)
+    session = MilterSession(Counted)
     message = (
         frame(b"M", b"<a@example.org>\x00")
         + frame(b"R", b"<b@example.net>\x00")
@@ -244,8 +243,7 @@ def test_vanishing_during_async_callback_cancels_it_and_closes() -> None:
             await asyncio.sleep(3600)
             return Continue()
 
-    out: list[bytes] = []
-    session = MilterSession(Hangs, out.append)
+    session = MilterSession(Hangs)
     assert session.data_received(_opening()) is None
     pending = session.data_received(frame(b"M", b"<a@b>\x00"))
     assert pending is not None

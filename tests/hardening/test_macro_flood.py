@@ -154,7 +154,7 @@ class SmallCaps(Milter):
 
 
 def test_milter_class_attributes_set_the_caps() -> None:
-    session = MilterSession(SmallCaps, lambda data: None)
+    session = MilterSession(SmallCaps)
     assert (session.conn.macros.max_macros, session.conn.macros.max_macro_bytes) == (3, None)
     session.data_received(OPTNEG_V6)
     session.data_received(frame(b"D", pairs_payload(b"C", 3)))

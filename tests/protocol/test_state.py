@@ -278,11 +278,10 @@ def test_session_runs_abort_and_close_after_an_error_found_on_resume() -> None:
     reach the abort and close callbacks.
     """
     _AsyncMail.calls.clear()
-    out: list[bytes] = []
-    session = MilterSession(_AsyncMail, out.append)
+    session = MilterSession(_AsyncMail)
     mta = MTAConnection()
     assert session.data_received(mta.send(MTAConnection.default_offer())) is None
-    mta.receive_data(b"".join(out))
+    mta.receive_data(session.data_to_send())
     assert isinstance(mta.next_event(), OptNeg)
     pending = session.data_received(Mail(b"<a@example.org>").encode() + b"\0\0\0\x01Z")
     assert pending is not None

@@ -2,12 +2,14 @@
 
 Built on :class:`asyncio.Protocol` rather than streams, because a milter's
 cost is per packet and streams add a buffer copy and a task switch to each.
-The per-packet path is: ``data_received`` -> session -> replies collected in a
-list -> one ``transport.write``. Collecting matters: several replies of one
-event (modifications plus the final reply at end of message) or the replies
-to pipelined events must leave as one TCP segment, or Postfix's delayed ACK
-adds about 40 ms per message. Writes made later from a task (PROGRESS
-keepalives, an async callback finishing) go out at once.
+The per-packet path is: ``data_received`` -> session, which queues its
+replies -> ``session.data_to_send()`` -> one ``transport.write``. One write
+matters: several replies of one event (modifications plus the final reply at
+end of message) or the replies to pipelined events must leave as one TCP
+segment, or Postfix's delayed ACK adds about 40 ms per message. An async
+callback's reply goes out when it finishes, with the replies to what was
+buffered meanwhile; PROGRESS (keepalives, ``Milter.progress()``) goes out at
+once, through the session's ``on_output`` notification.
 
 While a session waits on an async callback, bytes that arrive are only
 buffered in the session's frame decoder, not processed, so the session never
@@ -356,7 +358,7 @@ class Server:
             conn.observed = False
             conn.observe_end(self.observer)
         self.connections.discard(conn)
-        conn.session = None  # the session's write hook points back at conn: break the cycle
+        conn.session = None  # the session's on_output hook points back at conn: break the cycle
         if not self.connections and self._idle is not None:
             self._idle.set()
         if not self.draining:
@@ -446,7 +448,7 @@ class Server:
 
 
 class _Connection(asyncio.Protocol):
-    """One MTA connection: feeds the session, batches writes, runs timers."""
+    """One MTA connection: feeds the session, sends what it queued, runs timers."""
 
     def __init__(self, server: Server, cid: str) -> None:
         self.server = server
@@ -462,7 +464,6 @@ class _Connection(asyncio.Protocol):
         #: observe: why we closed it (None: the MTA did, see observe_end)
         self.end_reason: str | None = None
         self.observed = False  # connection_opened was reported
-        self._batch: list[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
@@ -482,12 +483,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.session = MilterSession(
                 server.factory,
-                self._write,
                 connection_id=self.cid,
                 logger=server.log,
                 settings=server.execution,
                 runner=server.runner,
-                write_now=self._write_now,
+                on_output=self._send_now,
                 observer=server.observer,
             )
         except Exception:
@@ -555,7 +555,7 @@ class _Connection(asyncio.Protocol):
             record = session.record if session is not None else None
             if record is not None and record.quit_seen:
                 reason = "quit"
-            elif session is not None and session.conn.negotiated is None and session.closed:
+            elif session is not None and session.negotiated is None and session.closed:
                 reason = "negotiation_failed"
             else:
                 reason = "mta_vanished"
@@ -574,7 +574,7 @@ class _Connection(asyncio.Protocol):
         session = self.session
         if session is None or self.transport is None:
             return False
-        if self._task is not None or session.conn.in_message or session.conn.awaiting:
+        if self._task is not None or session.in_message or session.awaiting_reply:
             return False
         if not session.messages_done and not session.closed:
             return False
@@ -585,26 +585,15 @@ class _Connection(asyncio.Protocol):
 
     # -------------------------------------------------------------- traffic
 
-    def _write(self, data: bytes) -> None:
-        batch = self._batch
-        if batch is not None:
-            batch.append(data)
-        elif not self.lost and self.transport is not None:
+    def _send(self, data: bytes) -> None:
+        if data and not self.lost and self.transport is not None:
             self.transport.write(data)
 
-    def _write_now(self, data: bytes) -> None:
-        """Send at once, behind whatever this read's batch already holds (PROGRESS)."""
-        batch = self._batch
-        if batch:
-            data = b"".join([*batch, data])
-            batch.clear()
-        if not self.lost and self.transport is not None:
-            self.transport.write(data)
-
-    def _flush(self, batch: list[bytes]) -> None:
-        self._batch = None
-        if batch and not self.lost and self.transport is not None:
-            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+    def _send_now(self) -> None:
+        """The session queued PROGRESS: send it, behind what this read produced so far."""
+        session = self.session
+        if session is not None:
+            self._send(session.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -614,21 +603,20 @@ class _Connection(asyncio.Protocol):
         if self._task is not None:
             self._buffer(session, data)
             return
-        batch: list[bytes] = []
-        self._batch = batch
         try:
             pending = session.data_received(data)
         except Exception as exc:
-            self._flush(batch)
+            self._send(session.data_to_send())
             self._failed(exc)
             return
-        if not batch and pending is None and self.tcp_sock is not None:
+        out = session.data_to_send()
+        if not out and pending is None and self.tcp_sock is not None:
             self._ack_now(self.tcp_sock)
-        self._flush(batch)
+        self._send(out)
         if pending is not None:
             self._task = self.loop.create_task(self._drive(pending))
         else:
-            if session.conn.buffered or self._partial_buffered:
+            if session.buffered or self._partial_buffered:
                 self._note_partial(session, len(data))
             self._after_events()
 
@@ -652,7 +640,7 @@ class _Connection(asyncio.Protocol):
         is still cut off after ``read_timeout``. If the buffer grew by exactly
         what arrived, no packet completed and the packet is the same as before.
         """
-        left = session.conn.buffered
+        left = session.buffered
         if not left:
             self._partial_since = None
         elif self._partial_since is None or left != self._partial_buffered + received:
@@ -662,11 +650,11 @@ class _Connection(asyncio.Protocol):
     def _buffer(self, session: MilterSession, data: bytes) -> None:
         """A callback is running: keep the bytes for later, pause if too many."""
         try:
-            session.conn.receive_data(data)
+            session.buffer_data(data)
         except Exception as exc:
             self._failed(exc)
             return
-        if session.conn.buffered > BUFFER_HIGH_WATER and not self._paused:
+        if session.buffered > BUFFER_HIGH_WATER and not self._paused:
             assert self.transport is not None
             self.transport.pause_reading()
             self._paused = True
@@ -680,19 +668,18 @@ class _Connection(asyncio.Protocol):
                 await pending
                 if self.lost:
                     return
-                batch: list[bytes] = []
-                self._batch = batch
                 try:
                     pending = session.resume()
                 finally:
-                    self._flush(batch)
+                    # the awaited reply and the replies to what was buffered meanwhile
+                    self._send(session.data_to_send())
         except Exception as exc:
             self._task = None
             self._failed(exc)
             return
         self._task = None
         self._last = self.loop.time()
-        self._partial_buffered = session.conn.buffered
+        self._partial_buffered = session.buffered
         self._partial_since = self._last if self._partial_buffered else None
         if not self._after_events() and self._paused:
             assert self.transport is not None
@@ -745,12 +732,12 @@ class _Connection(asyncio.Protocol):
         if self._task is not None:
             self._arm(server.read_timeout)
             return
-        mid_packet = session.conn.buffered > 0
+        mid_packet = session.buffered > 0
         # Before option negotiation the read timeout applies too: an MTA sends
         # OPTNEG right after connecting, and a silent peer must not hold a slot.
-        opening = session.conn.negotiated is None
+        opening = session.negotiated is None
         limit = server.read_timeout if mid_packet or opening else server.timeout
-        if not (mid_packet or opening or session.conn.in_message):
+        if not (mid_packet or opening or session.in_message):
             limit = server.idle_timeout
         since = self._partial_since if mid_packet and self._partial_since is not None else None
         idle = self.loop.time() - (self._last if since is None else since)
@@ -763,7 +750,7 @@ class _Connection(asyncio.Protocol):
             what = "read timeout: no option negotiation"
         else:
             what = "idle timeout: no data from the MTA between commands"
-            if not session.conn.in_message:
+            if not session.in_message:
                 what += ", outside a message"
         self.log.warning(
             "[%s] closing connection from %s: %s for %.1fs",

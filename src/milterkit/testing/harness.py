@@ -4,8 +4,9 @@ The harness pairs the two halves milterkit already has: the MTA side
 (:class:`~milterkit.client.session.MTASession`, the same engine
 :func:`milterkit.client.check` uses over a socket) and the filter side
 (:class:`~milterkit.session.MilterSession`, the same driver the daemon uses).
-Bytes go from one to the other through a list, so a test sees exactly what a
-real MTA would see from the milter, and gets the same
+Bytes go from one to the other in memory (the filter side hands back what it
+would send, :meth:`~milterkit.session.MilterSession.data_to_send`), so a test
+sees exactly what a real MTA would see from the milter, and gets the same
 :class:`~milterkit.result.CheckResult`, ``apply()`` included.
 
 It is synchronous, for plain pytest tests; async callbacks run on a private
@@ -82,13 +83,11 @@ class MilterHarness:
             mode=execution, error_decision=error_decision, callback_timeout=callback_timeout
         )
         self._loop = asyncio.new_event_loop()
-        self._replies: list[bytes] = []
         # The daemon's execution model, so blocking callbacks, timeouts and
         # actions from the thread pool behave here as they will in production.
         self._runner = CallbackRunner(settings, logger or logging.getLogger("milterkit"))
         self.filter = MilterSession(
             milter,
-            self._replies.append,
             connection_id="harness",
             logger=logger,
             settings=settings,
@@ -173,8 +172,7 @@ class MilterHarness:
             self._raise_callback_error()
             if exchange.done:
                 return
-            replies = b"".join(self._replies)
-            self._replies.clear()
+            replies = self.filter.data_to_send()
             if not replies and not self.filter.closed:
                 raise HarnessError(f"the milter sent no reply at stage {exchange.stage!r}")
             out = exchange.receive_data(replies)
