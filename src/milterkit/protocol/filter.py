@@ -60,7 +60,9 @@ from milterkit.protocol.negotiate import (
     describe_flags,
     negotiated,
 )
-from milterkit.protocol.state import STATES, ConnectionState, unusable
+from milterkit.protocol.state import CLOSED as _CLOSED
+from milterkit.protocol.state import OPEN as _OPEN
+from milterkit.protocol.state import ConnectionStateMachine, unusable
 from milterkit.protocol.steps import STEPS
 
 #: Position of each message-phase command within one message.
@@ -99,12 +101,6 @@ _ALL_COMMANDS = tuple(Command)
 _COMMAND_BY_CODE: dict[int, Command] = {int(command): command for command in Command}
 _MACRO = int(Command.MACRO)
 _BODYEOB = int(Command.BODYEOB)
-# The lifecycle part of the state, as plain ints. IDLE here means "negotiated and
-# open": IDLE and IN_MESSAGE differ only by the message position (see ``state``).
-_NEGOTIATING = int(ConnectionState.NEGOTIATING)
-_OPEN = int(ConnectionState.IDLE)
-_CLOSED = int(ConnectionState.CLOSED)
-_ERROR = int(ConnectionState.ERROR)
 #: Exact type -> (reply, wire bytes) of the payload-less replies that may be sent.
 _FIXED_FRAMES: dict[type[Message], tuple[Reply, bytes]] = {
     cls: (Reply(cls.code), cls().encode())
@@ -122,19 +118,17 @@ _NEGOTIATED: dict[tuple[OptNeg, OptNeg], Negotiated] = {}
 _ANSWERS: dict[tuple[int, int], tuple[frozenset[int], bool]] = {}
 
 
-class FilterConnection:
+class FilterConnection(ConnectionStateMachine):
     """The filter's view of one MTA connection."""
 
     def __init__(self, *, max_payload: int = MAX_DATA_SIZE) -> None:
         self._decoder = FrameDecoder(max_payload)
         self._pending: deque[Message] = deque()
         self._eof = False  # the MTA closed its end (input only: QUIT may precede it)
-        self._state = _NEGOTIATING
-        self._error: ProtocolError | None = None
+        super().__init__()
         self.offer: OptNeg | None = None
         self.negotiated: Negotiated | None = None
         self.macros = MacroStore()
-        self._awaiting: Command | None = None
         self._connected = False  # CONNECT came in this SMTP session (QUIT_NC starts another)
         self._position = 0
         # Per-negotiation answers of Negotiated.expects_reply/sends, computed once
@@ -146,30 +140,12 @@ class FilterConnection:
     # ---------------------------------------------------------------------- state
 
     @property
-    def state(self) -> ConnectionState:
-        """Where the connection is in the protocol (read-only)."""
-        state = self._state
-        if state == _OPEN and self._position:
-            return ConnectionState.IN_MESSAGE
-        return STATES[state]
-
-    @property
-    def awaiting(self) -> Command | None:
-        """The command whose reply is due (read-only); None when no reply is due."""
-        return self._awaiting
-
-    @property
     def in_message(self) -> bool:
         """A message is open: MAIL (or a later step) came and no EOM reply or ABORT yet.
 
         Still answers in the ERROR state, so the caller knows to run an abort callback.
         """
         return self._position != 0
-
-    def _fail(self, error: ProtocolError) -> None:
-        """Enter the ERROR state; later calls raise an error naming this one."""
-        self._error = error
-        self._state = _ERROR
 
     # ------------------------------------------------------------------ receiving
 

@@ -35,7 +35,9 @@ from milterkit.protocol.negotiate import (
     describe_flags,
     semantic_version,
 )
-from milterkit.protocol.state import STATES, ConnectionState, unusable
+from milterkit.protocol.state import CLOSED as _CLOSED
+from milterkit.protocol.state import OPEN as _OPEN
+from milterkit.protocol.state import ConnectionStateMachine, unusable
 from milterkit.protocol.steps import STEP_BY_CODE, STEPS
 
 #: Commands that may be sent while a reply is outstanding (they end the wait).
@@ -48,17 +50,11 @@ _ACCEPTS: dict[int, frozenset[int]] = {
 _OPENS_MESSAGE = frozenset(int(s.command) for s in STEPS if s.position)
 _CLOSES_MESSAGE = frozenset({int(Command.ABORT), int(Command.HELO), int(Command.QUIT_NC)})
 _BODYEOB = int(Command.BODYEOB)
-# The lifecycle part of the state, as plain ints. IDLE here means "negotiated and
-# open": IDLE and IN_MESSAGE differ by ``in_message`` (see ``state``).
-_NEGOTIATING = int(ConnectionState.NEGOTIATING)
-_OPEN = int(ConnectionState.IDLE)
-_CLOSED = int(ConnectionState.CLOSED)
-_ERROR = int(ConnectionState.ERROR)
 
 Event = Message | NeedData | ConnectionClosed
 
 
-class MTAConnection:
+class MTAConnection(ConnectionStateMachine):
     """The MTA's view of one filter connection."""
 
     def __init__(
@@ -73,25 +69,10 @@ class MTAConnection:
         # does this side, whatever larger payload limit the caller asks for.
         self._decoder = FrameDecoder(min(max_reply_size, POSTFIX_MAX_PACKET - 1))
         self._eof = False  # the filter closed its end
-        self._state = _NEGOTIATING
-        self._error: ProtocolError | None = None
+        super().__init__()
         self.offer: OptNeg | None = None
         self.negotiated: Negotiated | None = None
-        self._awaiting: Command | None = None
         self._in_message = False
-
-    @property
-    def state(self) -> ConnectionState:
-        """Where the connection is in the protocol (read-only)."""
-        state = self._state
-        if state == _OPEN and self._in_message:
-            return ConnectionState.IN_MESSAGE
-        return STATES[state]
-
-    @property
-    def awaiting(self) -> Command | None:
-        """The command whose reply is due (read-only); None when no reply is due."""
-        return self._awaiting
 
     @property
     def in_message(self) -> bool:
@@ -100,11 +81,6 @@ class MTAConnection:
         Still answers in the ERROR state.
         """
         return self._in_message
-
-    def _fail(self, error: ProtocolError) -> None:
-        """Enter the ERROR state; later calls raise an error naming this one."""
-        self._error = error
-        self._state = _ERROR
 
     @staticmethod
     def default_offer(

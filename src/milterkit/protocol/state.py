@@ -2,7 +2,8 @@
 
 :class:`~milterkit.protocol.filter.FilterConnection` and
 :class:`~milterkit.protocol.mta.MTAConnection` go through the same states, as
-h11's connection does for both HTTP roles::
+h11's connection does for both HTTP roles, and share what tracks them
+(:class:`ConnectionStateMachine`)::
 
     NEGOTIATING --OPTNEG reply--> IDLE <--end of message, ABORT--> IN_MESSAGE
     IDLE / IN_MESSAGE --QUIT, or the peer closed--> CLOSED
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from milterkit.protocol.codes import Command
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError
 
 
@@ -40,6 +42,46 @@ class ConnectionState(IntEnum):
 
 #: Every state by value, for the ``state`` properties (no Enum call per read).
 STATES: tuple[ConnectionState, ...] = tuple(ConnectionState)
+# The lifecycle part of the state, as plain ints (the per-packet paths compare
+# these). OPEN is IDLE's value and means "negotiated and open": IDLE and
+# IN_MESSAGE differ only by ``in_message``, which each side tracks its own way.
+NEGOTIATING = int(ConnectionState.NEGOTIATING)
+OPEN = int(ConnectionState.IDLE)
+CLOSED = int(ConnectionState.CLOSED)
+ERROR = int(ConnectionState.ERROR)
+
+
+class ConnectionStateMachine:
+    """What both connection classes share: the lifecycle state, the first error,
+    and the command whose reply is due, all read-only from outside."""
+
+    def __init__(self) -> None:
+        self._state = NEGOTIATING
+        self._error: ProtocolError | None = None
+        self._awaiting: Command | None = None
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in the protocol (read-only)."""
+        state = self._state
+        if state == OPEN and self.in_message:
+            return ConnectionState.IN_MESSAGE
+        return STATES[state]
+
+    @property
+    def awaiting(self) -> Command | None:
+        """The command whose reply is due (read-only); None when no reply is due."""
+        return self._awaiting
+
+    @property
+    def in_message(self) -> bool:
+        """A message is open (each side defines when); still answers in the ERROR state."""
+        raise NotImplementedError
+
+    def _fail(self, error: ProtocolError) -> None:
+        """Enter the ERROR state; later calls raise an error naming this one."""
+        self._error = error
+        self._state = ERROR
 
 
 def unusable(first: ProtocolError) -> LocalProtocolError:
