@@ -68,6 +68,11 @@ _REPLACED: Final[dict[int, tuple[int, ...]]] = {
 MacroObserver = Callable[[int, tuple[tuple[bytes, bytes], ...]], None]
 
 
+#: What the store keeps for a stage: its values by canonical name, or the raw
+#: MACRO payload (stage byte included) not yet split.
+_Held = dict[bytes, bytes] | bytes
+
+
 def macro_key(name: bytes | str) -> bytes:
     """Canonical lookup key: braces stripped, so ``i`` and ``{i}`` match."""
     raw = name.encode("ascii", "surrogateescape") if isinstance(name, str) else name
@@ -88,6 +93,7 @@ class MacroStore(Mapping[bytes, bytes]):
     __slots__ = (
         "_bytes",
         "_count",
+        "_counts",
         "_sizes",
         "_stages",
         "_stale",
@@ -103,10 +109,12 @@ class MacroStore(Mapping[bytes, bytes]):
         max_macro_bytes: int | None = DEFAULT_MAX_MACRO_BYTES,
         observer: MacroObserver | None = None,
     ) -> None:
-        self._stages: dict[int, dict[bytes, bytes]] = {}
+        #: Per stage letter: its values, or its raw payload until first read.
+        self._stages: dict[int, _Held] = {}
         #: The message-level stages belong to a message that has ended.
         self._stale = False
-        #: Payload bytes held per stage; the totals of macros and bytes held.
+        #: Macros (name/value pairs) and payload bytes held per stage; their totals.
+        self._counts: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
         self._count = 0
         self._bytes = 0
@@ -136,8 +144,20 @@ class MacroStore(Mapping[bytes, bytes]):
             self._check_packet(payload)
         elif not size or payload[0] not in STAGES:
             return
+        stage = payload[0]
+        if size > 1 and payload[-1] != 0:
+            split_macro_payload(payload)  # raises, naming the unterminated string
+        observer = self.observer
+        if observer is None:  # the one cost of the hook when unset
+            # Performance: keep the payload as it came and split it on the first
+            # read (most milters read a few macros, and Postfix sends ~17 packets
+            # a message); the caps only need the number of pairs, which is the
+            # number of NULs halved.
+            self._store(stage, payload, payload.count(0) // 2, size - 1)
+            return
         pairs = split_macro_payload(payload)[0] if size > 1 else ()
-        self._store(payload[0], pairs, size - 1)  # no need to add up the lengths
+        self._store(stage, payload, len(pairs), size - 1)
+        observer(stage, pairs)
 
     def _check_packet(self, payload: bytes) -> None:
         limit = self.max_macro_bytes
@@ -151,44 +171,58 @@ class MacroStore(Mapping[bytes, bytes]):
         """Adopt a MACRO packet: replace ``stage`` and clear the stages after it."""
         if stage in STAGES:
             size = sum(map(len, chain.from_iterable(pairs))) + 2 * len(pairs)
-            self._store(stage, pairs, size)
+            values = {macro_key(name): value for name, value in pairs}
+            self._store(stage, values, len(pairs), size)
+            if self.observer is not None:
+                self.observer(stage, pairs)
 
-    def _store(self, stage: int, pairs: tuple[tuple[bytes, bytes], ...], size: int) -> None:
-        """Replace ``stage`` (and the later ones) by ``pairs`` of ``size`` payload bytes."""
-        # Performance: runs for nearly every packet, so the bookkeeping is inline
-        # and kept to one int per stage (the count is the stored dict's length).
+    def _store(self, stage: int, held: _Held, count: int, size: int) -> None:
+        """Replace ``stage`` (and the later ones) by ``count`` macros of ``size`` payload bytes.
+
+        ``held`` is the parsed values, or the raw payload that :meth:`_values`
+        parses when the stage is first read.
+        """
+        # Performance: runs for nearly every packet, so the bookkeeping is inline.
         if self._stale and stage not in CONNECTION_STAGES:
             self.clear_message()  # the first macros of a new message
-        values = {macro_key(name): value for name, value in pairs}
         stages = self._stages
-        count = self._count + len(values)
+        total_count = self._count + count
         total = self._bytes + size
         if stages:
+            counts = self._counts
             sizes = self._sizes
             for dropped in _REPLACED[stage]:
-                old = stages.pop(dropped, None)
-                if old is not None:
-                    count -= len(old)
+                if stages.pop(dropped, None) is not None:
+                    total_count -= counts.pop(dropped)
                     total -= sizes.pop(dropped)
-        if self.max_macros is not None and count > self.max_macros:
-            self._refuse(f"MACRO packets would hold {count} macros", "max_macros", self.max_macros)
-        if self.max_macro_bytes is not None and total > self.max_macro_bytes:
-            limit = self.max_macro_bytes
+        limit = self.max_macros
+        if limit is not None and total_count > limit:
+            self._refuse(f"MACRO packets would hold {total_count} macros", "max_macros", limit)
+        limit = self.max_macro_bytes
+        if limit is not None and total > limit:
             self._refuse(f"MACRO packets would hold {total} bytes", "max_macro_bytes", limit)
-        self._count = count
+        self._count = total_count
         self._bytes = total
-        stages[stage] = values
+        stages[stage] = held
+        self._counts[stage] = count
         self._sizes[stage] = size
-        observer = self.observer
-        if observer is not None:  # the one cost of the hook when unset
-            observer(stage, pairs)
+
+    def _values(self, stage: int) -> dict[bytes, bytes]:
+        """The parsed values of a held stage (split from its payload on first use)."""
+        held = self._stages[stage]
+        if isinstance(held, bytes):
+            pairs = split_macro_payload(held)[0] if len(held) > 1 else ()
+            held = {macro_key(name): value for name, value in pairs}
+            self._stages[stage] = held
+        return held
 
     @staticmethod
     def _refuse(what: str, name: str, limit: int) -> None:
         raise RemoteProtocolError(f"{what}, over the limit of {limit} per connection ({name})")
 
     def _forget(self, stage: int) -> None:
-        self._count -= len(self._stages.pop(stage))
+        del self._stages[stage]
+        self._count -= self._counts.pop(stage)
         self._bytes -= self._sizes.pop(stage)
 
     @property
@@ -215,18 +249,19 @@ class MacroStore(Mapping[bytes, bytes]):
     def clear(self) -> None:
         self._stale = False
         self._stages.clear()
+        self._counts.clear()
         self._sizes.clear()
         self._count = self._bytes = 0
 
     def stage(self, stage: int) -> dict[bytes, bytes]:
         """The values that came with one stage letter (a copy)."""
-        return dict(self._stages.get(stage, {}))
+        return dict(self._values(stage)) if stage in self._stages else {}
 
     def _merged(self, keep: Callable[[int], bool]) -> dict[bytes, bytes]:
         out: dict[bytes, bytes] = {}
         for stage in self._ordered():
             if keep(stage):
-                out.update(self._stages[stage])
+                out.update(self._values(stage))
         return out
 
     def _ordered(self) -> list[int]:
@@ -235,7 +270,7 @@ class MacroStore(Mapping[bytes, bytes]):
     def lookup(self, name: bytes | str) -> bytes | None:
         key = macro_key(name)
         for stage in reversed(self._ordered()):
-            value = self._stages[stage].get(key)
+            value = self._values(stage).get(key)
             if value is not None:
                 return value
         return None
