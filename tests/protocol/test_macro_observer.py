@@ -169,3 +169,25 @@ def test_an_observer_error_propagates_with_the_packet_stored() -> None:
         flt.next_event()
     assert flt.macros.lookup("j") == b"mx.example"
     assert isinstance(flt.next_event(), Connect)
+
+
+def test_unread_payload_is_checked_at_receipt_and_split_on_first_read() -> None:
+    """The store keeps a payload unsplit until a read, but refuses a bad one at once."""
+    store = MacroStore()
+    with pytest.raises(RemoteProtocolError, match=r"MACRO: payload .* is not NUL-terminated"):
+        store.adopt(b"Mi\x00id1\x00{mail_addr}\x00a@b")
+    assert store.held == (0, 0)
+    store.adopt(b"Mi\x00id1\x00{mail_addr}\x00a@b\x00dangling\x00")
+    assert store.held == (2, len(b"i\x00id1\x00{mail_addr}\x00a@b\x00dangling\x00"))
+    assert store.lookup("mail_addr") == b"a@b"
+    assert store.stage(ord("M")) == {b"i": b"id1", b"mail_addr": b"a@b"}
+    assert store.held[0] == 2  # reading changed nothing that counts against the caps
+
+
+def test_duplicate_names_count_once_per_pair_against_the_cap() -> None:
+    store = MacroStore(max_macros=3)
+    store.adopt(b"Ci\x00a\x00i\x00b\x00")
+    assert store.held[0] == 2
+    assert store.lookup("i") == b"b"  # the later value wins, as before
+    with pytest.raises(RemoteProtocolError, match="would hold 4 macros"):
+        store.adopt(b"Hx\x00a\x00y\x00b\x00")
