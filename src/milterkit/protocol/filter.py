@@ -124,7 +124,6 @@ class FilterConnection(ConnectionStateMachine):
     def __init__(self, *, max_payload: int = MAX_DATA_SIZE) -> None:
         self._decoder = FrameDecoder(max_payload)
         self._pending: deque[Message] = deque()
-        self._eof = False  # the MTA closed its end (input only: QUIT may precede it)
         super().__init__()
         self.offer: OptNeg | None = None
         self.negotiated: Negotiated | None = None
@@ -149,19 +148,11 @@ class FilterConnection(ConnectionStateMachine):
 
     # ------------------------------------------------------------------ receiving
 
-    @property
-    def buffered(self) -> int:
-        return self._decoder.buffered
-
     def receive_data(self, data: bytes) -> None:
         """Bytes from the MTA; ``b""`` means the MTA closed the connection."""
         if self._error is not None:
-            if not data and not self._eof:
-                # The MTA hanging up is news in any state: a caller that goes on to
-                # next_event() (and its abort/close handling) learns of the ERROR there.
-                self._eof = True
-                return
-            raise unusable(self._error)
+            self._hang_up_in_error(data)
+            return
         try:
             if self._eof:
                 raise RemoteProtocolError("data received after the connection was closed")

@@ -68,7 +68,6 @@ class MTAConnection(ConnectionStateMachine):
         # Postfix caps the length field (command byte + payload) at INT_MAX/2; so
         # does this side, whatever larger payload limit the caller asks for.
         self._decoder = FrameDecoder(min(max_reply_size, POSTFIX_MAX_PACKET - 1))
-        self._eof = False  # the filter closed its end
         super().__init__()
         self.offer: OptNeg | None = None
         self.negotiated: Negotiated | None = None
@@ -200,20 +199,11 @@ class MTAConnection(ConnectionStateMachine):
         """
         self._decoder.max_payload = min(self._decoder.max_payload, limit)
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received from the filter and not yet returned as replies."""
-        return self._decoder.buffered
-
     def receive_data(self, data: bytes) -> None:
         """Bytes from the filter; ``b""`` means the filter closed the connection."""
         if self._error is not None:
-            if not data and not self._eof:
-                # The filter hanging up is news in any state: a caller that goes on to
-                # next_event() (and its abort/close handling) learns of the ERROR there.
-                self._eof = True
-                return
-            raise unusable(self._error)
+            self._hang_up_in_error(data)
+            return
         try:
             if self._eof:
                 raise RemoteProtocolError("data received after the filter closed the connection")

@@ -21,6 +21,7 @@ from enum import IntEnum
 
 from milterkit.protocol.codes import Command
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError
+from milterkit.protocol.framing import FrameDecoder
 
 
 class ConnectionState(IntEnum):
@@ -55,10 +56,19 @@ class ConnectionStateMachine:
     """What both connection classes share: the lifecycle state, the first error,
     and the command whose reply is due, all read-only from outside."""
 
+    #: The peer's frames; each side sizes it (set by the subclass).
+    _decoder: FrameDecoder
+
     def __init__(self) -> None:
         self._state = NEGOTIATING
         self._error: ProtocolError | None = None
         self._awaiting: Command | None = None
+        self._eof = False  # the peer closed its end (input only: QUIT may precede it)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the peer and not yet returned as events."""
+        return self._decoder.buffered
 
     @property
     def state(self) -> ConnectionState:
@@ -77,6 +87,17 @@ class ConnectionStateMachine:
     def in_message(self) -> bool:
         """A message is open (each side defines when); still answers in the ERROR state."""
         raise NotImplementedError
+
+    def _hang_up_in_error(self, data: bytes) -> None:
+        """receive_data() in the ERROR state: note the peer's hang-up, refuse anything else.
+
+        The hang-up is news in any state: a caller that goes on to next_event()
+        (and its abort/close handling) learns of the ERROR there.
+        """
+        assert self._error is not None
+        if data or self._eof:
+            raise unusable(self._error)
+        self._eof = True
 
     def _fail(self, error: ProtocolError) -> None:
         """Enter the ERROR state; later calls raise an error naming this one."""
