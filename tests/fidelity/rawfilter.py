@@ -75,6 +75,7 @@ class RawFilter:
         self.port = int(self._sock.getsockname()[1])
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._lock = threading.Lock()
+        self._ended: list[threading.Event] = []  # one per connection, set when the peer closed
 
     @property
     def postfix_spec(self) -> str:
@@ -105,6 +106,18 @@ class RawFilter:
     def reset(self) -> None:
         with self._lock:
             self.connections.clear()
+            self._ended.clear()
+
+    def wait_ended(self, timeout: float = 10) -> None:
+        """Wait until the peer has closed the latest connection, so seen() has all it sent.
+
+        A client returns once it has written its last packets (ABORT, QUIT); the
+        thread recording them may not have read them yet.
+        """
+        with self._lock:
+            ended = self._ended[-1] if self._ended else None
+        if ended is not None and not ended.wait(timeout):
+            raise AssertionError(f"the peer kept the raw filter's connection open {timeout}s")
 
     def _serve(self) -> None:
         while True:
@@ -116,15 +129,20 @@ class RawFilter:
 
     def _session(self, conn: socket.socket) -> None:
         record: list[tuple[str, bytes]] = []
+        ended = threading.Event()
         with self._lock:
             self.connections.append(record)
-        with conn, contextlib.suppress(OSError):
-            for letter, payload in _packets(conn):
-                with self._lock:
-                    record.append((letter, payload))
-                out = self._answer(letter, payload)
-                if out:
-                    conn.sendall(out)
+            self._ended.append(ended)
+        try:
+            with conn, contextlib.suppress(OSError):
+                for letter, payload in _packets(conn):
+                    with self._lock:
+                        record.append((letter, payload))
+                    out = self._answer(letter, payload)
+                    if out:
+                        conn.sendall(out)
+        finally:
+            ended.set()
 
     def _answer(self, letter: str, payload: bytes) -> bytes:
         if letter == "O":

@@ -84,7 +84,7 @@ def message(to: str, extra: bytes = b"") -> bytes:
 
 
 def client_check(raw: RawFilter, data: bytes, rcpts: list[str], version: int = 6) -> CheckResult:
-    return check(
+    result = check(
         raw.milterkit_spec,
         data,
         sender=SENDER,
@@ -94,6 +94,8 @@ def client_check(raw: RawFilter, data: bytes, rcpts: list[str], version: int = 6
         protocol=OFFERED[version],
         timeout=20,
     )
+    raw.wait_ended()  # the client's last packets (ABORT, QUIT) recorded before comparing
+    return result
 
 
 def test_421_at_rcpt_ends_message_and_session(raw: RawFilter, postfix6: PostfixInstance) -> None:
