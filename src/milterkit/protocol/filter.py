@@ -176,7 +176,8 @@ class FilterConnection(ConnectionStateMachine):
                     return self._pending.popleft()
                 frame = self._decoder.next_frame()
                 if frame is None:
-                    return self._end_of_input()
+                    # the end of every read: NEED_DATA without a call
+                    return NEED_DATA if not self._eof else self._end_of_input()
                 code, payload = frame
                 if code == _MACRO and self._awaiting is None and self._state == _OPEN:
                     # Performance: a MACRO packet precedes nearly every command and
@@ -200,8 +201,7 @@ class FilterConnection(ConnectionStateMachine):
             raise
 
     def _end_of_input(self) -> Event:
-        if not self._eof:
-            return NEED_DATA
+        """All input was read and the MTA closed its end."""
         left = self._decoder.buffered
         if left:
             raise RemoteProtocolError(f"MTA closed the connection inside a packet ({left} bytes)")

@@ -609,15 +609,20 @@ class _Connection(asyncio.Protocol):
             self._send(session.data_to_send())
             self._failed(exc)
             return
+        # Performance: runs once per packet, so _send and _after_events are
+        # inlined for the common case (a reply to write, the session goes on).
         out = session.data_to_send()
-        if not out and pending is None and self.tcp_sock is not None:
+        if out:
+            if not self.lost:
+                self.transport.write(out)  # type: ignore[union-attr]  # set before any data
+        elif pending is None and self.tcp_sock is not None:
             self._ack_now(self.tcp_sock)
-        self._send(out)
         if pending is not None:
             self._task = self.loop.create_task(self._drive(pending))
-        else:
-            if session.buffered or self._partial_buffered:
-                self._note_partial(session, len(data))
+            return
+        if self._partial_buffered or session.buffered:
+            self._note_partial(session, len(data))
+        if session.closed or self.server.draining:
             self._after_events()
 
     @staticmethod
