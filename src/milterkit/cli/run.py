@@ -2,7 +2,8 @@
 
 The target may name an importable module (``mypkg.filters:SpamTrap``) or a
 Python file (``examples/spamtrap.py:SpamTrap``), so a one-file milter needs no
-packaging. The options mirror :func:`milterkit.runtime.run` one to one.
+packaging. The options mirror :func:`milterkit.runtime.run` one to one: both
+are derived from the DaemonConfig fields of :mod:`milterkit.runtime.settings`.
 
 Modules are never looked up in the current directory: the daemon is usually
 started as root, and a module planted in whatever directory root happens to
