@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import logging
 import socket
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from milterkit.cli.run import add_serve_options, daemon_config
 from milterkit.decision import Decision
 from milterkit.execution import ExecutionSettings
 from milterkit.milter import Milter
+from milterkit.runtime.logsetup import LOGGER_NAME
 from milterkit.runtime.server import Server
 from milterkit.runtime.settings import (
     MILLISECONDS,
@@ -181,6 +184,22 @@ def test_run_refuses_an_unknown_keyword_by_name() -> None:
         milterkit.run(Milter, SOCKET, "nobody")  # type: ignore[misc]
 
 
+@pytest.fixture
+def milterkit_logger() -> Iterator[None]:
+    """run() points the shared 'milterkit' logger at its --log: put it back afterwards."""
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    for handler in saved[0]:
+        logger.addHandler(handler)
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+@pytest.mark.usefixtures("milterkit_logger")
 def test_run_keywords_reach_the_checks(capfd: pytest.CaptureFixture[str]) -> None:
     """A keyword's value is the daemon's: a bad one is exit 78 before anything is bound."""
     assert milterkit.run(Milter, address=SOCKET, log="null", workers=-1) == 78
