@@ -65,6 +65,15 @@ def test_toml_octal_mode(tmp_path: Path) -> None:
     assert merged(tmp_path, "socket-mode = 0o600\n").socket_mode == 0o600
 
 
+def test_repeatable_option_takes_a_string_or_an_array(tmp_path: Path) -> None:
+    """keep-env = "FOO" once became ("F", "O", "O"); the file replaced the command line's."""
+    assert run_cli.daemon_config(merged(tmp_path, 'keep-env = "FOO"\n')).keep_env == ("FOO",)
+    both = merged(tmp_path, 'keep-env = ["FOO", "BAR"]\n')
+    assert run_cli.daemon_config(both).keep_env == ("FOO", "BAR")
+    given = merged(tmp_path, 'keep-env = ["FOO"]\n', "--keep-env", "BAZ")
+    assert run_cli.daemon_config(given).keep_env == ("BAZ",)
+
+
 def test_command_line_wins_even_with_the_default_value(tmp_path: Path) -> None:
     text = 'target = "a.py:A"\nmax-connections = 10\nworkers = 3\nlog-level = "debug"\n'
     args = merged(tmp_path, text, "b.py:B", "--max-connections", "1024", "--workers", "1")
@@ -82,6 +91,7 @@ def test_command_line_wins_even_with_the_default_value(tmp_path: Path) -> None:
         ("workers = true\n", "invalid value for 'workers': expected an integer, got True"),
         ('timeout = "5s"\n', "invalid value for 'timeout': expected a number, got '5s'"),
         ("socket = 8890\n", "invalid value for 'socket': expected a string, got 8890"),
+        ('keep-env = ["A", 3]\n', "invalid value for 'keep-env': expected a string, got 3"),
         ('no-uvloop = "yes"\n', "invalid value for 'no-uvloop': expected true or false, got 'yes'"),
         (
             'log-format = "xml"\n',

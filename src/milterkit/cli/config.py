@@ -4,8 +4,9 @@ Keys are the long option names without the dashes (``max-connections``;
 ``max_connections`` is accepted too), plus ``target`` for ``MODULE:CLASS``.
 Values have the type the option takes: a TOML integer, float, boolean (for
 flags such as ``no-uvloop``) or string; ``socket-mode`` is an octal string
-(``"660"``) or a TOML octal integer (``0o660``). The command line wins: a key
-only applies when its option was not given there.
+(``"660"``) or a TOML octal integer (``0o660``); a repeatable option
+(``keep-env``) takes one string or an array of them. The command line wins:
+a key only applies when its option was not given there.
 
 Errors (an unknown key, a value of the wrong type, a choice not offered,
 invalid TOML, an unreadable file) raise :class:`ConfigFileError`, whose text
@@ -66,8 +67,22 @@ class GivenStoreTrue(argparse._StoreTrueAction):
         _note_given(namespace, self.dest)
 
 
+class GivenAppend(argparse._AppendAction):
+    """``append`` (``--keep-env A --keep-env B``) that also notes it was on the command line."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _note_given(namespace, self.dest)
+
+
 def record_given(parser: argparse.ArgumentParser) -> None:
-    """Make the parser's plain and ``store_true`` options note when they are given.
+    """Make the parser's plain, ``store_true`` and ``append`` options note when they are given.
 
     Call before adding the options; :func:`apply_config` then knows which
     options the command line set, even to their default value.
@@ -75,6 +90,7 @@ def record_given(parser: argparse.ArgumentParser) -> None:
     parser.register("action", None, GivenStore)
     parser.register("action", "store", GivenStore)
     parser.register("action", "store_true", GivenStoreTrue)
+    parser.register("action", "append", GivenAppend)
 
 
 def _note_given(namespace: argparse.Namespace, dest: str) -> None:
@@ -142,11 +158,19 @@ def _convert(path: str, key: str, value: Any, action: argparse.Action) -> Any:
         if not isinstance(value, bool):
             raise ConfigFileError(f"{where}: expected true or false, got {value!r}")
         return value
+    if isinstance(action, argparse._AppendAction):
+        return _repeated(where, value, action.type)
     converted = _typed(where, value, action.type)
     if action.choices is not None and converted not in action.choices:
         choices = ", ".join(str(c) for c in action.choices)
         raise ConfigFileError(f"{where}: {converted!r} is not one of {choices}")
     return converted
+
+
+def _repeated(where: str, value: Any, kind: Any) -> list[Any]:
+    """A repeatable option (``keep-env``): one value, or a TOML array of them."""
+    values = value if isinstance(value, list) else [value]
+    return [_typed(where, item, kind) for item in values]
 
 
 def _typed(where: str, value: Any, kind: Any) -> Any:

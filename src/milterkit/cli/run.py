@@ -2,7 +2,8 @@
 
 The target may name an importable module (``mypkg.filters:SpamTrap``) or a
 Python file (``examples/spamtrap.py:SpamTrap``), so a one-file milter needs no
-packaging. The options mirror :func:`milterkit.runtime.run` one to one.
+packaging. The options mirror :func:`milterkit.runtime.run` one to one: both
+are derived from the DaemonConfig fields of :mod:`milterkit.runtime.settings`.
 
 Modules are never looked up in the current directory: the daemon is usually
 started as root, and a module planted in whatever directory root happens to
@@ -26,16 +27,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from milterkit.cli.config import apply_config, load_config, record_given
-from milterkit.decision import ERROR_DECISIONS
-from milterkit.execution import EXECUTION_MODES
 from milterkit.milter import Milter
 from milterkit.runtime.daemon import DaemonConfig, run_daemon
 from milterkit.runtime.errors import RuntimeConfigError
+from milterkit.runtime.settings import settings_with_options
 from milterkit.runtime.supervisor import EX_CONFIG
 
 __all__ = ["add_parser", "add_serve_options", "daemon_config", "load_target", "run"]
 
-_DECISIONS = tuple(decision.value for decision in ERROR_DECISIONS)
 EX_USAGE = 64
 
 
@@ -70,170 +69,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="import MODULE from DIR (repeatable); the current directory is never searched",
     )
-    _add_daemon_options(parser)
-    _add_session_options(parser)
+    _add_setting_options(parser)
     parser.set_defaults(func=run, config_options=parser._actions)
     return parser
 
 
-def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--user", help="run the workers as this user")
-    parser.add_argument("--group", help="and this group (default: the user's)")
-    parser.add_argument("--pid-file", metavar="PATH")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="worker processes (default: one per CPU; 0 = no fork)",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        default=1024,
-        metavar="N",
-        help="concurrent MTA connections, all workers together (1024)",
-    )
-    parser.add_argument(
-        "--socket-mode",
-        type=_octal,
-        default=0o660,
-        metavar="MODE",
-        help="unix socket permissions, octal (660)",
-    )
-    parser.add_argument("--socket-owner", metavar="USER", help="default: --user, if given")
-    parser.add_argument(
-        "--socket-group", metavar="GROUP", help="default: --group, else the --user's group"
-    )
-    parser.add_argument(
-        "--keep-env",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="with --user, workers keep this environment variable (repeatable)",
-    )
-    parser.add_argument(
-        "--log", default="console", help="console, syslog, null or file:/path (console)"
-    )
-    parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error", "critical")
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=("text", "json"),
-        help="text lines, or one JSON object per line (text)",
-    )
-    parser.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="on SIGTERM, how long in-flight messages may take (30)",
-    )
-    parser.add_argument(
-        "--metrics",
-        metavar="ADDR",
-        help="inet:PORT@HOST: serve Prometheus /metrics and /healthz over HTTP there",
-    )
-    parser.add_argument(
-        "--shutdown-delay",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="on SIGTERM, go on serving this long before draining, while /healthz "
-        "says 503, so a load balancer moves away first (0)",
-    )
-
-
-def _add_session_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=7210.0,
-        metavar="SECONDS",
-        help="close a connection idle this long inside a message (7210, as libmilter)",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=3610.0,
-        metavar="SECONDS",
-        help="close a connection idle this long between messages (3610; keep it above "
-        "the MTA's SMTP command timeout)",
-    )
-    parser.add_argument(
-        "--read-timeout",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="close a connection whose packet stays incomplete, or which has not "
-        "negotiated, this long (300)",
-    )
-    parser.add_argument(
-        "--callback-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="answer the error decision when a callback takes longer",
-    )
-    parser.add_argument(
-        "--progress-interval",
-        type=float,
-        metavar="SECONDS",
-        help="send PROGRESS this often while a slow end-of-message runs",
-    )
-    parser.add_argument(
-        "--error-decision",
-        choices=_DECISIONS,
-        default="tempfail",
-        help="reply when a callback fails (tempfail)",
-    )
-    parser.add_argument("--no-uvloop", action="store_true", help="do not use uvloop")
-    _add_execution_options(parser)
-
-
-def _add_execution_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--execution",
-        choices=EXECUTION_MODES,
-        help="how sync callbacks run: auto (inline until seen slow, then in the thread "
-        "pool), inline, or threads (default: the class's execution attribute, else auto)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=64,
-        metavar="N",
-        help="thread pool size per worker for blocking callbacks (64)",
-    )
-    parser.add_argument(
-        "--slow-callback-ms",
-        type=float,
-        default=20.0,
-        metavar="MS",
-        help="auto mode: a sync callback slower than this moves to the pool (20)",
-    )
-    parser.add_argument(
-        "--loop-block-warning-ms",
-        type=float,
-        default=100.0,
-        metavar="MS",
-        help="warn when a worker's event loop is held this long; 0 turns it off (100)",
-    )
-    parser.add_argument(
-        "--stuck-callback-ms",
-        type=float,
-        default=5000.0,
-        metavar="MS",
-        help="interrupt a sync callback that holds a worker's event loop this long "
-        "(error decision, connection closed); 0 turns it off (5000)",
-    )
-
-
-def _octal(text: str) -> int:
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 660") from None
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """One option per setting, as declared on its DaemonConfig field (runtime.settings)."""
+    for field, flag in settings_with_options():
+        flag.add_to(parser, field.default)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,43 +112,17 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="unix:/path, inet:PORT@HOST, inet6:PORT@HOST or fd:N",
     )
-    _add_daemon_options(parser)
-    _add_session_options(parser)
+    _add_setting_options(parser)
 
 
 def daemon_config(args: argparse.Namespace) -> DaemonConfig:
-    """The :class:`DaemonConfig` of options added by :func:`add_serve_options`."""
-    return DaemonConfig(
-        address=args.socket,
-        user=args.user,
-        group=args.group,
-        pid_file=args.pid_file,
-        workers=args.workers,
-        max_connections=args.max_connections,
-        socket_mode=args.socket_mode,
-        socket_owner=args.socket_owner,
-        socket_group=args.socket_group,
-        timeout=args.timeout,
-        read_timeout=args.read_timeout,
-        callback_timeout=args.callback_timeout,
-        progress_interval=args.progress_interval,
-        error_decision=args.error_decision,
-        log=args.log,
-        log_level=args.log_level,
-        drain_timeout=args.drain_timeout,
-        use_uvloop=False if args.no_uvloop else None,
-        execution=args.execution,
-        threads=args.threads,
-        slow_callback=args.slow_callback_ms / 1000,
-        loop_block_warning=args.loop_block_warning_ms / 1000,
-        stuck_callback=args.stuck_callback_ms / 1000,
-        keep_env=tuple(args.keep_env),
-        idle_timeout=args.idle_timeout,
-        log_format=args.log_format,
-        shutdown_delay=args.shutdown_delay,
-        target=getattr(args, "target", None),
-        metrics=args.metrics,
-    )
+    """The :class:`DaemonConfig` of options added by :func:`add_serve_options`.
+
+    Each option's value, in the setting's unit, goes to the field it was
+    declared on; ``target`` is ``milterkit run``'s MODULE:CLASS, if any.
+    """
+    values = {field.name: flag.value(args) for field, flag in settings_with_options()}
+    return DaemonConfig(args.socket, target=getattr(args, "target", None), **values)
 
 
 def load_target(

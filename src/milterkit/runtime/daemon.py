@@ -25,6 +25,9 @@ Start-up order, and why:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 import logging
 import math
 import os
@@ -32,11 +35,10 @@ import socket
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec
 
 from milterkit._compiled import build_description
 from milterkit.decision import ERROR_DECISIONS, Decision
-from milterkit.execution import ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.runtime import systemd
 from milterkit.runtime.address import Inet6Address, InetAddress, UnixAddress, parse_address
@@ -51,14 +53,12 @@ from milterkit.runtime.observe import LogObserver, MultiObserver, Observer
 from milterkit.runtime.pidfile import PidFile
 from milterkit.runtime.privileges import drop_privileges, resolve_group, resolve_user
 from milterkit.runtime.server import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_TIMEOUT,
     MilterStartupError,
     Server,
     new_event_loop,
     serve_sockets,
 )
+from milterkit.runtime.settings import DaemonConfig
 from milterkit.runtime.sockets import (
     describe_listener,
     inherited_listeners,
@@ -75,130 +75,66 @@ _KILL_GRACE = 5.0
 _log = logging.getLogger("milterkit")
 
 
-@dataclass
-class DaemonConfig:
-    """Everything :func:`run` accepts, in one place for the CLI and compat layers."""
-
-    address: str
-    user: str | int | None = None
-    group: str | int | None = None
-    pid_file: str | None = None
-    workers: int | None = None
-    max_connections: int | None = 1024
-    socket_mode: int = 0o660
-    socket_owner: str | int | None = None
-    socket_group: str | int | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    callback_timeout: float | None = None
-    progress_interval: float | None = None
-    error_decision: Decision | str = Decision.TEMPFAIL
-    log: str = "console"
-    log_level: str = "info"
-    drain_timeout: float = 30.0
-    use_uvloop: bool | None = None
-    execution: str | None = None
-    threads: int = 64
-    slow_callback: float = 0.020
-    loop_block_warning: float = 0.100
-    stuck_callback: float = 5.0
-
-    def execution_settings(self) -> ExecutionSettings:
-        """The part every session needs (raises ValueError on an invalid value)."""
-        return ExecutionSettings(
-            mode=self.execution,
-            threads=self.threads,
-            slow_callback=self.slow_callback,
-            loop_block_warning=self.loop_block_warning,
-            stuck_callback=self.stuck_callback,
-            callback_timeout=self.callback_timeout,
-            progress_interval=self.progress_interval,
-            error_decision=self.error_decision,
-        )
-
-    keep_env: tuple[str, ...] = ()
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    #: ``text`` or ``json`` (one JSON object per line)
-    log_format: str = "text"
-    #: After SIGTERM, go on serving this long before draining (load balancers move away).
-    shutdown_delay: float = 0.0
-    #: ``module:Class`` or ``path.py:Class`` the milter came from; workers started by a
-    #: reload (SIGUSR2) import it afresh. None: they keep the class already imported.
-    target: str | None = None
-    #: ``inet:PORT@HOST``: serve Prometheus ``/metrics`` and ``/healthz`` there.
-    metrics: str | None = None
+P = ParamSpec("P")
 
 
-def run(
-    milter_class: Callable[[], Milter],
-    address: str,
-    *,
-    user: str | int | None = None,
-    group: str | int | None = None,
-    pid_file: str | None = None,
-    workers: int | None = None,
-    max_connections: int | None = 1024,
-    socket_mode: int = 0o660,
-    socket_owner: str | int | None = None,
-    socket_group: str | int | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    callback_timeout: float | None = None,
-    error_decision: Decision | str = Decision.TEMPFAIL,
-    log: str = "console",
-    log_level: str = "info",
-    drain_timeout: float = 30.0,
-    progress_interval: float | None = None,
-    use_uvloop: bool | None = None,
-    execution: str | None = None,
-    threads: int = 64,
-    slow_callback: float = 0.020,
-    loop_block_warning: float = 0.100,
-    stuck_callback: float = 5.0,
-    keep_env: tuple[str, ...] = (),
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-    log_format: str = "text",
-) -> int:
+def _parameters_of(
+    config: Callable[P, DaemonConfig],
+) -> Callable[[Callable[..., int]], Callable[Concatenate[Callable[[], Milter], P], int]]:
+    """Give ``run`` the parameters of ``config`` (DaemonConfig), for mypy and for help().
+
+    The ParamSpec makes mypy check each keyword of a ``run(...)`` call against
+    the DaemonConfig field of that name (name, type, keyword-only); the
+    ``__signature__`` shows the same parameters, with their defaults, to
+    help() and editors.
+    """
+
+    def with_parameters(
+        run: Callable[..., int],
+    ) -> Callable[Concatenate[Callable[[], Milter], P], int]:
+        own = inspect.signature(run).parameters["milter_class"]
+        settings = inspect.signature(config).parameters.values()
+        run.__signature__ = inspect.Signature([own, *settings], return_annotation="int")  # type: ignore[attr-defined]
+        return run
+
+    return with_parameters
+
+
+@_parameters_of(DaemonConfig)
+def run(milter_class: Callable[[], Milter], *args: Any, **settings: Any) -> int:
     """Run ``milter_class`` as a daemon in the foreground; return the exit status.
 
-    ``address`` is ``unix:/path``, ``inet:PORT@HOST``, ``inet6:PORT@HOST`` or
-    ``fd:N``; sockets passed by systemd socket activation take precedence.
-    ``workers`` processes (default: one per CPU, 0 = no fork) share the
-    socket; ``max_connections`` is the total across them. ``execution``
-    (``auto``, ``inline``, ``threads``), ``threads``, ``slow_callback``,
-    ``loop_block_warning`` and ``stuck_callback`` say how sync callbacks run
-    (docs/running.md). Configuration errors are logged in one line and give
-    exit status 78 (EX_CONFIG).
+    The other parameters are :class:`DaemonConfig`'s: ``address``
+    (``unix:/path``, ``inet:PORT@HOST``, ``inet6:PORT@HOST`` or ``fd:N``;
+    sockets passed by systemd socket activation take precedence), then every
+    setting as a keyword, with the field's default: ``workers`` processes
+    (default: one per CPU, 0 = no fork) share the socket; ``max_connections``
+    is the total across them; ``execution`` (``auto``, ``inline``,
+    ``threads``), ``threads``, ``slow_callback``, ``loop_block_warning`` and
+    ``stuck_callback`` say how sync callbacks run (docs/running.md). An
+    unknown keyword raises TypeError naming it. Configuration errors are
+    logged in one line and give exit status 78 (EX_CONFIG).
+
+    Why this signature rather than a written-out one: each setting is
+    declared once, as a DaemonConfig field (:mod:`milterkit.runtime.settings`),
+    and ``run`` takes exactly those fields as keywords (mypy checks names and
+    types through the ParamSpec), so a new setting is a ``run`` keyword
+    without another edit, and no list of keywords here can fall out of step.
     """
-    config = DaemonConfig(
-        address=address,
-        user=user,
-        group=group,
-        pid_file=pid_file,
-        workers=workers,
-        max_connections=max_connections,
-        socket_mode=socket_mode,
-        socket_owner=socket_owner,
-        socket_group=socket_group,
-        timeout=timeout,
-        read_timeout=read_timeout,
-        callback_timeout=callback_timeout,
-        progress_interval=progress_interval,
-        error_decision=error_decision,
-        log=log,
-        log_level=log_level,
-        drain_timeout=drain_timeout,
-        use_uvloop=use_uvloop,
-        execution=execution,
-        threads=threads,
-        slow_callback=slow_callback,
-        loop_block_warning=loop_block_warning,
-        stuck_callback=stuck_callback,
-        keep_env=keep_env,
-        idle_timeout=idle_timeout,
-        log_format=log_format,
-    )
-    return run_daemon(milter_class, config)
+    _refuse_unknown(args, settings)
+    return run_daemon(milter_class, DaemonConfig(*args, **settings))
+
+
+def _refuse_unknown(args: tuple[Any, ...], settings: dict[str, Any]) -> None:
+    """TypeError naming a keyword that is no setting, as Python says it for a plain function."""
+    if len(args) > 1:
+        raise TypeError(f"run() takes 2 positional arguments but {len(args) + 1} were given")
+    known = [field.name for field in dataclasses.fields(DaemonConfig)]
+    for name in settings:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"run() got an unexpected keyword argument {name!r}{hint}")
 
 
 def run_daemon(milter_class: Callable[[], Milter], config: DaemonConfig) -> int:
@@ -419,16 +355,13 @@ class _Daemon:
 
     async def _serve(self, index: int) -> None:
         config = self.config
-        server = Server(
+        server = Server.from_settings(
             self.milter_class,
             self.listeners,
+            config,
             worker=index,
             max_connections=self.per_worker,
-            timeout=config.timeout,
-            read_timeout=config.read_timeout,
-            execution=config.execution_settings(),
             logger=_log,
-            idle_timeout=config.idle_timeout,
             observer=self._observer(),
         )
         await serve_sockets(server, drain_timeout=config.drain_timeout, on_reopen=reopen_logs)

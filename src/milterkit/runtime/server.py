@@ -38,7 +38,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from milterkit.decision import Decision
 from milterkit.execution import CallbackRunner, ExecutionSettings, LoopWatchdog
@@ -49,6 +49,9 @@ from milterkit.runtime.logsetup import safe
 from milterkit.runtime.observe import Observer
 from milterkit.runtime.sockets import public_name
 from milterkit.session import MilterSession, Pending
+
+if TYPE_CHECKING:
+    from milterkit.runtime.settings import DaemonConfig
 
 __all__ = [
     "BUFFER_HIGH_WATER",
@@ -215,6 +218,35 @@ class Server:
         self._stopped: asyncio.Event | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._handshakes: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_settings(
+        cls,
+        milter: MilterFactory,
+        listeners: socket.socket | Iterable[socket.socket],
+        settings: DaemonConfig,
+        *,
+        worker: int = 0,
+        max_connections: int | None = None,
+        logger: logging.Logger | None = None,
+        observer: Observer | None = None,
+    ) -> Server:
+        """A daemon worker's server: the timeouts and execution settings of ``settings``.
+
+        Which settings are the server's is marked on the DaemonConfig fields
+        (:mod:`milterkit.runtime.settings`), so a new one needs no edit here.
+        ``max_connections`` is this server's share of the daemon's total.
+        """
+        return cls(
+            milter,
+            listeners,
+            worker=worker,
+            max_connections=max_connections,
+            execution=settings.execution_settings(),
+            logger=logger,
+            observer=observer,
+            **settings.server_keywords(),
+        )
 
     # --------------------------------------------------------------- accepting
 
