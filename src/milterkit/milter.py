@@ -454,7 +454,7 @@ class Milter:
                 "only be requested from mail_from() (or the first message step) to "
                 "end_of_message()"
             )
-        if not self.negotiated.actions & action:
+        if not int(self.negotiated.actions) & int(action):  # ints: no IntFlag.__and__ per call
             raise ActionNotNegotiatedError(
                 f"{what} needs Action.{describe_flags(action, Action)} (SMFIF), which was not "
                 f"negotiated; add it to {type(self).__name__}.actions"

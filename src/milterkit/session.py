@@ -109,7 +109,8 @@ class MilterSession:
         self._on_output = on_output
         self._runner = runner
         # ExecutionSettings has checked it is one of ERROR_DECISIONS
-        self._error_decision = Decision(settings.error_decision)
+        decision = settings.error_decision
+        self._error_decision = decision if type(decision) is Decision else Decision(decision)
         self._error_reply = DECISION_REPLIES[self._error_decision]
         self._callback_timeout = settings.callback_timeout
         self._progress_interval = settings.progress_interval
@@ -646,12 +647,12 @@ class MilterSession:
 
 
 _LEADSPC_WARNED: list[bool] = []
+_LEADSPC = int(ProtocolFlag.HDR_LEADSPC)  # per connection: int test, no IntFlag.__and__
 
 
 def _warn_unoffered_leadspc(log: SessionLogger, offer: msg.OptNeg, reply: msg.OptNeg) -> None:
     """Say once per process that HDR_LEADSPC was asked for although not offered."""
-    flag = ProtocolFlag.HDR_LEADSPC
-    if _LEADSPC_WARNED or not reply.protocol & flag or offer.protocol & flag:
+    if _LEADSPC_WARNED or not int(reply.protocol) & _LEADSPC or int(offer.protocol) & _LEADSPC:
         return
     _LEADSPC_WARNED.append(True)
     log.warning(

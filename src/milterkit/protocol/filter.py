@@ -451,7 +451,7 @@ class FilterConnection(ConnectionStateMachine):
                     f"{reply.name} is a modification and only allowed at end of message, "
                     f"not in reply to {awaiting.name}"
                 )
-            if not self.negotiated.actions & needed:
+            if not int(self.negotiated.actions) & int(needed):  # ints: no IntFlag.__and__
                 raise LocalProtocolError(
                     f"{reply.name} needs the action {describe_flags(needed, Action)}, "
                     "which was not negotiated"

@@ -28,6 +28,8 @@ from milterkit.protocol.framing import encode_frame
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _OPTNEG = struct.Struct(">III")
+#: Address family by its CONNECT byte (the byte is an int; a dict lookup instead of an Enum call).
+_FAMILY_BY_BYTE: dict[int, Family] = {int(family): family for family in Family}
 
 
 def _cstrings(payload: bytes, what: str) -> list[bytes]:
@@ -219,12 +221,11 @@ class Connect(Message):
         end = payload.find(b"\0")
         if end < 0 or end + 1 >= len(payload):
             raise RemoteProtocolError("CONNECT: missing hostname terminator or family byte")
-        try:
-            family = Family(payload[end + 1])
-        except ValueError:
+        family = _FAMILY_BY_BYTE.get(payload[end + 1])  # one per connection: no Enum call
+        if family is None:
             raise RemoteProtocolError(
                 f"CONNECT: unknown address family byte 0x{payload[end + 1]:02x}"
-            ) from None
+            )
         hostname, rest = payload[:end], payload[end + 2 :]
         if family == Family.UNKNOWN:
             _empty(rest, "CONNECT with family 'U'")

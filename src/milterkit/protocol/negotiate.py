@@ -154,6 +154,32 @@ def build_filter_reply(
     kept. Postfix honours it at every ``milter_protocol``; an MTA that does not
     refuses the connection, which is what libmilter does in that case.
     """
+    lists = _macro_lists(macros)
+    key = (offer, version, int(actions), int(protocol), lists)
+    reply = _REPLIES.get(key)
+    if reply is None:  # errors raise before anything is remembered
+        reply = _filter_reply(offer, version, actions, protocol, lists)
+        if len(_REPLIES) >= _REPLIES_LIMIT:
+            _REPLIES.clear()
+        _REPLIES[key] = reply
+    return reply
+
+
+# Performance: every MTA connection starts with the same offer and the same
+# class settings, and the reply depends on nothing else (OptNeg is frozen), so
+# the Flag arithmetic below (about ten Enum operations) runs once per distinct
+# offer and setting, not once per connection.
+_REPLIES_LIMIT = 64
+_REPLIES: dict[tuple[OptNeg, int, int, int, tuple[tuple[int, bytes], ...]], OptNeg] = {}
+
+
+def _filter_reply(
+    offer: OptNeg,
+    version: int,
+    actions: Action,
+    protocol: ProtocolFlag,
+    lists: tuple[tuple[int, bytes], ...],
+) -> OptNeg:
     offered_actions, offered_protocol = _check_offer(offer)
     agreed_version = min(version, offer.version)
     missing = Action(int(actions) & ~int(offered_actions))
@@ -162,7 +188,6 @@ def build_filter_reply(
             f"the filter needs actions the MTA did not offer: {describe_flags(missing, Action)} "
             f"(offered {describe_flags(offered_actions, Action)})"
         )
-    lists = _macro_lists(macros)
     if lists and not offered_actions & Action.SETSYMLIST:
         lists = ()  # Postfix offers SETSYMLIST and reads the lists at every version
     if lists:
