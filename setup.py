@@ -41,6 +41,7 @@ COMPILED_MODULES = [
     "src/milterkit/protocol/negotiate.py",
     "src/milterkit/protocol/filter.py",
     "src/milterkit/protocol/mta.py",
+    "src/milterkit/protocol/text.py",
     "src/milterkit/context.py",
     "src/milterkit/session.py",
 ]

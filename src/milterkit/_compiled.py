@@ -36,6 +36,7 @@ COMPILABLE = (
     "protocol.negotiate",
     "protocol.filter",
     "protocol.mta",
+    "protocol.text",
     "context",
     "session",
 )

@@ -315,7 +315,13 @@ class MilterSession:
             # (continue, or nothing under an NR flag), without the type checks.
             self._reply(_CONTINUE)
             return None
-        if inspect.isawaitable(result):
+        # Performance: a decision is answered without inspect.isawaitable (a
+        # Python-level function); anything else may be an awaitable.
+        if (
+            type(result) is not Decision
+            and not isinstance(result, msg.Message)
+            and inspect.isawaitable(result)
+        ):
             return self._await_decision(name, result, mark)
         self._reply_decision(name, result)
         return None
@@ -443,7 +449,7 @@ class MilterSession:
             self.callback_errors.append(exc)
             self.log.exception("callback %s raised", name)
             return None
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             return self._await_notify(name, result)
         return None
 

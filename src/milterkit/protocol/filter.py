@@ -373,18 +373,6 @@ class FilterConnection(ConnectionStateMachine):
         """
         if self._error is not None:
             raise unusable(self._error)
-        if isinstance(message, OptNeg):
-            if self.offer is None or self._awaiting != Command.OPTNEG:
-                raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
-            key = (self.offer, message)
-            agreed = _NEGOTIATED.get(key)
-            if agreed is None:  # not seen yet: check it (raises if bad), then remember
-                self._check_optneg(message)
-                agreed = negotiated(self.offer, message)
-                _remember(_NEGOTIATED, key, agreed)
-            data = message.encode()
-            self._after_optneg(agreed)
-            return data
         fixed = _FIXED_FRAMES.get(type(message))
         if fixed is not None:
             # Performance: a reply without payload (CONTINUE above all) has
@@ -397,6 +385,18 @@ class FilterConnection(ConnectionStateMachine):
                 self._check_reply_kind(fixed_reply)
             if fixed_reply != Reply.PROGRESS:
                 self._finish_reply(fixed_reply)
+            return data
+        if isinstance(message, OptNeg):
+            if self.offer is None or self._awaiting != Command.OPTNEG:
+                raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
+            key = (self.offer, message)
+            agreed = _NEGOTIATED.get(key)
+            if agreed is None:  # not seen yet: check it (raises if bad), then remember
+                self._check_optneg(message)
+                agreed = negotiated(self.offer, message)
+                _remember(_NEGOTIATED, key, agreed)
+            data = message.encode()
+            self._after_optneg(agreed)
             return data
         reply = _REPLY_BY_CODE.get(message.code)
         if reply is None:
