@@ -287,7 +287,8 @@ class FilterConnection(ConnectionStateMachine):
 
     def _on_message_step(self, message: Message) -> Message:
         code = message.code
-        self._require_connect(code)
+        if not self._connected:  # one call less per step of a connection that has CONNECT
+            self._require_connect(code)
         if code == Command.MAIL:
             result = self._restart_if_in_message(message)
             self.macros.start_message()
