@@ -33,3 +33,27 @@ def test_compare_quick(tmp_path: Path) -> None:
     assert len(rows) >= 8, report  # 2 servers x 4 cells
     assert any(line.startswith("| bare-asyncio |") for line in report.splitlines())
     assert "## Targets" in report
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind counts the instructions")
+def test_instructions_counts_per_message() -> None:
+    """benchmarks/instructions.py gives a positive count for this checkout, and a clear
+    error for a directory that is not a checkout."""
+    script = str(REPO / "benchmarks" / "instructions.py")
+    done = subprocess.run(
+        [sys.executable, script, "--small", "2", "--large", "6"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figure = done.stdout.split(": ")[1].split(" instructions")[0]
+    assert int(figure.replace(",", "")) > 10_000, done.stdout
+    wrong = subprocess.run(
+        [sys.executable, script, "--tree", str(REPO / "docs")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2
+    assert "no benchmarks/session_micro.py there" in wrong.stderr
