@@ -25,12 +25,14 @@ is interrupted (:class:`CallbackInterrupted`, raised in it by
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -141,14 +143,6 @@ def current_scope() -> CallScope | None:
     return scope
 
 
-def _call_in_scope(scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    _local.scope = scope
-    try:
-        return function(*args)
-    finally:
-        _local.scope = None
-
-
 def _is_async(function: Any) -> bool:
     return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
 
@@ -171,7 +165,7 @@ class CallbackRunner:
     def __init__(self, settings: ExecutionSettings, logger: logging.Logger) -> None:
         self.settings = settings
         self.log = logger
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _Pool | None = None
         self._routes: dict[type, dict[str, bool]] = {}
         self._modes: dict[type, str] = {}
         #: (connection id, callback name) of the sync callback running inline now;
@@ -282,13 +276,19 @@ class CallbackRunner:
     def submit(
         self, scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]
     ) -> asyncio.Future[Any]:
-        """Run ``function(*args)`` in the pool, its actions going to ``scope``."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=self.settings.threads, thread_name_prefix="milterkit-cb"
-            )
+        """Run ``function(*args)`` in the pool, its actions going to ``scope``.
+
+        The pool is made on the first call, for the running loop; cancelling
+        the returned future (a timeout) drops the call if it has not started,
+        and its result if it has.
+        """
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pool, _call_in_scope, scope, function, args)
+        pool = self._pool
+        if pool is None or pool.loop is not loop:
+            if pool is not None:
+                pool.shutdown()
+            pool = self._pool = _Pool(loop, self.settings.threads)
+        return pool.submit(scope, function, args)
 
     def shutdown(self) -> None:
         """Stop taking work; threads still running a callback are left to finish."""
@@ -296,8 +296,138 @@ class CallbackRunner:
             self.guard.stop()
             self.guard = None
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
             self._pool = None
+
+
+#: A pooled call on its way: the loop's future, the scope, the function, its arguments.
+_Work = tuple["asyncio.Future[Any]", CallScope, Callable[..., Any], tuple[Any, ...]]
+#: A finished call on its way back: the future, the result, the exception (None: returned).
+_Done = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
+
+
+class _Pool:
+    """At most ``bound`` daemon threads running callbacks for one event loop.
+
+    Why not ``loop.run_in_executor``: each hop there builds a
+    ``concurrent.futures.Future`` chained to an asyncio one, takes two
+    condition-variable semaphores and writes the loop's self-pipe once per
+    result. Here a call is one tuple on a ``SimpleQueue`` (C code); a thread
+    puts the result on a deque and wakes the loop only when no wake-up is
+    pending already, so a burst of results costs one wake-up, and the loop
+    sets every finished future in one pass. Threads start when a call finds
+    none idle (up to ``bound``), so the pool is as large as the concurrency
+    it met; calls past the bound wait in the queue. Daemon threads: a
+    callback still running when the process exits does not hold the exit.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, bound: int) -> None:
+        self.loop = loop
+        self.bound = bound
+        self.threads: list[threading.Thread] = []
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._done: collections.deque[_Done] = collections.deque()
+        self._wake_pending = False
+        self._idle = 0  # threads waiting for work and not yet promised a call
+        self._lock = threading.Lock()  # guards _idle, from the loop and the threads
+        self._open = True
+
+    def submit(
+        self, scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        if not self._open:
+            raise RuntimeError("the callback pool is shut down")
+        future = self.loop.create_future()
+        self._work.put((future, scope, function, args))
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # that thread takes this call
+                return future
+        if len(self.threads) < self.bound:
+            self._start_thread()
+        return future
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._serve, name=f"milterkit-cb_{len(self.threads)}", daemon=True
+        )
+        thread.start()
+        self.threads.append(thread)
+
+    def _serve(self) -> None:
+        """A pool thread: run calls until the sentinel None."""
+        work = self._work
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            future, scope, function, args = item
+            del item
+            if not future.done():  # cancelled before it started: nobody waits for it
+                self._finish(future, *_run_in_scope(scope, function, args))
+            del future, scope, function, args  # no result or frame outlives its call
+            with self._lock:
+                self._idle += 1
+
+    def _finish(
+        self, future: asyncio.Future[Any], result: Any, error: BaseException | None
+    ) -> None:
+        """From a pool thread: queue the result; wake the loop unless a wake-up is pending."""
+        self._done.append((future, result, error))
+        if self._wake_pending:  # _deliver has not started yet: it will see this result
+            return
+        self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the loop: hand every finished call to its future; a cancelled one's is dropped.
+
+        The flag is lowered before the deque is read, so a result a thread
+        appends meanwhile is either read here or triggers a new wake-up.
+        """
+        self._wake_pending = False
+        done = self._done
+        while done:
+            future, result, error = done.popleft()
+            if future.done():  # timed out or shut down: the late result is discarded
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+            del future, result, error
+
+    def shutdown(self) -> None:
+        """Refuse new calls, cancel those not started, let running threads finish and end."""
+        self._open = False
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                _cancel(item[0])
+        for _ in self.threads:
+            self._work.put(None)
+
+
+def _run_in_scope(
+    scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]
+) -> tuple[Any, BaseException | None]:
+    """(result, None) or (None, what it raised): exceptions go back to the awaiting coroutine."""
+    _local.scope = scope
+    try:
+        return function(*args), None
+    except BaseException as exc:  # as concurrent.futures does: the awaiter decides
+        return None, exc
+    finally:
+        _local.scope = None
+
+
+def _cancel(future: asyncio.Future[Any]) -> None:
+    with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits for it
+        future.cancel()
 
 
 class LoopWatchdog:
