@@ -22,6 +22,7 @@ import asyncio
 import logging
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,8 @@ async def _measure(args: argparse.Namespace) -> dict[tuple[str, int], list[tuple
                 cpu, wall = await _timed(hop, args.hops - args.hops % conns, conns)
                 per = args.hops - args.hops % conns
                 results.setdefault((name, conns), []).append((cpu / per, wall / per))
+    pool = sum(1 for t in threading.enumerate() if t.name.startswith("milterkit-cb"))
+    print(f"CallbackRunner pool threads started: {pool} (bound {args.threads})")
     for _, stop in variants.values():
         stop()
     return results

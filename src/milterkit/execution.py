@@ -300,6 +300,11 @@ class CallbackRunner:
             self._pool = None
 
 
+#: How often the pool checks, while calls wait for a thread, whether its threads
+#: are held in calls (and so it should grow). The interpreter's switch interval:
+#: a quick call that only waits for the GIL gets it within about that time.
+_GROW_AFTER = 0.005
+
 #: A pooled call on its way: the loop's future, the scope, the function, its arguments.
 _Work = tuple["asyncio.Future[Any]", CallScope, Callable[..., Any], tuple[Any, ...]]
 #: A finished call on its way back: the future, the result, the exception (None: returned).
@@ -315,10 +320,18 @@ class _Pool:
     result. Here a call is one tuple on a ``SimpleQueue`` (C code); a thread
     puts the result on a deque and wakes the loop only when no wake-up is
     pending already, so a burst of results costs one wake-up, and the loop
-    sets every finished future in one pass. Threads start when a call finds
-    none idle (up to ``bound``), so the pool is as large as the concurrency
-    it met; calls past the bound wait in the queue. Daemon threads: a
-    callback still running when the process exits does not hold the exit.
+    sets every finished future in one pass.
+
+    Threads start lazily, so the pool is as large as the *blocking*
+    concurrency it met, not the connection count (each thread costs about 20
+    KiB of RSS: stack pages, frame stack, thread state): the first thread at
+    the first call; then, while calls wait with no thread free, a check every
+    :data:`_GROW_AFTER` starts one thread per thread found held in one call
+    for over half that time (up to the calls waiting and ``bound``), so a
+    pool of blocked threads doubles each check, and a burst of quick calls
+    that only wait for the GIL does not grow it. Past ``bound``, calls wait
+    in the queue, never dropped. Daemon threads: a callback still running
+    when the process exits does not hold the exit.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, bound: int) -> None:
@@ -328,8 +341,11 @@ class _Pool:
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._done: collections.deque[_Done] = collections.deque()
         self._wake_pending = False
-        self._idle = 0  # threads waiting for work and not yet promised a call
+        self._idle = 0  # threads not running a call (waiting for one, or starting)
         self._lock = threading.Lock()  # guards _idle, from the loop and the threads
+        #: per thread: time.monotonic() when its current call started, 0.0 when idle
+        self._call_started: list[float] = []
+        self._grow_timer: asyncio.TimerHandle | None = None
         self._open = True
 
     def submit(
@@ -339,34 +355,60 @@ class _Pool:
             raise RuntimeError("the callback pool is shut down")
         future = self.loop.create_future()
         self._work.put((future, scope, function, args))
-        with self._lock:
-            if self._idle:
-                self._idle -= 1  # that thread takes this call
-                return future
-        if len(self.threads) < self.bound:
-            self._start_thread()
+        if self._work.qsize() > self._idle and len(self.threads) < self.bound:
+            self._need_thread()
         return future
 
+    def _need_thread(self) -> None:
+        """More calls than free threads: the first thread now, later ones if still short."""
+        if not self.threads:
+            self._start_thread()
+        elif self._grow_timer is None:
+            self._grow_timer = self.loop.call_later(_GROW_AFTER, self._grow)
+
+    def _grow(self) -> None:
+        """Calls still wait: a thread per thread held in a call, check again if still short."""
+        self._grow_timer = None
+        if not self._open:
+            return
+        held_since = time.monotonic() - _GROW_AFTER / 2
+        held = sum(1 for started in self._call_started if 0.0 < started < held_since)
+        waiting = self._work.qsize() - self._idle
+        for _ in range(min(held, waiting, self.bound - len(self.threads))):
+            self._start_thread()
+        if self._work.qsize() > self._idle and len(self.threads) < self.bound:
+            self._grow_timer = self.loop.call_later(_GROW_AFTER, self._grow)
+
     def _start_thread(self) -> None:
+        with self._lock:
+            self._idle += 1
+        index = len(self.threads)
+        self._call_started.append(0.0)
         thread = threading.Thread(
-            target=self._serve, name=f"milterkit-cb_{len(self.threads)}", daemon=True
+            target=self._serve, args=(index,), name=f"milterkit-cb_{index}", daemon=True
         )
         thread.start()
         self.threads.append(thread)
 
-    def _serve(self) -> None:
+    def _serve(self, index: int) -> None:
         """A pool thread: run calls until the sentinel None."""
-        work = self._work
+        work, lock, call_started = self._work, self._lock, self._call_started
         while True:
             item = work.get()
+            with lock:
+                self._idle -= 1
             if item is None:
                 return
             future, scope, function, args = item
             del item
             if not future.done():  # cancelled before it started: nobody waits for it
-                self._finish(future, *_run_in_scope(scope, function, args))
+                call_started[index] = time.monotonic()
+                outcome = _run_in_scope(scope, function, args)
+                call_started[index] = 0.0
+                self._finish(future, *outcome)
+                del outcome
             del future, scope, function, args  # no result or frame outlives its call
-            with self._lock:
+            with lock:
                 self._idle += 1
 
     def _finish(
@@ -401,6 +443,9 @@ class _Pool:
     def shutdown(self) -> None:
         """Refuse new calls, cancel those not started, let running threads finish and end."""
         self._open = False
+        if self._grow_timer is not None:
+            self._grow_timer.cancel()
+            self._grow_timer = None
         while True:
             try:
                 item = self._work.get_nowait()
