@@ -5,8 +5,8 @@ as the worker uses it): ``inline`` calls it in the coroutine, ``executor`` is
 ``loop.run_in_executor`` on a ``ThreadPoolExecutor`` (the hand-off milterkit
 used before its own pool), ``runner`` is ``CallbackRunner.submit`` of the
 milterkit on the path, and ``runner+wait_for`` / ``runner+timer`` add a
-callback timeout the way the session may (``asyncio.wait_for``, or one
-``loop.call_later`` timer cancelled when the call returns). Each is measured
+callback timeout the way the session does (``asyncio.wait_for``, or
+``milterkit.execution.within``: one loop timer, for a pooled call). Each is measured
 sequentially (one hop in flight) and with ``--conns`` coroutines hopping at
 once (as many connections' callbacks in flight). CPU is the process's
 (every thread); both are per hop, medians of ``--runs`` runs.
@@ -30,6 +30,11 @@ from typing import Any
 
 import milterkit
 from milterkit.execution import CallbackRunner, CallScope, ExecutionSettings
+
+try:
+    from milterkit.execution import within
+except ImportError:  # an older milterkit (A/B): no such variant
+    within = None
 
 Hop = Callable[[], Awaitable[Any]]
 
@@ -61,25 +66,21 @@ def _hops(
     async def via_runner_wait_for() -> None:
         await asyncio.wait_for(runner.submit(CallScope(_ignore), noop, ()), 30.0)
 
-    async def via_runner_timer() -> None:
-        awaitable = runner.submit(CallScope(_ignore), noop, ())
-        future = asyncio.ensure_future(awaitable)
-        timer = loop.call_later(30.0, future.cancel)
-        try:
-            await future
-        finally:
-            timer.cancel()
+    async def via_runner_within() -> None:
+        await within(runner.submit(CallScope(_ignore), noop, ()), 30.0)
 
     def stop_executor() -> None:
         executor.shutdown(wait=True)
 
-    return {
+    variants = {
         "inline": (inline, _nothing),
         "executor": (via_executor, stop_executor),
         "runner": (via_runner, runner.shutdown),
         "runner+wait_for": (via_runner_wait_for, _nothing),
-        "runner+timer": (via_runner_timer, _nothing),
     }
+    if within is not None:  # a milterkit that has it
+        variants["runner+within"] = (via_runner_within, _nothing)
+    return variants
 
 
 def _nothing() -> None:
