@@ -356,7 +356,9 @@ class _Pool:
             raise RuntimeError("the callback pool is shut down")
         future = self.loop.create_future()
         self._work.put((future, scope, function, args))
-        if self._work.qsize() > self._idle and len(self.threads) < self.bound:
+        # >=, not >: a thread that has just taken a call still counts as idle
+        # until it marks itself busy; the check then tells whether it blocks.
+        if self._work.qsize() >= self._idle and len(self.threads) < self.bound:
             self._need_thread()
         return future
 
