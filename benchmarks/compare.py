@@ -803,6 +803,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="Markdown appended (default: benchmarks/analysis.md)",
     )
     args = parser.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "milterkit" / "__init__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no milterkit package in it")
     if args.seconds is None:
         args.seconds = 1.0 if args.quick else 3.0
     if args.repeats is None:
