@@ -2,8 +2,9 @@
 
 Most milters are plain ``def`` callbacks, and many of them block (DNS, HTTP, a
 database). Inline on the event loop such a callback stalls every other
-connection of the worker; handing *every* callback to a thread costs about
-half the throughput of a fast milter (GIL hand-offs on each call). So the
+connection of the worker; handing *every* callback to a thread costs a fast
+milter 10-20 % of its throughput with several connections busy, more for a
+lone one (two thread wake-ups per call; docs/benchmarks.md). So the
 default, ``auto``, runs sync callbacks inline while they are fast and moves a
 callback to a bounded per-worker pool for the rest of the worker's life the
 first time it is seen to run longer than ``slow_callback`` seconds. A callback
