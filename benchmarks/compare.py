@@ -15,6 +15,7 @@ before each run through /proc/PID/clear_refs, max over the processes).
     python benchmarks/compare.py                 # everything; writes docs/benchmarks.md
     python benchmarks/compare.py --quick --out /tmp/b.md   # CI smoke (< 60 s)
     python benchmarks/compare.py --only bare-uvloop,milterkit-uvloop-1w --seconds 5
+    python benchmarks/compare.py --only milterkit-uvloop-1w --baseline /work/main/src  # A/B
 """
 
 from __future__ import annotations
@@ -177,6 +178,16 @@ def python_servers(venv_python: str, compiled_python: str = "") -> list[ServerSp
         ServerSpec("purepythonmilter", peer("ppm_canonical.py"), "asyncio", "peer", "venv"),
         ServerSpec("kilter", peer("kilter_canonical.py"), "asyncio", "peer", "venv"),
     ]
+
+
+def _from_baseline(spec: ServerSpec, src: Path) -> ServerSpec:
+    """The same server running the milterkit in ``src`` (PYTHONPATH), for an A/B in one run."""
+    argv = spec.argv
+    return dataclasses.replace(
+        spec,
+        name=f"{spec.name}@baseline",
+        argv=lambda port: ["env", f"PYTHONPATH={src.resolve()}", *argv(port)],
+    )
 
 
 QUICK_SERVERS = ("bare-asyncio", "milterkit-asyncio-1w", "milterkit-uvloop-1w")
@@ -780,12 +791,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default=None, help="comma-separated server names")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report path")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a milterkit src dir: each milterkit server also runs from it, as NAME@baseline",
+    )
+    parser.add_argument(
         "--notes",
         type=Path,
         default=None,
         help="Markdown appended (default: benchmarks/analysis.md)",
     )
     args = parser.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "milterkit" / "__init__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no milterkit package in it")
     if args.seconds is None:
         args.seconds = 1.0 if args.quick else 3.0
     if args.repeats is None:
@@ -815,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(name.startswith("milterkit-compiled-") for name in wanted):
         compiled_python = ensure_compiled_venv()
     specs = [s for s in python_servers(venv_python, compiled_python) if s.name in wanted]
+    if args.baseline is not None:
+        specs += [_from_baseline(s, args.baseline) for s in specs if s.kind == "milterkit"]
     unknown = set(wanted) - {s.name for s in specs}
     if unknown:
         log(f"unknown or unavailable servers: {', '.join(sorted(unknown))}")

@@ -2,8 +2,9 @@
 
 Most milters are plain ``def`` callbacks, and many of them block (DNS, HTTP, a
 database). Inline on the event loop such a callback stalls every other
-connection of the worker; handing *every* callback to a thread costs about
-half the throughput of a fast milter (GIL hand-offs on each call). So the
+connection of the worker; handing *every* callback to a thread costs a fast
+milter 10-20 % of its throughput with several connections busy, more for a
+lone one (two thread wake-ups per call; docs/benchmarks.md). So the
 default, ``auto``, runs sync callbacks inline while they are fast and moves a
 callback to a bounded per-worker pool for the rest of the worker's life the
 first time it is seen to run longer than ``slow_callback`` seconds. A callback
@@ -25,12 +26,14 @@ is interrupted (:class:`CallbackInterrupted`, raised in it by
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,7 @@ __all__ = [
     "ExecutionSettings",
     "LoopWatchdog",
     "current_scope",
+    "within",
 ]
 
 #: ``auto``: inline until seen slow; ``inline``: never a thread; ``threads``: every sync callback.
@@ -141,14 +145,6 @@ def current_scope() -> CallScope | None:
     return scope
 
 
-def _call_in_scope(scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    _local.scope = scope
-    try:
-        return function(*args)
-    finally:
-        _local.scope = None
-
-
 def _is_async(function: Any) -> bool:
     return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
 
@@ -171,7 +167,7 @@ class CallbackRunner:
     def __init__(self, settings: ExecutionSettings, logger: logging.Logger) -> None:
         self.settings = settings
         self.log = logger
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _Pool | None = None
         self._routes: dict[type, dict[str, bool]] = {}
         self._modes: dict[type, str] = {}
         #: (connection id, callback name) of the sync callback running inline now;
@@ -282,13 +278,19 @@ class CallbackRunner:
     def submit(
         self, scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]
     ) -> asyncio.Future[Any]:
-        """Run ``function(*args)`` in the pool, its actions going to ``scope``."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=self.settings.threads, thread_name_prefix="milterkit-cb"
-            )
+        """Run ``function(*args)`` in the pool, its actions going to ``scope``.
+
+        The pool is made on the first call, for the running loop; cancelling
+        the returned future (a timeout) drops the call if it has not started,
+        and its result if it has.
+        """
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pool, _call_in_scope, scope, function, args)
+        pool = self._pool
+        if pool is None or pool.loop is not loop:
+            if pool is not None:
+                pool.shutdown()
+            pool = self._pool = _Pool(loop, self.settings.threads)
+        return pool.submit(scope, function, args)
 
     def shutdown(self) -> None:
         """Stop taking work; threads still running a callback are left to finish."""
@@ -296,8 +298,211 @@ class CallbackRunner:
             self.guard.stop()
             self.guard = None
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
             self._pool = None
+
+
+#: How often the pool checks, while calls wait for a thread, whether its threads
+#: are held in calls (and so it should grow). The interpreter's switch interval:
+#: a quick call that only waits for the GIL gets it within about that time.
+_GROW_AFTER = 0.005
+
+#: A pooled call on its way: the loop's future, the scope, the function, its arguments.
+_Work = tuple["asyncio.Future[Any]", CallScope, Callable[..., Any], tuple[Any, ...]]
+#: A finished call on its way back: the future, the result, the exception (None: returned).
+_Done = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
+
+
+class _Pool:
+    """At most ``bound`` daemon threads running callbacks for one event loop.
+
+    Why not ``loop.run_in_executor``: each hop there builds a
+    ``concurrent.futures.Future`` chained to an asyncio one, takes two
+    condition-variable semaphores and writes the loop's self-pipe once per
+    result. Here a call is one tuple on a ``SimpleQueue`` (C code); a thread
+    puts the result on a deque and wakes the loop only when no wake-up is
+    pending already, so a burst of results costs one wake-up, and the loop
+    sets every finished future in one pass.
+
+    Threads start lazily, so the pool is as large as the *blocking*
+    concurrency it met, not the connection count (each thread costs about 20
+    KiB of RSS: stack pages, frame stack, thread state): the first thread at
+    the first call; then, while calls wait with no thread free, a check every
+    :data:`_GROW_AFTER` starts one thread per thread found held in one call
+    for over half that time (up to the calls waiting and ``bound``), so a
+    pool of blocked threads doubles each check, and a burst of quick calls
+    that only wait for the GIL does not grow it. Past ``bound``, calls wait
+    in the queue, never dropped. Daemon threads: a callback still running
+    when the process exits does not hold the exit.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, bound: int) -> None:
+        self.loop = loop
+        self.bound = bound
+        self.threads: list[threading.Thread] = []
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._done: collections.deque[_Done] = collections.deque()
+        self._wake_pending = False
+        self._idle = 0  # threads not running a call (waiting for one, or starting)
+        self._lock = threading.Lock()  # guards _idle, from the loop and the threads
+        #: per thread: time.monotonic() when its current call started, 0.0 when idle
+        self._call_started: list[float] = []
+        self._grow_timer: asyncio.TimerHandle | None = None
+        self._open = True
+
+    def submit(
+        self, scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        if not self._open:
+            raise RuntimeError("the callback pool is shut down")
+        future = self.loop.create_future()
+        self._work.put((future, scope, function, args))
+        # >=, not >: a thread that has just taken a call still counts as idle
+        # until it marks itself busy; the check then tells whether it blocks.
+        if self._work.qsize() >= self._idle and len(self.threads) < self.bound:
+            self._need_thread()
+        return future
+
+    def _need_thread(self) -> None:
+        """More calls than free threads: the first thread now, later ones if still short."""
+        if not self.threads:
+            self._start_thread()
+        elif self._grow_timer is None:
+            self._grow_timer = self.loop.call_later(_GROW_AFTER, self._grow)
+
+    def _grow(self) -> None:
+        """Calls still wait: a thread per thread held in a call, check again if still short."""
+        self._grow_timer = None
+        if not self._open:
+            return
+        held_since = time.monotonic() - _GROW_AFTER / 2
+        held = sum(1 for started in self._call_started if 0.0 < started < held_since)
+        waiting = self._work.qsize() - self._idle
+        for _ in range(min(held, waiting, self.bound - len(self.threads))):
+            self._start_thread()
+        if self._work.qsize() > self._idle and len(self.threads) < self.bound:
+            self._grow_timer = self.loop.call_later(_GROW_AFTER, self._grow)
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            self._idle += 1
+        index = len(self.threads)
+        self._call_started.append(0.0)
+        thread = threading.Thread(
+            target=self._serve, args=(index,), name=f"milterkit-cb_{index}", daemon=True
+        )
+        thread.start()
+        self.threads.append(thread)
+
+    def _serve(self, index: int) -> None:
+        """A pool thread: run calls until the sentinel None."""
+        work, lock, call_started = self._work, self._lock, self._call_started
+        while True:
+            item = work.get()
+            with lock:
+                self._idle -= 1
+            if item is None:
+                return
+            future, scope, function, args = item
+            del item
+            if not future.done():  # cancelled before it started: nobody waits for it
+                call_started[index] = time.monotonic()
+                outcome = _run_in_scope(scope, function, args)
+                call_started[index] = 0.0
+                self._finish(future, *outcome)
+                del outcome
+            del future, scope, function, args  # no result or frame outlives its call
+            with lock:
+                self._idle += 1
+
+    def _finish(
+        self, future: asyncio.Future[Any], result: Any, error: BaseException | None
+    ) -> None:
+        """From a pool thread: queue the result; wake the loop unless a wake-up is pending."""
+        self._done.append((future, result, error))
+        if self._wake_pending:  # _deliver has not started yet: it will see this result
+            return
+        self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the loop: hand every finished call to its future; a cancelled one's is dropped.
+
+        The flag is lowered before the deque is read, so a result a thread
+        appends meanwhile is either read here or triggers a new wake-up.
+        """
+        self._wake_pending = False
+        done = self._done
+        while done:
+            future, result, error = done.popleft()
+            if future.done():  # timed out or shut down: the late result is discarded
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+            del future, result, error
+
+    def shutdown(self) -> None:
+        """Refuse new calls, cancel those not started, let running threads finish and end."""
+        self._open = False
+        if self._grow_timer is not None:
+            self._grow_timer.cancel()
+            self._grow_timer = None
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                _cancel(item[0])
+        for _ in self.threads:
+            self._work.put(None)
+
+
+async def within(future: asyncio.Future[Any], timeout: float) -> Any:
+    """Await a pooled call (what :meth:`CallbackRunner.submit` returned) for ``timeout`` s.
+
+    ``asyncio.wait_for`` for this one case (cancel the call and raise
+    ``asyncio.TimeoutError`` at the deadline; a cancellation from outside
+    stays a cancellation) with one loop timer, not wait_for's extra future
+    and callbacks: a few microseconds less per pooled callback when a
+    callback_timeout is set (benchmarks/handoff_micro.py).
+    """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = future.cancel()  # False: it finished in time, just not yet awaited
+
+    timer = future.get_loop().call_later(timeout, expire)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if expired:
+            raise asyncio.TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
+
+
+def _run_in_scope(
+    scope: CallScope, function: Callable[..., Any], args: tuple[Any, ...]
+) -> tuple[Any, BaseException | None]:
+    """(result, None) or (None, what it raised): exceptions go back to the awaiting coroutine."""
+    _local.scope = scope
+    try:
+        return function(*args), None
+    except BaseException as exc:  # as concurrent.futures does: the awaiter decides
+        return None, exc
+    finally:
+        _local.scope = None
+
+
+def _cancel(future: asyncio.Future[Any]) -> None:
+    with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits for it
+        future.cancel()
 
 
 class LoopWatchdog:

@@ -38,6 +38,7 @@ from milterkit.execution import (
     CallbackRunner,
     CallScope,
     ExecutionSettings,
+    within,
 )
 from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode
 from milterkit.protocol import messages as msg
@@ -412,6 +413,8 @@ class MilterSession:
     async def _with_timeout(self, awaitable: Awaitable[Any]) -> Any:
         if self._callback_timeout is None:
             return await awaitable
+        if type(awaitable) is asyncio.Future:  # a pooled call (not a Task): one timer
+            return await within(awaitable, self._callback_timeout)
         return await asyncio.wait_for(awaitable, self._callback_timeout)
 
     def _start_keepalive(self) -> asyncio.Task[None] | None:
