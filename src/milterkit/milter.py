@@ -28,7 +28,6 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 from milterkit._deprecation import change_header_args, insert_header_args, warn_renamed
 from milterkit.context import MilterContext
 from milterkit.decision import Decision
-from milterkit.execution import current_scope
 from milterkit.headers import HeaderEdit, plan_header_edits
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Action, Family, MacroStage, ProtocolFlag
@@ -37,6 +36,7 @@ from milterkit.protocol.macros import DEFAULT_MAX_MACRO_BYTES, DEFAULT_MAX_MACRO
 from milterkit.protocol.negotiate import Negotiated, describe_flags
 from milterkit.protocol.steps import STEPS
 from milterkit.protocol.text import text, wire
+from milterkit.runtime.execution import current_scope
 
 Continue = msg.Continue
 Accept = msg.Accept

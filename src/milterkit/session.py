@@ -33,13 +33,6 @@ from typing import TYPE_CHECKING, Any
 from milterkit._logging import SessionLogger
 from milterkit.context import MilterContext
 from milterkit.decision import Decision
-from milterkit.execution import (
-    CallbackInterrupted,
-    CallbackRunner,
-    CallScope,
-    ExecutionSettings,
-    within,
-)
 from milterkit.milter import CALLBACK_NO_FLAG, MacroView, Milter, ReplyCode
 from milterkit.protocol import messages as msg
 from milterkit.protocol.constants import Command, ProtocolFlag
@@ -48,6 +41,13 @@ from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
 from milterkit.protocol.negotiate import Negotiated, build_filter_reply
 from milterkit.protocol.text import text
+from milterkit.runtime.execution import (
+    CallbackInterrupted,
+    CallbackRunner,
+    CallScope,
+    ExecutionSettings,
+    within,
+)
 
 #: The wire reply for each Decision a callback may return. SHUTDOWN maps to its
 #: packet so that the protocol layer refuses it with its own reason; NOREPLY is

@@ -9,7 +9,7 @@ its identity tells one call from the next). When the same call is still
 running after the limit, it sends :data:`INTERRUPT_SIGNAL` to the main thread.
 Python runs the handler there, between two bytecodes of whatever the main
 thread executes, and the handler raises
-:class:`~milterkit.execution.CallbackInterrupted` only if that same call is
+:class:`~milterkit.runtime.execution.CallbackInterrupted` only if that same call is
 still the current one: a signal that lands after the call returned (in the
 loop, or in the next callback) does nothing. The session catches the
 exception and answers the error decision (``MilterSession._call``).
@@ -36,10 +36,10 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from milterkit.execution import CallbackInterrupted
+from milterkit.runtime.execution import CallbackInterrupted
 
 if TYPE_CHECKING:
-    from milterkit.execution import CallbackRunner
+    from milterkit.runtime.execution import CallbackRunner
 
 __all__ = ["INTERRUPT_SIGNAL", "InlineCallGuard"]
 

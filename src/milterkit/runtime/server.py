@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from milterkit.decision import Decision
-from milterkit.execution import CallbackRunner, ExecutionSettings, LoopWatchdog
 from milterkit.milter import Milter
 from milterkit.protocol.errors import ProtocolError
 from milterkit.runtime.errors import RuntimeConfigError
+from milterkit.runtime.execution import CallbackRunner, ExecutionSettings, LoopWatchdog
 from milterkit.runtime.logsetup import safe
 from milterkit.runtime.observe import Observer
 from milterkit.runtime.sockets import public_name

@@ -10,7 +10,7 @@ Its metadata says what else needs the setting:
   (``--slow-callback-ms`` is in milliseconds, ``slow_callback`` in seconds).
   The argparse options, :func:`milterkit.cli.run.daemon_config` and the
   ``--config`` file keys are derived from it by loops;
-- ``session``: the :class:`~milterkit.execution.ExecutionSettings` field the
+- ``session``: the :class:`~milterkit.runtime.execution.ExecutionSettings` field the
   value becomes. Every session reads an ExecutionSettings, built from these
   fields by :meth:`DaemonConfig.execution_settings`; the defaults of these
   fields are ExecutionSettings' own;
@@ -36,7 +36,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, TypeVar
 
 from milterkit.decision import ERROR_DECISIONS, Decision
-from milterkit.execution import EXECUTION_MODES, ExecutionSettings
+from milterkit.runtime.execution import EXECUTION_MODES, ExecutionSettings
 from milterkit.runtime.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_TIMEOUT
 
 __all__ = [

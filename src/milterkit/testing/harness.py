@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 from milterkit.client.options import ClientKeywords, ClientOptions, resolve
 from milterkit.client.session import Exchange
 from milterkit.decision import Decision
-from milterkit.execution import CallbackRunner, ExecutionSettings
 from milterkit.milter import Milter
 from milterkit.result import CheckResult, MessageInput
+from milterkit.runtime.execution import CallbackRunner, ExecutionSettings
 from milterkit.session import MilterSession
 
 if TYPE_CHECKING:
