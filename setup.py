@@ -22,7 +22,9 @@ from setuptools import setup
 # The modules that carry the per-packet work: framing, message pack/unpack, the
 # two state machines and their step tables, negotiation, the macro store
 # (nearly every command comes with a MACRO packet), and the session that drives
-# a Milter (dispatch, replies) with the context its milter reads. Left
+# a Milter (dispatch, replies) with the context its milter reads and the
+# runtime helper it hands pooled and awaited calls to (async and threads-mode
+# milters pass through it on every command). Left
 # interpreted: milter.py (users subclass Milter with ordinary classes, which
 # cannot inherit from a compiled class without mypy_extensions at run time) and
 # _logging.py (mypyc rejects its TYPE_CHECKING-dependent LoggerAdapter base).
@@ -44,6 +46,7 @@ COMPILED_MODULES = [
     "src/milterkit/protocol/text.py",
     "src/milterkit/context.py",
     "src/milterkit/session.py",
+    "src/milterkit/runtime/callbacks.py",
 ]
 
 

@@ -39,6 +39,7 @@ COMPILABLE = (
     "protocol.text",
     "context",
     "session",
+    "runtime.callbacks",
 )
 
 

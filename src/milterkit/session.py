@@ -15,6 +15,14 @@ instead of several small ones. PROGRESS sent while a callback works must not
 wait for the callback: the session then calls ``on_output``, and the caller
 takes the bytes at once.
 
+The session makes the inline call of a sync callback itself, as that is the
+per-packet path of most milters. Anything involving time or another thread (a
+call handed to the worker's pool, an awaitable a callback returned, the
+callback timeout, the keepalive PROGRESS, the answer when a call runs out of
+time or is interrupted) is runtime, in
+:class:`~milterkit.runtime.callbacks.CallbackPolicy`, and the coroutines
+handed back come from there.
+
 What the milter sees of the connection lives in a
 :class:`~milterkit.context.MilterContext`, which has no reference back to the
 session.
@@ -22,12 +30,10 @@ session.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from milterkit._logging import SessionLogger
@@ -41,13 +47,8 @@ from milterkit.protocol.events import NEED_DATA, ConnectionClosed
 from milterkit.protocol.filter import FilterConnection
 from milterkit.protocol.negotiate import Negotiated, build_filter_reply
 from milterkit.protocol.text import text
-from milterkit.runtime.execution import (
-    CallbackInterrupted,
-    CallbackRunner,
-    CallScope,
-    ExecutionSettings,
-    within,
-)
+from milterkit.runtime.callbacks import CallbackPolicy
+from milterkit.runtime.execution import CallbackInterrupted, CallbackRunner, ExecutionSettings
 
 #: The wire reply for each Decision a callback may return. SHUTDOWN maps to its
 #: packet so that the protocol layer refuses it with its own reason; NOREPLY is
@@ -113,13 +114,14 @@ class MilterSession:
         decision = settings.error_decision
         self._error_decision = decision if type(decision) is Decision else Decision(decision)
         self._error_reply = DECISION_REPLIES[self._error_decision]
-        self._callback_timeout = settings.callback_timeout
-        self._progress_interval = settings.progress_interval
-        # Inline sync calls longer than this are looked at (auto switch, timeout).
-        self._watch_after = min(
-            settings.slow_callback if runner is not None else math.inf,
-            settings.callback_timeout or math.inf,
+        # Pooled and awaited calls, timeouts, keepalive: runtime/callbacks.py.
+        self._calls = (
+            _DEFAULT_POLICY
+            if settings is _DEFAULT_SETTINGS and runner is None
+            else CallbackPolicy(settings, runner)
         )
+        # Inline sync calls that ran this long are handed to it (auto switch, timeout).
+        self._watch_after = self._calls.watch_after
         # Per-message resource accounting (limits: Milter class attributes).
         self._headers = 0
         self._header_bytes = 0
@@ -273,11 +275,6 @@ class MilterSession:
                 return pending
         return None
 
-    def _progress_for(self, scope: CallScope) -> None:
-        """On the loop: a pooled call asked for PROGRESS; only while it is still answered."""
-        if scope.live and not self.closed and self.conn.awaiting is not None:
-            self.context.progress()
-
     # --------------------------------------------------------------- callbacks
 
     def _call(self, name: str, *args: Any) -> Pending | None:
@@ -287,7 +284,7 @@ class MilterSession:
             return None
         function = getattr(self.milter, name)
         if self._pooled[name]:
-            return self._await_pooled(name, function, args)
+            return self._calls.run_pooled(self, name, function, args)
         runner = self._runner
         mark = len(self.pending)
         started = time.perf_counter()
@@ -301,18 +298,15 @@ class MilterSession:
                     runner.current = None
                 elapsed = time.perf_counter() - started
         except CallbackInterrupted:
-            self._interrupted(name, time.perf_counter() - started, mark)
+            self._calls.interrupted(self, name, time.perf_counter() - started, mark)
             return None
         except Exception as exc:
-            self.callback_errors.append(exc)
-            self.log.exception("callback %s raised; answering %s", name, self._error_name())
-            self._observe_error("callback_raised")
-            self._reply(self._error_reply, failed=True)
+            self.callback_raised(name, exc)
             return None
-        if elapsed >= self._watch_after and self._ran_long(name, elapsed, mark):
+        if elapsed >= self._watch_after and self._calls.ran_long(self, name, elapsed, mark):
             return None
         if result is None:
-            # Performance: the common answer; what _reply_decision does for None
+            # Performance: the common answer; what reply_decision does for None
             # (continue, or nothing under an NR flag), without the type checks.
             self._reply(_CONTINUE)
             return None
@@ -323,118 +317,15 @@ class MilterSession:
             and not isinstance(result, msg.Message)
             and inspect.isawaitable(result)
         ):
-            return self._await_decision(name, result, mark)
-        self._reply_decision(name, result)
+            return self._calls.await_decision(self, name, result, mark)
+        self.reply_decision(name, result)
         return None
-
-    def _ran_long(self, name: str, elapsed: float, mark: int) -> bool:
-        """An inline sync call took long: maybe over its timeout (True: answered)."""
-        timeout = self._callback_timeout
-        if timeout is not None and elapsed > timeout:
-            self._timed_out(name, elapsed, mark)
-            return True
-        if self._runner is not None:
-            self._runner.note_inline_duration(type(self.milter), name, elapsed, self.connection_id)
-        return False
-
-    def _timed_out(self, name: str, elapsed: float, mark: int) -> None:
-        """Past callback_timeout: error decision now, drop what the call queued, then close."""
-        del self.pending[mark:]
-        self._observe_error("timeout")
-        self.log.error(
-            "callback %s ran %.0f ms, over callback_timeout %gs; answering %s, discarding its "
-            "result and actions, and closing the connection",
-            name,
-            elapsed * 1000,
-            self._callback_timeout,
-            self._error_name(),
-        )
-        self._reply(self._error_reply, failed=True)
-        self.closed = True
-
-    def _interrupted(self, name: str, elapsed: float, mark: int) -> None:
-        """The worker took its loop back from this inline call: as a timeout, then close."""
-        if self._runner is not None:
-            self._runner.note_interrupted(type(self.milter), name, elapsed, self.connection_id)
-        else:
-            self.log.error("callback %s was interrupted; answering %s", name, self._error_name())
-        del self.pending[mark:]
-        self._observe_error("timeout")
-        self._reply(self._error_reply, failed=True)
-        self.closed = True
-
-    async def _await_decision(self, name: str, awaitable: Awaitable[Any], mark: int) -> None:
-        keepalive = self._start_keepalive()
-        started = time.perf_counter()
-        try:
-            result = await self._with_timeout(awaitable)
-        except asyncio.TimeoutError:
-            self._timed_out(name, time.perf_counter() - started, mark)
-            return
-        except Exception as exc:
-            self.callback_errors.append(exc)
-            self.log.exception("callback %s raised; answering %s", name, self._error_name())
-            self._observe_error("callback_raised")
-            self._reply(self._error_reply, failed=True)
-            return
-        finally:
-            if keepalive is not None:
-                keepalive.cancel()
-        self._reply_decision(name, result)
-
-    async def _await_pooled(self, name: str, function: Callable[..., Any], args: Any) -> None:
-        """One hop to the worker's pool; the decision and actions come back together."""
-        assert self._runner is not None
-        loop = asyncio.get_running_loop()
-        scope = CallScope(lambda s: loop.call_soon_threadsafe(self._progress_for, s))
-        keepalive = self._start_keepalive()
-        started = time.perf_counter()
-        try:
-            result = await self._with_timeout(self._runner.submit(scope, function, args))
-        except asyncio.TimeoutError:
-            self._timed_out(name, time.perf_counter() - started, len(self.pending))
-            return
-        except Exception as exc:
-            self.callback_errors.append(exc)
-            self.log.exception("callback %s raised; answering %s", name, self._error_name())
-            self._observe_error("callback_raised")
-            self._reply(self._error_reply, failed=True)
-            return
-        finally:
-            scope.live = False  # late actions and progress of an abandoned call are dropped
-            if keepalive is not None:
-                keepalive.cancel()
-        self.pending.extend(scope.actions)
-        if inspect.isawaitable(result):  # a def that returned a coroutine
-            await self._await_decision(name, result, len(self.pending))
-            return
-        self._reply_decision(name, result)
-
-    async def _with_timeout(self, awaitable: Awaitable[Any]) -> Any:
-        if self._callback_timeout is None:
-            return await awaitable
-        if type(awaitable) is asyncio.Future:  # a pooled call (not a Task): one timer
-            return await within(awaitable, self._callback_timeout)
-        return await asyncio.wait_for(awaitable, self._callback_timeout)
-
-    def _start_keepalive(self) -> asyncio.Task[None] | None:
-        """PROGRESS while a slow callback runs; only at EOM, where both MTAs accept it."""
-        if not self._progress_interval or self.conn.awaiting != Command.BODYEOB:
-            return None
-        return asyncio.get_running_loop().create_task(self._keepalive(self._progress_interval))
-
-    async def _keepalive(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            if self.conn.awaiting != Command.BODYEOB:
-                return
-            self.context.progress()
 
     def _notify(self, name: str) -> Pending | None:
         """Run abort/close, which answer nothing (in the pool when routed there)."""
         function = getattr(self.milter, name)
         if self._pooled.get(name, False):
-            return self._await_notify_pooled(name, function)
+            return self._calls.run_notify_pooled(self, name, function)
         runner = self._runner
         started = time.perf_counter()
         try:
@@ -446,37 +337,20 @@ class MilterSession:
                 if runner is not None:
                     runner.current = None
         except CallbackInterrupted:
-            self._interrupted(name, time.perf_counter() - started, len(self.pending))
+            self._calls.interrupted(self, name, time.perf_counter() - started, len(self.pending))
             return None
         except Exception as exc:
             self.callback_errors.append(exc)
             self.log.exception("callback %s raised", name)
             return None
         if result is not None and inspect.isawaitable(result):
-            return self._await_notify(name, result)
+            return self._calls.await_notify(self, name, result)
         return None
-
-    async def _await_notify(self, name: str, awaitable: Awaitable[Any]) -> None:
-        try:
-            await self._with_timeout(awaitable)
-        except Exception as exc:
-            self.callback_errors.append(exc)
-            self.log.exception("callback %s failed", name)
-
-    async def _await_notify_pooled(self, name: str, function: Callable[[], Any]) -> None:
-        assert self._runner is not None
-        scope = CallScope(_no_progress)
-        try:
-            await self._with_timeout(self._runner.submit(scope, function, ()))
-        except Exception as exc:
-            self.callback_errors.append(exc)
-            self.log.exception("callback %s failed", name)
-        finally:
-            scope.live = False
 
     # ----------------------------------------------------------------- replies
 
-    def _reply_decision(self, name: str, result: Any) -> None:
+    def reply_decision(self, name: str, result: Any) -> None:
+        """Reply with what a callback returned (also from runtime/callbacks.py, once awaited)."""
         if self.conn.awaiting is None:
             if result is not None and not _is_continue(result):
                 self.log.warning(
@@ -529,9 +403,22 @@ class MilterSession:
     def _error_name(self) -> str:
         return self._error_decision.value
 
-    def _observe_error(self, kind: str) -> None:
+    def observe_error(self, kind: str) -> None:
+        """Count a callback error (one of observe.ERROR_KINDS) in the message's record."""
         if self.record is not None:  # observe
             self.record.error(kind)
+
+    def callback_raised(self, name: str, exc: Exception) -> None:
+        """A callback raised: keep it for the harness, log it, answer the error decision."""
+        self.callback_errors.append(exc)
+        self.log.exception("callback %s raised; answering %s", name, self._error_name())
+        self.observe_error("callback_raised")
+        self._reply(self._error_reply, failed=True)
+
+    def answer_error_and_close(self) -> None:
+        """A call was given up on (timeout, interrupt): the error decision, then close."""
+        self._reply(self._error_reply, failed=True)
+        self.closed = True
 
     # --------------------------------------------------------------- dispatch
 
@@ -676,10 +563,7 @@ _DECISION_CALLBACKS = [*CALLBACK_NO_FLAG, "end_of_message", "abort", "close"]
 #: Routing table of a session without a runner: everything inline.
 _INLINE: dict[str, bool] = dict.fromkeys(_DECISION_CALLBACKS, False)
 _DEFAULT_SETTINGS = ExecutionSettings()
-
-
-def _no_progress(scope: CallScope) -> None:
-    """abort/close answer nothing, so there is no reply for PROGRESS to precede."""
+_DEFAULT_POLICY = CallbackPolicy(_DEFAULT_SETTINGS, None)
 
 
 _OVERRIDDEN_CACHE: dict[type[Milter], dict[str, bool]] = {}

@@ -12,7 +12,8 @@ thread executes, and the handler raises
 :class:`~milterkit.runtime.execution.CallbackInterrupted` only if that same call is
 still the current one: a signal that lands after the call returned (in the
 loop, or in the next callback) does nothing. The session catches the
-exception and answers the error decision (``MilterSession._call``).
+exception (``MilterSession._call``) and its
+:class:`~milterkit.runtime.callbacks.CallbackPolicy` answers the error decision.
 
 Blocking calls are interrupted too: the signal makes the system call fail
 with EINTR, and Python runs the handler before it would retry (PEP 475), so
