@@ -31,7 +31,7 @@ import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from milterkit.decision import Decision
 from milterkit.protocol.constants import Command
@@ -44,6 +44,9 @@ __all__ = ["CallbackPolicy"]
 
 # Performance: read per keepalive tick (an enum member lookup costs about 80 ns).
 _BODYEOB = Command.BODYEOB
+
+#: What :meth:`CallbackPolicy._in_time` returns when callback_timeout ran out.
+_TIMED_OUT: Any = object()
 
 
 class CallbackPolicy:
@@ -112,16 +115,16 @@ class CallbackPolicy:
         keepalive = self._start_keepalive(session)
         started = time.perf_counter()
         try:
-            result = await self._with_timeout(awaitable)
-        except asyncio.TimeoutError:
-            self.timed_out(session, name, time.perf_counter() - started, mark)
-            return
+            result = await self._in_time(awaitable)
         except Exception as exc:
             session.callback_raised(name, exc)
             return
         finally:
             if keepalive is not None:
                 keepalive.cancel()
+        if result is _TIMED_OUT:
+            self.timed_out(session, name, time.perf_counter() - started, mark)
+            return
         session.reply_decision(name, result)
 
     async def run_pooled(
@@ -135,10 +138,7 @@ class CallbackPolicy:
         keepalive = self._start_keepalive(session)
         started = time.perf_counter()
         try:
-            result = await self._with_timeout(runner.submit(scope, function, args))
-        except asyncio.TimeoutError:
-            self.timed_out(session, name, time.perf_counter() - started, len(session.pending))
-            return
+            result = await self._in_time(runner.submit(scope, function, args))
         except Exception as exc:
             session.callback_raised(name, exc)
             return
@@ -146,6 +146,9 @@ class CallbackPolicy:
             scope.live = False  # late actions and progress of an abandoned call are dropped
             if keepalive is not None:
                 keepalive.cancel()
+        if result is _TIMED_OUT:
+            self.timed_out(session, name, time.perf_counter() - started, len(session.pending))
+            return
         session.pending.extend(scope.actions)
         if inspect.isawaitable(result):  # a def that returned a coroutine
             await self.await_decision(session, name, result, len(session.pending))
@@ -187,6 +190,30 @@ class CallbackPolicy:
         if type(awaitable) is asyncio.Future:  # a pooled call (not a Task): one timer
             return await within(awaitable, self.timeout)
         return await asyncio.wait_for(awaitable, self.timeout)
+
+    async def _in_time(self, awaitable: Awaitable[Any]) -> Any:
+        """What the call gives, or ``_TIMED_OUT`` once callback_timeout ran out (it is cancelled).
+
+        A TimeoutError that the callback raised itself (its own lookup or socket
+        timing out: ``socket.timeout`` is TimeoutError, and so is
+        ``asyncio.TimeoutError`` from Python 3.11) is its exception, answered
+        like any other; only the cancelled call is over callback_timeout.
+        """
+        timeout = self.timeout
+        if timeout is None:
+            return await awaitable
+        # a pooled call is a plain Future (not a Task): one timer instead of wait_for
+        pooled = type(awaitable) is asyncio.Future
+        future = cast("asyncio.Future[Any]", awaitable)
+        call = future if pooled else asyncio.ensure_future(awaitable)
+        try:
+            if pooled:
+                return await within(call, timeout)
+            return await asyncio.wait_for(call, timeout)
+        except asyncio.TimeoutError as exc:
+            if call.done() and not call.cancelled() and call.exception() is exc:
+                raise
+            return _TIMED_OUT
 
     def _start_keepalive(self, session: MilterSession) -> asyncio.Task[None] | None:
         """PROGRESS while a slow callback runs; only at EOM, where both MTAs accept it."""
