@@ -185,6 +185,7 @@ class CallbackPolicy:
     # ---------------------------------------------------------- timeout, keepalive
 
     async def _with_timeout(self, awaitable: Awaitable[Any]) -> Any:
+        """abort/close under callback_timeout: any failure, the timeout too, is only logged."""
         if self.timeout is None:
             return await awaitable
         if type(awaitable) is asyncio.Future:  # a pooled call (not a Task): one timer
@@ -224,6 +225,7 @@ class CallbackPolicy:
 
 
 async def _keepalive(session: MilterSession, interval: float) -> None:
+    """PROGRESS every ``interval`` until end of message is answered (then cancelled)."""
     while True:
         await asyncio.sleep(interval)
         if session.conn.awaiting != _BODYEOB:
