@@ -168,3 +168,13 @@ def test_the_milter_module_does_not_import_the_session() -> None:
     code = "import sys, milterkit.milter; print('milterkit.session' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_session_attributes_fit_a_shared_key_dict() -> None:
+    """CPython 3.11 shares an instance dict's keys up to 30 attributes; past that the
+    per-packet attribute reads of the session get slower (benchmarks/instructions.py
+    measured 3 %). A new attribute must replace one, or move to the context."""
+    session = MilterSession(Milter)
+    if not hasattr(session, "__dict__"):
+        pytest.skip("the compiled session has no instance dict")
+    assert len(vars(session)) <= 30, sorted(vars(session))
