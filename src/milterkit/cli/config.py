@@ -39,46 +39,30 @@ class ConfigFileError(RuntimeConfigError):
     """The configuration file cannot be used; the message names the file and key."""
 
 
-class GivenStore(argparse._StoreAction):
+class _NotesGiven(argparse.Action):
+    """Mixed in before an argparse action: runs it, then notes the option was given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _note_given(namespace, self.dest)
+
+
+class GivenStore(_NotesGiven, argparse._StoreAction):
     """``store`` that also notes that the option was on the command line."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        super().__call__(parser, namespace, values, option_string)
-        _note_given(namespace, self.dest)
 
-
-class GivenStoreTrue(argparse._StoreTrueAction):
+class GivenStoreTrue(_NotesGiven, argparse._StoreTrueAction):
     """``store_true`` that also notes that the flag was on the command line."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        super().__call__(parser, namespace, values, option_string)
-        _note_given(namespace, self.dest)
 
-
-class GivenAppend(argparse._AppendAction):
+class GivenAppend(_NotesGiven, argparse._AppendAction):
     """``append`` (``--keep-env A --keep-env B``) that also notes it was on the command line."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        super().__call__(parser, namespace, values, option_string)
-        _note_given(namespace, self.dest)
 
 
 def record_given(parser: argparse.ArgumentParser) -> None:
