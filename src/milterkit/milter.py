@@ -19,7 +19,6 @@ queued, and sent at end of message in the order called. Outside a message
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -546,25 +545,14 @@ class Milter:
 
         Several calls append, as ``smfi_replacebody`` does. All REPLBODY packets
         go out as one run, even with other modifications called in between:
-        Postfix refuses REPLBODY once another reply came after one.
+        Postfix refuses REPLBODY once another reply came after one. A stream is
+        read to its end (short reads of a pipe or socket file do not end it);
+        if reading it raises, nothing of it is queued.
         """
         self._require(Action.CHANGE_BODY, "replace_body")
-        size = self.negotiated.max_data_size
-        stream = io.BytesIO(body) if isinstance(body, bytes | bytearray) else body
         pending = self._pending()
         at = _after_last_body_chunk(pending)
-        first = True
-        while True:
-            # A raw stream (a pipe, a socket file) may return short reads long
-            # before its end: read until it says end of file (b"").
-            chunk = stream.read(size)
-            if not chunk and not first:
-                break
-            pending.insert(at, msg.ReplaceBody(chunk))
-            at += 1
-            first = False
-            if not chunk:
-                break
+        pending[at:at] = msg.replace_body_chunks(body, self.negotiated.max_data_size)
 
     def quarantine(self, reason: str) -> None:
         if not reason:

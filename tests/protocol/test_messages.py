@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
+from typing import Any
 
 import pytest
 
@@ -53,6 +55,7 @@ from milterkit.protocol import (
     decode_reply,
     replace_body_chunks,
 )
+from milterkit.protocol.messages import body_pieces
 
 
 def cmd_roundtrip(message: Message, payload: bytes) -> None:
@@ -600,3 +603,34 @@ def test_replace_body_chunks_default_is_65535() -> None:
 def test_replace_body_chunks_bad_size() -> None:
     with pytest.raises(LocalProtocolError, match="chunk size must be positive, not 0"):
         list(replace_body_chunks(b"x", 0))
+
+
+class _ShortReads(io.RawIOBase):
+    """A raw stream that returns at most 3 bytes per read, like a pipe."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        piece, self.data = self.data[:3], self.data[3:]
+        buffer[: len(piece)] = piece
+        return len(piece)
+
+
+def test_body_pieces_of_bytes_and_of_a_stream_with_short_reads() -> None:
+    body = bytes(range(256)) * 40
+    assert [len(p) for p in body_pieces(body, 4096)] == [4096, 4096, 2048]
+    assert b"".join(body_pieces(body, 4096)) == body
+    pieces = list(body_pieces(_ShortReads(body), 4096))  # type: ignore[arg-type]
+    assert b"".join(pieces) == body  # read to its end, not to the first short read
+    assert max(map(len, pieces)) <= 4096
+    assert list(body_pieces(b"", 10)) == []
+    assert [m.chunk for m in replace_body_chunks(io.BytesIO(b""))] == [b""]
+
+
+def test_body_pieces_bad_size() -> None:
+    with pytest.raises(LocalProtocolError, match="chunk size must be positive, not 0"):
+        list(body_pieces(b"abc", 0))

@@ -8,6 +8,7 @@ bounds sit far from both outcomes so a loaded machine does not flip them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import subprocess
@@ -495,3 +496,39 @@ def test_replace_body_reads_a_raw_stream_to_its_end() -> None:
         result = harness.check(b"Subject: x\r\n\r\nold\r\n", sender="<a@b>", recipients=["<c@d>"])
     replaced = [m for m in result.modifications if isinstance(m, ReplaceBody)]
     assert b"".join(m.chunk for m in replaced) == body
+
+
+class _Broken(io.RawIOBase):
+    """A stream that gives one piece, then fails like a vanished pipe."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError("pipe went away")
+        buffer[:5] = b"part\n"
+        return 5
+
+
+def test_replace_body_from_a_failing_stream_queues_none_of_it() -> None:
+    """A milter that keeps the old body when its new one cannot be read sends no half body."""
+
+    class Replacer(Milter):
+        actions = Action.CHANGE_BODY | Action.ADD_HEADERS
+
+        def end_of_message(self) -> Any:
+            self.add_header("X-Kept", "yes")
+            with contextlib.suppress(OSError):  # keep the original body
+                self.replace_body(_Broken())  # type: ignore[arg-type]
+            return Accept()
+
+    with MilterHarness(Replacer) as harness:
+        result = harness.check(b"Subject: x\r\n\r\nold\r\n", sender="<a@b>", recipients=["<c@d>"])
+    assert result.decision == "accept"
+    assert not [m for m in result.modifications if isinstance(m, ReplaceBody)]
+    assert b"X-Kept: yes" in result.apply(b"Subject: x\r\n\r\nold\r\n").message_bytes

@@ -11,7 +11,7 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import BinaryIO, ClassVar, TypeVar
 
 from milterkit.protocol.codes import (
     CHUNK_SIZE,
@@ -666,19 +666,38 @@ class ReplaceBody(Message):
         return cls(payload)
 
 
-def replace_body_chunks(body: bytes, max_size: int = CHUNK_SIZE) -> Iterator[ReplaceBody]:
+def body_pieces(body: bytes | BinaryIO, max_size: int) -> Iterator[bytes]:
+    """A body as pieces of at most ``max_size`` bytes, for BODY and REPLBODY packets.
+
+    The one splitter of both sides (a message's BODY commands, a filter's new
+    body). A stream is read until it says end of file (``b""``): a pipe or a
+    socket file may return short reads long before its end. An empty body
+    yields nothing.
+    """
+    if max_size < 1:
+        raise LocalProtocolError(f"chunk size must be positive, not {max_size}")
+    if isinstance(body, bytes | bytearray):
+        view = memoryview(body)
+        for start in range(0, len(body), max_size):
+            yield bytes(view[start : start + max_size])
+        return
+    while piece := body.read(max_size):
+        yield piece
+
+
+def replace_body_chunks(
+    body: bytes | BinaryIO, max_size: int = CHUNK_SIZE
+) -> Iterator[ReplaceBody]:
     """Split a new body into REPLBODY packets of at most ``max_size`` bytes.
 
     An empty body still yields one empty packet: it replaces the body with nothing.
     """
-    if max_size < 1:
-        raise LocalProtocolError(f"chunk size must be positive, not {max_size}")
-    if not body:
+    empty = True
+    for piece in body_pieces(body, max_size):
+        empty = False
+        yield ReplaceBody(piece)
+    if empty:
         yield ReplaceBody(b"")
-        return
-    view = memoryview(body)
-    for start in range(0, len(body), max_size):
-        yield ReplaceBody(bytes(view[start : start + max_size]))
 
 
 @dataclass(frozen=True, slots=True)

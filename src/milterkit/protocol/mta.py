@@ -28,7 +28,7 @@ from milterkit.protocol.constants import (
 from milterkit.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from milterkit.protocol.events import NEED_DATA, ConnectionClosed, NeedData
 from milterkit.protocol.framing import FrameDecoder
-from milterkit.protocol.messages import Body, Macro, Message, OptNeg, decode_reply
+from milterkit.protocol.messages import Body, Macro, Message, OptNeg, body_pieces, decode_reply
 from milterkit.protocol.negotiate import (
     Negotiated,
     accept_filter_reply,
@@ -186,8 +186,7 @@ class MTAConnection(ConnectionStateMachine):
     def body_chunks(self, body: bytes) -> list[Body]:
         """Split a message body into BODY commands of the negotiated size."""
         size = self.negotiated.max_data_size if self.negotiated else 65535
-        view = memoryview(body)
-        return [Body(bytes(view[i : i + size])) for i in range(0, len(body), size)]
+        return [Body(piece) for piece in body_pieces(body, size)]
 
     # ------------------------------------------------------------------ receiving
 
