@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
+import milterkit
+
 REPO = Path(__file__).resolve().parent.parent
 COMPARE = REPO / "benchmarks" / "compare.py"
+#: Where the milterkit under test is: the checkout's src, or site-packages when the
+#: suite runs against an installed (compiled) wheel and the tree has no src.
+INSTALLED = Path(milterkit.__file__).resolve().parent.parent
 
 
 def test_baseline_without_a_milterkit_package_is_refused(tmp_path: Path) -> None:
@@ -29,7 +34,7 @@ def test_baseline_servers_run_beside_the_others(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
     argv = [sys.executable, str(COMPARE), "--quick", "--only", "milterkit-asyncio-1w"]
     done = subprocess.run(
-        [*argv, "--baseline", str(REPO / "src"), "--out", str(out)],
+        [*argv, "--baseline", str(INSTALLED), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
