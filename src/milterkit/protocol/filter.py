@@ -114,7 +114,7 @@ _FIXED_FRAMES: dict[type[Message], tuple[Reply, bytes]] = {
 # distinct value instead of once per connection. Negotiated is frozen, so
 # connections can share one. The caches are small and bounded.
 _CACHE_LIMIT = 64
-_NEGOTIATED: dict[tuple[OptNeg, OptNeg], Negotiated] = {}
+_NEGOTIATED: dict[tuple[OptNeg, OptNeg], tuple[Negotiated, bytes]] = {}
 _ANSWERS: dict[tuple[int, int], tuple[frozenset[int], bool]] = {}
 
 
@@ -391,12 +391,12 @@ class FilterConnection(ConnectionStateMachine):
             if self.offer is None or self._awaiting != Command.OPTNEG:
                 raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
             key = (self.offer, message)
-            agreed = _NEGOTIATED.get(key)
-            if agreed is None:  # not seen yet: check it (raises if bad), then remember
+            known = _NEGOTIATED.get(key)
+            if known is None:  # not seen yet: check it (raises if bad), then remember
                 self._check_optneg(message)
-                agreed = negotiated(self.offer, message)
-                _remember(_NEGOTIATED, key, agreed)
-            data = message.encode()
+                known = (negotiated(self.offer, message), message.encode())
+                _remember(_NEGOTIATED, key, known)
+            agreed, data = known
             self._after_optneg(agreed)
             return data
         reply = _REPLY_BY_CODE.get(message.code)

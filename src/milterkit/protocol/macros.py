@@ -57,6 +57,9 @@ DEFAULT_MAX_MACRO_BYTES = 256 * 1024
 #: Packets up to this size are split into pairs before the caps are checked
 #: (splitting them costs little); larger ones are checked first.
 _SMALL_PACKET: Final = 1024
+#: Each stored stage's rank in STAGE_ORDER; -1 for UNKNOWN's, which is outside the
+#: order (it replaces only itself).
+_RANK_OR_UNORDERED: Final = {**_RANK, int(Command.UNKNOWN): -1}
 #: The stages a MACRO packet for a stage replaces: itself and the later ones.
 _REPLACED: Final[dict[int, tuple[int, ...]]] = {
     **{stage: STAGE_ORDER[rank:] for rank, stage in enumerate(STAGE_ORDER)},
@@ -97,6 +100,7 @@ class MacroStore(Mapping[bytes, bytes]):
         "_sizes",
         "_stages",
         "_stale",
+        "_top",
         "max_macro_bytes",
         "max_macros",
         "observer",
@@ -111,6 +115,9 @@ class MacroStore(Mapping[bytes, bytes]):
     ) -> None:
         #: Per stage letter: its values, or its raw payload until first read.
         self._stages: dict[int, _Held] = {}
+        #: At least the rank (in STAGE_ORDER) of every held stage; -1 when none is
+        #: held. A stage ranked above it replaces nothing, which is the usual case.
+        self._top = -1
         #: The message-level stages belong to a message that has ended.
         self._stale = False
         #: Macros (name/value pairs) and payload bytes held per stage; their totals.
@@ -188,13 +195,16 @@ class MacroStore(Mapping[bytes, bytes]):
         stages = self._stages
         total_count = self._count + count
         total = self._bytes + size
-        if stages:
+        rank = _RANK_OR_UNORDERED.get(stage, -1)
+        if rank <= self._top:  # something held may rank at or after it: drop those
             counts = self._counts
             sizes = self._sizes
             for dropped in _REPLACED[stage]:
                 if stages.pop(dropped, None) is not None:
                     total_count -= counts.pop(dropped)
                     total -= sizes.pop(dropped)
+        if rank >= 0:
+            self._top = rank  # what ranked after it is gone (or was never there)
         limit = self.max_macros
         if limit is not None and total_count > limit:
             self._refuse(f"MACRO packets would hold {total_count} macros", "max_macros", limit)
@@ -245,10 +255,12 @@ class MacroStore(Mapping[bytes, bytes]):
         for stage in list(self._stages):
             if stage not in CONNECTION_STAGES and stage != keep:
                 self._forget(stage)
+        self._top = max(map(_RANK_OR_UNORDERED.__getitem__, self._stages), default=-1)
 
     def clear(self) -> None:
         self._stale = False
         self._stages.clear()
+        self._top = -1
         self._counts.clear()
         self._sizes.clear()
         self._count = self._bytes = 0
