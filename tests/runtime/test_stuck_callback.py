@@ -210,6 +210,105 @@ def test_a_stuck_abort_or_close_is_interrupted(
     )
 
 
+ASYNC_STUCK_MILTER = textwrap.dedent(
+    """
+    import asyncio, time
+    from milterkit.milter import Continue, Milter
+
+    class AsyncStuck(Milter):
+        async def mail_from(self, sender, params):
+            kind = sender.strip("<>").split("@")[0]
+            await asyncio.sleep(0.01)  # blocks in a later step, not the first
+            if kind == "sleep":
+                time.sleep(10**6)
+            if kind == "spin":
+                while True:
+                    pass
+            if kind == "slowawait":  # awaits for long, holds the loop never
+                await asyncio.sleep(1.5)
+            self.kind = kind
+            return Continue()
+
+        async def abort(self):
+            await asyncio.sleep(0)
+            if getattr(self, "kind", "") == "aborthang":
+                time.sleep(10**6)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["sleep", "spin"])
+def test_an_async_callback_that_blocks_without_awaiting_is_interrupted(
+    stuck_daemon: Callable[..., Daemon], tmp_path: Path, kind: str
+) -> None:
+    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
+    daemon = stuck_daemon(
+        "--workers", "1", "--stuck-callback-ms", "500", milter="async_stuck.py:AsyncStuck"
+    )
+    _stuck_then_served(daemon.sock_path, kind)
+    _stuck_then_served(daemon.sock_path, kind)  # auto mode: still on the loop, again
+    daemon.stop()
+    log = daemon.log()
+    interrupted = [line for line in log.splitlines() if "interrupted it" in line]
+    assert len(interrupted) == 2, log
+    assert "callback AsyncStuck.mail_from ran " in interrupted[0]
+    assert interrupted[0].endswith(
+        "on the event loop, over the stuck-callback limit 500 ms: interrupted it; answering "
+        "tempfail, discarding its result and actions, and closing the connection"
+    )
+    assert "thread pool" not in log
+    assert "in callback mail_from [w0-c1]" in log  # the watchdog names the blocked step
+    assert "Traceback" not in log
+
+
+def test_awaiting_does_not_count_towards_the_stuck_limit(
+    stuck_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
+    daemon = stuck_daemon(
+        "--workers", "1", "--stuck-callback-ms", "300", milter="async_stuck.py:AsyncStuck"
+    )
+    with RawMTA.connect(daemon.sock_path, timeout=30) as mta:
+        mta.hello()
+        assert mta.command(Mail(b"<slowawait@x>")) == [wire.Continue()]
+    daemon.stop()
+    assert "interrupted" not in daemon.log()
+
+
+def test_an_async_callback_timeout_acts_on_time_when_it_blocks(
+    stuck_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
+    daemon = stuck_daemon(
+        "--workers", "1", "--callback-timeout", "0.5", milter="async_stuck.py:AsyncStuck"
+    )
+    _stuck_then_served(daemon.sock_path, "sleep")
+    daemon.stop()
+    (line,) = [line for line in daemon.log().splitlines() if "interrupted it" in line]
+    assert "on the event loop, over callback_timeout 0.5s: interrupted it" in line
+
+
+def test_an_async_abort_that_blocks_is_interrupted(
+    stuck_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
+    daemon = stuck_daemon(
+        "--workers", "1", "--stuck-callback-ms", "500", milter="async_stuck.py:AsyncStuck"
+    )
+    with RawMTA.connect(daemon.sock_path, timeout=30) as mta:
+        mta.hello()
+        assert mta.command(Mail(b"<aborthang@x>")) == [wire.Continue()]
+        mta.send(Abort())
+        assert mta.wait_closed(10)
+    with RawMTA.connect(daemon.sock_path, timeout=30) as mta:
+        mta.hello()
+        assert mta.command(Mail(b"<ok@x>")) == [wire.Continue()]
+    daemon.stop()
+    (line,) = [line for line in daemon.log().splitlines() if "interrupted it" in line]
+    assert "callback AsyncStuck.abort ran " in line
+    assert line.endswith("interrupted it; closing the connection")
+
+
 AROUND_MILTER = textwrap.dedent(
     """
     import time

@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from milterkit.decision import Decision
 from milterkit.protocol.constants import Command
-from milterkit.runtime.execution import CallbackRunner, CallScope, ExecutionSettings, within
+from milterkit.runtime.execution import (
+    CallbackInterrupted,
+    CallbackRunner,
+    CallScope,
+    ExecutionSettings,
+    MarkedSteps,
+    within,
+)
 
 if TYPE_CHECKING:
     from milterkit.session import MilterSession
@@ -114,8 +121,13 @@ class CallbackPolicy:
         """Await what a callback returned, under the timeout, and reply with it."""
         keepalive = self._start_keepalive(session)
         started = time.perf_counter()
+        marked = self._marked(session, name, awaitable)
         try:
-            result = await self._in_time(awaitable)
+            result = await self._in_time(awaitable if marked is None else marked)
+        except CallbackInterrupted:
+            assert marked is not None  # only a marked step can be interrupted
+            self.interrupted(session, name, time.perf_counter() - marked.step_started, mark)
+            return
         except Exception as exc:
             session.callback_raised(name, exc)
             return
@@ -161,8 +173,13 @@ class CallbackPolicy:
         self, session: MilterSession, name: str, awaitable: Awaitable[Any]
     ) -> None:
         """Await what abort/close returned, under the timeout; a failure is only logged."""
+        marked = self._marked(session, name, awaitable)
         try:
-            await self._with_timeout(awaitable)
+            await self._with_timeout(awaitable if marked is None else marked)
+        except CallbackInterrupted:
+            assert marked is not None  # only a marked step can be interrupted
+            elapsed = time.perf_counter() - marked.step_started
+            self.interrupted(session, name, elapsed, len(session.pending))
         except Exception as exc:
             session.callback_errors.append(exc)
             session.log.exception("callback %s failed", name)
@@ -181,6 +198,14 @@ class CallbackPolicy:
             session.log.exception("callback %s failed", name)
         finally:
             scope.live = False
+
+    def _marked(
+        self, session: MilterSession, name: str, awaitable: Awaitable[Any]
+    ) -> MarkedSteps | None:
+        """A coroutine on a worker's loop: each step marked, so one that blocks is seen."""
+        if self.runner is None or not inspect.iscoroutine(awaitable):
+            return None
+        return MarkedSteps(awaitable, self.runner, session.connection_id, name)
 
     # ---------------------------------------------------------- timeout, keepalive
 

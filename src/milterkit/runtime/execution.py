@@ -33,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,53 @@ class CallbackInterrupted(BaseException):
     interruption and keep the loop held. ``finally`` blocks and ``with``
     statements still run as it unwinds.
     """
+
+
+class MarkedSteps:
+    """Await a coroutine with each of its steps marked as the runner's current call.
+
+    An ``async def`` callback that blocks without awaiting (``time.sleep``, a
+    blocking socket read, a busy loop) holds the loop just as a sync one does.
+    Marking each step (from one ``await`` to the next) as ``runner.current``
+    lets the :class:`~milterkit.runtime.interrupt.InlineCallGuard` interrupt a
+    step that holds the loop too long, and the loop watchdog name it. A new key
+    per step: the guard measures how long one step holds the loop, not the
+    awaits between steps (``callback_timeout`` bounds those). What the
+    awaiting task sends or throws reaches the coroutine unchanged.
+    """
+
+    __slots__ = ("_cid", "_coro", "_name", "_runner", "step_started")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], runner: CallbackRunner, cid: str, name: str
+    ) -> None:
+        self._coro = coro
+        self._runner = runner
+        self._cid = cid
+        self._name = name
+        #: time.perf_counter() when the latest step began.
+        self.step_started = 0.0
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, runner = self._coro, self._runner
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            self.step_started = time.perf_counter()
+            runner.current = (self._cid, self._name)
+            try:
+                yielded = coro.send(sent) if thrown is None else coro.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                runner.current = None
+            try:
+                sent, thrown = (yield yielded), None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # CancelledError above all: the coroutine decides
+                sent, thrown = None, exc
 
 
 @dataclass(frozen=True)
@@ -232,6 +279,7 @@ class CallbackRunner:
         """An inline call was interrupted (it held the loop too long): log it; ``auto``: pool it."""
         table = self._routes.get(cls)
         pooled = self.mode(cls) == "auto" and table is not None and not table.get(name, True)
+        pooled = pooled and not _is_async(getattr(cls, name, None))  # the loop runs those
         if pooled:
             assert table is not None
             table[name] = True

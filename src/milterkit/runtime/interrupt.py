@@ -22,6 +22,11 @@ Code that holds the GIL in C (a long regular expression, a C extension's
 loop) or a C library that retries EINTR itself cannot be interrupted; the
 watchdog still reports it.
 
+An ``async def`` callback is watched the same way, one step at a time
+(:class:`~milterkit.runtime.execution.MarkedSteps` marks each stretch from one
+``await`` to the next as the current call), so one that blocks without
+awaiting is interrupted too.
+
 Only a loop in the main thread can be guarded (Python runs signal handlers
 there only): a daemon worker, or ``run()`` without fork. A :class:`Server`
 run in another thread is not guarded.
