@@ -310,9 +310,15 @@ class MilterSession:
         if elapsed >= self._watch_after and self._calls.ran_long(self, name, elapsed, mark):
             return None
         if result is None:
-            # Performance: the common answer; what reply_decision does for None
-            # (continue, or nothing under an NR flag), without the type checks.
-            self._reply(_CONTINUE)
+            # Performance: the common answer; what reply_decision and _reply do for
+            # None (continue, or nothing under an NR flag) before end of message,
+            # without their checks and calls.
+            conn = self.conn
+            awaiting = conn.awaiting
+            if awaiting is not None and awaiting != _BODYEOB and self.record is None:
+                self._out.append(conn.send(_CONTINUE))
+            else:
+                self._reply(_CONTINUE)
             return None
         # Performance: a decision is answered without inspect.isawaitable (a
         # Python-level function); anything else may be an awaitable.
