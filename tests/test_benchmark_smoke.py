@@ -57,3 +57,22 @@ def test_instructions_counts_per_message() -> None:
     )
     assert wrong.returncode == 2
     assert "no benchmarks/session_micro.py there" in wrong.stderr
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind counts the instructions")
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the load driver")
+def test_instructions_counts_a_serving_process() -> None:
+    """--worker counts the canonical milter served in-process under load: more than the
+    session alone (the server and the loop are in it)."""
+    pytest.importorskip("uvloop", reason="the serving process runs on uvloop")
+    script = str(REPO / "benchmarks" / "instructions.py")
+    done = subprocess.run(
+        [sys.executable, script, "--worker", "--seconds", "1", "3"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "instructions per message (serving process)" in done.stdout, done.stdout
+    figure = done.stdout.split(": ")[1].split(" instructions")[0]
+    assert int(figure.replace(",", "")) > 100_000, done.stdout
