@@ -255,6 +255,11 @@ class Helo(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Helo:
+        # Performance: the well-formed case in one split, no helper call; any
+        # other payload takes the checked path, for its error.
+        parts = payload.split(b"\0", 1)
+        if len(parts) == 2 and not parts[1]:
+            return cls(parts[0])
         return cls(_exact_cstrings(payload, "HELO", 1, 1)[0])
 
 
@@ -277,6 +282,10 @@ class Mail(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Mail:
+        # Performance: the well-formed case without a helper call (as Header.unpack)
+        parts = payload.split(b"\0")
+        if len(parts) > 1 and not parts[-1]:
+            return cls(parts[0], tuple(parts[1:-1]))
         parts = _cstrings(payload, "MAIL")
         return cls(parts[0], tuple(parts[1:]))
 
@@ -291,6 +300,10 @@ class Rcpt(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Rcpt:
+        # Performance: the well-formed case without a helper call (as Header.unpack)
+        parts = payload.split(b"\0")
+        if len(parts) > 1 and not parts[-1]:
+            return cls(parts[0], tuple(parts[1:-1]))
         parts = _cstrings(payload, "RCPT")
         return cls(parts[0], tuple(parts[1:]))
 
@@ -309,6 +322,12 @@ class Header(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Header:
+        # Performance: runs for every header; the well-formed case (two strings,
+        # each NUL-terminated) in one split, without the two helper calls. Any
+        # other payload takes the checked path, for its error.
+        parts = payload.split(b"\0", 2)
+        if len(parts) == 3 and not parts[2]:
+            return cls(parts[0], parts[1])
         name, value = _exact_cstrings(payload, "HEADER", 2, 2)
         return cls(name, value)
 
@@ -351,6 +370,9 @@ class Unknown(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Unknown:
+        parts = payload.split(b"\0", 1)  # as Helo.unpack
+        if len(parts) == 2 and not parts[1]:
+            return cls(parts[0])
         return cls(_exact_cstrings(payload, "UNKNOWN", 1, 1)[0])
 
 
@@ -364,7 +386,8 @@ class _Empty(Message):
 
     @classmethod
     def unpack(cls: type[_E], payload: bytes) -> _E:
-        _empty(payload, cls.__name__)
+        if payload:  # a call less per packet in the usual (empty) case
+            _empty(payload, cls.__name__)
         return cls()
 
 
