@@ -190,21 +190,27 @@ class FilterConnection(ConnectionStateMachine):
                     # the end of every read: NEED_DATA without a call
                     return NEED_DATA if not self._eof else self._end_of_input()
                 code, payload = frame
-                if code == _MACRO and self._awaiting is None and self._state == _OPEN:
-                    # Performance: a MACRO packet precedes nearly every command and
-                    # never becomes an event; when _accept would just store it, store
-                    # its pairs without building the Macro message (same checks: any
-                    # other case takes the general path below). adopt() also checks
-                    # the macro caps before splitting the payload into pairs.
-                    self.macros.adopt(payload)
-                    continue
-                if code == _MACRO and self._awaiting is not None and self.negotiated is not None:
-                    # refused below anyway; refuse before splitting a large payload
-                    self._accept(Macro(None))
+                ready = self._awaiting is None and self._state == _OPEN
+                if code == _MACRO:
+                    if ready:
+                        # Performance: a MACRO packet precedes nearly every command
+                        # and never becomes an event; when _accept would just store
+                        # it, store its pairs without building the Macro message
+                        # (same checks: any other case takes the general path
+                        # below). adopt() also checks the macro caps before
+                        # splitting the payload into pairs.
+                        self.macros.adopt(payload)
+                        continue
+                    if self._awaiting is not None and self.negotiated is not None:
+                        # refused below anyway; refuse before splitting a large payload
+                        self._accept(Macro(None))
                 # decode_command inlined (one call less per packet)
                 unpack = COMMAND_TYPES.get(code)
-                message = decode_command(*frame) if unpack is None else unpack(frame[1])
-                event = self._accept(message)
+                message = decode_command(code, payload) if unpack is None else unpack(payload)
+                # Performance: what _accept does for a command when the connection
+                # is open and no reply is due (the usual case): its handler, directly.
+                handler = _HANDLERS.get(code) if ready else None
+                event = self._accept(message) if handler is None else handler(self, message)
                 if event is not None:
                     return event
         except ProtocolError as exc:
