@@ -99,8 +99,17 @@ _REPLY_BY_CODE: dict[int, Reply] = {int(reply): reply for reply in Reply if repl
 _ALL_COMMANDS = tuple(Command)
 # By value: compiled (mypyc) code reads ``Message.code`` as a plain int.
 _COMMAND_BY_CODE: dict[int, Command] = {int(command): command for command in Command}
+# Performance: the per-packet paths compare with these plain ints, not with
+# ``Command.MAIL`` and the like: reading an Enum member off its class costs
+# about 15 times a global's read on CPython 3.11.
 _MACRO = int(Command.MACRO)
 _BODYEOB = int(Command.BODYEOB)
+_MAIL = int(Command.MAIL)
+_OPTNEG = int(Command.OPTNEG)
+_ABORT = int(Command.ABORT)
+_QUIT = int(Command.QUIT)
+_CONTINUE = int(Reply.CONTINUE)
+_PROGRESS = int(Reply.PROGRESS)
 #: Exact type -> (reply, wire bytes) of the payload-less replies that may be sent.
 _FIXED_FRAMES: dict[type[Message], tuple[Reply, bytes]] = {
     cls: (Reply(cls.code), cls().encode())
@@ -232,11 +241,11 @@ class FilterConnection(ConnectionStateMachine):
                 raise RemoteProtocolError(f"{Command(code).name} received after QUIT")
             return self._accept_optneg(message)
         awaiting = self._awaiting
-        if awaiting is not None and code != Command.ABORT and code != Command.QUIT:
+        if awaiting is not None and code != _ABORT and code != _QUIT:
             raise RemoteProtocolError(
                 f"MTA sent {Command(code).name} while the reply to {awaiting.name} is outstanding"
             )
-        if code == Command.MACRO:
+        if code == _MACRO:
             assert isinstance(message, Macro)
             if message.stage is not None:
                 self.macros.set_stage(message.stage, message.pairs)
@@ -306,7 +315,7 @@ class FilterConnection(ConnectionStateMachine):
         code = message.code
         if not self._connected:  # one call less per step of a connection that has CONNECT
             self._require_connect(code)
-        if code == Command.MAIL:
+        if code == _MAIL:
             result = self._restart_if_in_message(message)
             self.macros.start_message()
             self._position = 1
@@ -407,11 +416,11 @@ class FilterConnection(ConnectionStateMachine):
             # constant bytes; same checks and state change as below, minus the
             # payload and framing work.
             fixed_reply, data = fixed
-            if self._awaiting is None or self._awaiting == Command.OPTNEG:
+            if self._awaiting is None or self._awaiting == _OPTNEG:
                 raise LocalProtocolError(f"{fixed_reply.name}: no command is waiting for a reply")
-            if fixed_reply != Reply.CONTINUE:
+            if fixed_reply != _CONTINUE:
                 self._check_reply_kind(fixed_reply)
-                if fixed_reply == Reply.PROGRESS:
+                if fixed_reply == _PROGRESS:
                     return data
             # _finish_reply inline (one call less per reply)
             awaiting = self._awaiting
@@ -444,7 +453,7 @@ class FilterConnection(ConnectionStateMachine):
             data = encode_frame(reply, payload)
         else:
             data = message.encode()
-        if reply != Reply.PROGRESS and reply not in REPLY_ACTION:
+        if reply != _PROGRESS and reply not in REPLY_ACTION:
             self._finish_reply(reply)
         return data
 
@@ -456,7 +465,7 @@ class FilterConnection(ConnectionStateMachine):
         """Check a (non-OPTNEG) reply may be sent now; return its payload."""
         if reply in _REFUSED_REPLIES:
             raise LocalProtocolError(_REFUSED_REPLIES[reply])
-        if self._awaiting is None or self._awaiting == Command.OPTNEG:
+        if self._awaiting is None or self._awaiting == _OPTNEG:
             raise LocalProtocolError(f"{reply.name}: no command is waiting for a reply")
         assert self.negotiated is not None
         payload = message.payload()
@@ -466,7 +475,7 @@ class FilterConnection(ConnectionStateMachine):
                 f"{reply.name}: payload of {size} bytes exceeds the negotiated maximum of "
                 f"{self.negotiated.max_data_size}"
             )
-        if reply != Reply.CONTINUE:  # CONTINUE is valid for every awaited command
+        if reply != _CONTINUE:  # CONTINUE is valid for every awaited command
             self._check_reply_kind(reply)
         return payload
 
