@@ -396,7 +396,7 @@ class FilterConnection(ConnectionStateMachine):
         macros: MacroRequest | None = None,
     ) -> bytes:
         """Build the OPTNEG reply with :func:`build_filter_reply` and send it."""
-        if self.offer is None or self._awaiting != Command.OPTNEG:
+        if self.offer is None or self._awaiting != _OPTNEG:
             raise LocalProtocolError("no OPTNEG from the MTA to answer")
         reply = build_filter_reply(
             self.offer, version=version, actions=actions, protocol=protocol, macros=macros
@@ -432,7 +432,7 @@ class FilterConnection(ConnectionStateMachine):
                     self._position = _MESSAGE_OVER
             return data
         if isinstance(message, OptNeg):
-            if self.offer is None or self._awaiting != Command.OPTNEG:
+            if self.offer is None or self._awaiting != _OPTNEG:
                 raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
             key = (self.offer, message)
             known = _NEGOTIATED.get(key)
@@ -480,7 +480,7 @@ class FilterConnection(ConnectionStateMachine):
         return payload
 
     def _check_optneg(self, message: OptNeg) -> None:
-        if self.offer is None or self._awaiting != Command.OPTNEG:
+        if self.offer is None or self._awaiting != _OPTNEG:
             raise LocalProtocolError("OPTNEG reply sent without an OPTNEG to answer")
         check_filter_reply_local(self.offer, message)
 

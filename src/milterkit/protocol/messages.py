@@ -30,6 +30,7 @@ _U16 = struct.Struct(">H")
 _OPTNEG = struct.Struct(">III")
 #: Address family by its CONNECT byte (the byte is an int; a dict lookup instead of an Enum call).
 _FAMILY_BY_BYTE: dict[int, Family] = {int(family): family for family in Family}
+_FAMILY_UNKNOWN = Family.UNKNOWN
 
 
 def _cstrings(payload: bytes, what: str) -> list[bytes]:
@@ -118,9 +119,28 @@ class OptNeg(Message):
             raise RemoteProtocolError(
                 f"OPTNEG: payload of {len(payload)} bytes, at least {OPTNEG_LEN} needed"
             )
+        offer = cls is OptNeg and type(payload) is bytes and len(payload) == OPTNEG_LEN
+        if offer:
+            known = _OPTNEGS.get(payload)
+            if known is not None:
+                return known
         version, actions, protocol = _OPTNEG.unpack_from(payload)
         macros = _unpack_macro_lists(payload[OPTNEG_LEN:])
-        return cls(version, Action(actions), ProtocolFlag(protocol), macros)
+        optneg = cls(version, Action(actions), ProtocolFlag(protocol), macros)
+        if offer:
+            if len(_OPTNEGS) >= _OPTNEGS_LIMIT:
+                _OPTNEGS.clear()
+            _OPTNEGS[payload] = optneg
+        return optneg
+
+
+# Performance: every connection from one MTA starts with the same OPTNEG, and
+# building it costs two Flag calls and a frozen dataclass (several
+# microseconds, once per message at one message per connection). OptNeg is
+# frozen, so one object per distinct 12-byte payload (an MTA's offer, which
+# has no macro lists) serves every connection. Small and bounded.
+_OPTNEGS_LIMIT = 64
+_OPTNEGS: dict[bytes, OptNeg] = {}
 
 
 def _unpack_macro_lists(data: bytes) -> tuple[tuple[int, bytes], ...]:
@@ -227,7 +247,7 @@ class Connect(Message):
                 f"CONNECT: unknown address family byte 0x{payload[end + 1]:02x}"
             )
         hostname, rest = payload[:end], payload[end + 2 :]
-        if family == Family.UNKNOWN:
+        if family is _FAMILY_UNKNOWN:  # a global: no Enum attribute read per connection
             _empty(rest, "CONNECT with family 'U'")
             return cls(hostname, family)
         if len(rest) < 3 or rest[-1] != 0:
