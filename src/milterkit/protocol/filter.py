@@ -110,6 +110,7 @@ _ABORT = int(Command.ABORT)
 _QUIT = int(Command.QUIT)
 _CONTINUE = int(Reply.CONTINUE)
 _PROGRESS = int(Reply.PROGRESS)
+_SKIP = int(Reply.SKIP)
 #: Exact type -> (reply, wire bytes) of the payload-less replies that may be sent.
 _FIXED_FRAMES: dict[type[Message], tuple[Reply, bytes]] = {
     cls: (Reply(cls.code), cls().encode())
@@ -271,7 +272,7 @@ class FilterConnection(ConnectionStateMachine):
 
     def _on_abort(self, message: Message) -> Message | None:
         self._awaiting = None
-        if not self.in_message:
+        if not self._position:  # in_message, without the property call
             return None
         self._end_message()
         return message
@@ -295,7 +296,8 @@ class FilterConnection(ConnectionStateMachine):
         return self._expect_reply(message)
 
     def _on_helo(self, message: Message) -> Message:
-        self._require_connect(Command.HELO)
+        if not self._connected:  # as in _on_message_step: no call when CONNECT came
+            self._require_connect(Command.HELO)
         return self._restart_if_in_message(message)
 
     def _on_unknown(self, message: Message) -> Message:
@@ -303,7 +305,7 @@ class FilterConnection(ConnectionStateMachine):
 
     def _restart_if_in_message(self, message: Message) -> Message:
         """A new HELO/MAIL inside a message implies an abort the MTA did not send."""
-        if self.in_message:
+        if self._position:  # in_message, without the property call
             self._position = 0
             # the MAIL macros that just came belong to the new message: keep them
             self.macros.clear_message(keep=message.code)
@@ -501,7 +503,7 @@ class FilterConnection(ConnectionStateMachine):
                     f"{reply.name} needs the action {describe_flags(needed, Action)}, "
                     "which was not negotiated"
                 )
-        elif reply == Reply.SKIP:
+        elif reply == _SKIP:
             if not self.negotiated.protocol & ProtocolFlag.SKIP:
                 raise LocalProtocolError("SKIP was not negotiated (SMFIP_SKIP)")
             if not allowed:
