@@ -120,6 +120,21 @@ def test_byte_cap_names_the_limit() -> None:
         store.adopt(pairs_payload(b"M", 1, b"x" * 1100))
 
 
+def test_a_repeated_stage_replaces_its_own_macros_in_the_totals() -> None:
+    """A MACRO packet per header (the same stage again) counts only the newest."""
+    store = MacroStore(max_macros=14)
+    store.adopt(pairs_payload(b"C", 5))
+    for _ in range(20):
+        store.adopt(pairs_payload(b"L", 7))
+    assert store.held[0] == 12
+    store.adopt(pairs_payload(b"U", 2))  # UNKNOWN's stage stands outside the order
+    store.adopt(pairs_payload(b"U", 2))
+    assert store.held[0] == 14
+    assert store.stage(ord("L")) == {b"m%d" % i: b"v" for i in range(7)}
+    with pytest.raises(RemoteProtocolError, match=r"would hold 15 macros.*max_macros"):
+        store.adopt(pairs_payload(b"L", 8))
+
+
 def test_caps_can_be_turned_off() -> None:
     store = MacroStore(max_macros=None, max_macro_bytes=None)
     store.adopt(pairs_payload(b"C", DEFAULT_MAX_MACROS + 1, b"x" * 300))

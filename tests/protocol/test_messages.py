@@ -360,6 +360,20 @@ def test_optneg() -> None:
     )
 
 
+def test_optneg_offers_with_the_same_bytes_share_one_object() -> None:
+    """An MTA's 12-byte offer is decoded once; OptNeg is frozen, so sharing is safe."""
+    payload = bytes.fromhex("00000006000001ff001ffffe")
+    first = OptNeg.unpack(payload)
+    assert OptNeg.unpack(bytes(bytearray(payload))) is first
+    assert first == OptNeg(6, Action(0x1FF), ProtocolFlag(0x1FFFFE))
+    other = OptNeg.unpack(bytes.fromhex("00000002000000ff0000007f"))
+    assert other == OptNeg(2, Action(0xFF), ProtocolFlag(0x7F))
+    # longer payloads (a reply with macro lists) are decoded each time
+    lists = bytes.fromhex("000000060000010100000000") + b"\0\0\0\0j\0"
+    assert OptNeg.unpack(lists) is not OptNeg.unpack(lists)
+    assert OptNeg.unpack(lists) == OptNeg.unpack(lists)
+
+
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [

@@ -57,6 +57,10 @@ class FrameDecoder:
         "max_payload",
     )
 
+    # Invariant the connections' fast paths rely on: ``_buf`` is ``b""`` (and
+    # ``_pos`` 0) whenever all of it was handed out, so ``not _buf and _gather
+    # is None`` means "nothing buffered" without a call to :attr:`buffered`.
+
     def __init__(self, max_payload: int) -> None:
         if max_payload < 0:
             raise LocalProtocolError(f"max_payload must be >= 0, not {max_payload}")

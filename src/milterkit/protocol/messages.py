@@ -30,6 +30,7 @@ _U16 = struct.Struct(">H")
 _OPTNEG = struct.Struct(">III")
 #: Address family by its CONNECT byte (the byte is an int; a dict lookup instead of an Enum call).
 _FAMILY_BY_BYTE: dict[int, Family] = {int(family): family for family in Family}
+_FAMILY_UNKNOWN = Family.UNKNOWN
 
 
 def _cstrings(payload: bytes, what: str) -> list[bytes]:
@@ -118,9 +119,28 @@ class OptNeg(Message):
             raise RemoteProtocolError(
                 f"OPTNEG: payload of {len(payload)} bytes, at least {OPTNEG_LEN} needed"
             )
+        offer = cls is OptNeg and type(payload) is bytes and len(payload) == OPTNEG_LEN
+        if offer:
+            known = _OPTNEGS.get(payload)
+            if known is not None:
+                return known
         version, actions, protocol = _OPTNEG.unpack_from(payload)
         macros = _unpack_macro_lists(payload[OPTNEG_LEN:])
-        return cls(version, Action(actions), ProtocolFlag(protocol), macros)
+        optneg = cls(version, Action(actions), ProtocolFlag(protocol), macros)
+        if offer:
+            if len(_OPTNEGS) >= _OPTNEGS_LIMIT:
+                _OPTNEGS.clear()
+            _OPTNEGS[payload] = optneg
+        return optneg
+
+
+# Performance: every connection from one MTA starts with the same OPTNEG, and
+# building it costs two Flag calls and a frozen dataclass (several
+# microseconds, once per message at one message per connection). OptNeg is
+# frozen, so one object per distinct 12-byte payload (an MTA's offer, which
+# has no macro lists) serves every connection. Small and bounded.
+_OPTNEGS_LIMIT = 64
+_OPTNEGS: dict[bytes, OptNeg] = {}
 
 
 def _unpack_macro_lists(data: bytes) -> tuple[tuple[int, bytes], ...]:
@@ -227,7 +247,7 @@ class Connect(Message):
                 f"CONNECT: unknown address family byte 0x{payload[end + 1]:02x}"
             )
         hostname, rest = payload[:end], payload[end + 2 :]
-        if family == Family.UNKNOWN:
+        if family is _FAMILY_UNKNOWN:  # a global: no Enum attribute read per connection
             _empty(rest, "CONNECT with family 'U'")
             return cls(hostname, family)
         if len(rest) < 3 or rest[-1] != 0:
@@ -255,6 +275,11 @@ class Helo(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Helo:
+        # Performance: the well-formed case in one split, no helper call; any
+        # other payload takes the checked path, for its error.
+        parts = payload.split(b"\0", 1)
+        if len(parts) == 2 and not parts[1]:
+            return cls(parts[0])
         return cls(_exact_cstrings(payload, "HELO", 1, 1)[0])
 
 
@@ -277,6 +302,10 @@ class Mail(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Mail:
+        # Performance: the well-formed case without a helper call (as Header.unpack)
+        parts = payload.split(b"\0")
+        if len(parts) > 1 and not parts[-1]:
+            return cls(parts[0], tuple(parts[1:-1]))
         parts = _cstrings(payload, "MAIL")
         return cls(parts[0], tuple(parts[1:]))
 
@@ -291,6 +320,10 @@ class Rcpt(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Rcpt:
+        # Performance: the well-formed case without a helper call (as Header.unpack)
+        parts = payload.split(b"\0")
+        if len(parts) > 1 and not parts[-1]:
+            return cls(parts[0], tuple(parts[1:-1]))
         parts = _cstrings(payload, "RCPT")
         return cls(parts[0], tuple(parts[1:]))
 
@@ -309,6 +342,12 @@ class Header(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Header:
+        # Performance: runs for every header; the well-formed case (two strings,
+        # each NUL-terminated) in one split, without the two helper calls. Any
+        # other payload takes the checked path, for its error.
+        parts = payload.split(b"\0", 2)
+        if len(parts) == 3 and not parts[2]:
+            return cls(parts[0], parts[1])
         name, value = _exact_cstrings(payload, "HEADER", 2, 2)
         return cls(name, value)
 
@@ -351,6 +390,9 @@ class Unknown(Message):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Unknown:
+        parts = payload.split(b"\0", 1)  # as Helo.unpack
+        if len(parts) == 2 and not parts[1]:
+            return cls(parts[0])
         return cls(_exact_cstrings(payload, "UNKNOWN", 1, 1)[0])
 
 
@@ -364,7 +406,8 @@ class _Empty(Message):
 
     @classmethod
     def unpack(cls: type[_E], payload: bytes) -> _E:
-        _empty(payload, cls.__name__)
+        if payload:  # a call less per packet in the usual (empty) case
+            _empty(payload, cls.__name__)
         return cls()
 
 

@@ -68,7 +68,12 @@ class ConnectionStateMachine:
     @property
     def buffered(self) -> int:
         """Bytes received from the peer and not yet returned as events."""
-        return self._decoder.buffered
+        # Performance: read once per read by the server; FrameDecoder.buffered's
+        # common case (no large frame being gathered) without a second call.
+        decoder = self._decoder
+        if decoder._gather is None:
+            return len(decoder._buf) - decoder._pos
+        return decoder.buffered
 
     @property
     def state(self) -> ConnectionState:
