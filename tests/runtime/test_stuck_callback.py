@@ -237,14 +237,17 @@ ASYNC_STUCK_MILTER = textwrap.dedent(
 )
 
 
+def _async_stuck(start: Callable[..., Daemon], tmp_path: Path, *options: str) -> Daemon:
+    """A one-worker daemon serving AsyncStuck with the given options."""
+    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
+    return start("--workers", "1", *options, milter="async_stuck.py:AsyncStuck")
+
+
 @pytest.mark.parametrize("kind", ["sleep", "spin"])
 def test_an_async_callback_that_blocks_without_awaiting_is_interrupted(
     stuck_daemon: Callable[..., Daemon], tmp_path: Path, kind: str
 ) -> None:
-    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
-    daemon = stuck_daemon(
-        "--workers", "1", "--stuck-callback-ms", "500", milter="async_stuck.py:AsyncStuck"
-    )
+    daemon = _async_stuck(stuck_daemon, tmp_path, "--stuck-callback-ms", "500")
     _stuck_then_served(daemon.sock_path, kind)
     _stuck_then_served(daemon.sock_path, kind)  # auto mode: still on the loop, again
     daemon.stop()
@@ -264,10 +267,7 @@ def test_an_async_callback_that_blocks_without_awaiting_is_interrupted(
 def test_awaiting_does_not_count_towards_the_stuck_limit(
     stuck_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
-    daemon = stuck_daemon(
-        "--workers", "1", "--stuck-callback-ms", "300", milter="async_stuck.py:AsyncStuck"
-    )
+    daemon = _async_stuck(stuck_daemon, tmp_path, "--stuck-callback-ms", "300")
     with RawMTA.connect(daemon.sock_path, timeout=30) as mta:
         mta.hello()
         assert mta.command(Mail(b"<slowawait@x>")) == [wire.Continue()]
@@ -278,10 +278,7 @@ def test_awaiting_does_not_count_towards_the_stuck_limit(
 def test_an_async_callback_timeout_acts_on_time_when_it_blocks(
     stuck_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
-    daemon = stuck_daemon(
-        "--workers", "1", "--callback-timeout", "0.5", milter="async_stuck.py:AsyncStuck"
-    )
+    daemon = _async_stuck(stuck_daemon, tmp_path, "--callback-timeout", "0.5")
     _stuck_then_served(daemon.sock_path, "sleep")
     daemon.stop()
     (line,) = [line for line in daemon.log().splitlines() if "interrupted it" in line]
@@ -291,10 +288,7 @@ def test_an_async_callback_timeout_acts_on_time_when_it_blocks(
 def test_an_async_abort_that_blocks_is_interrupted(
     stuck_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    (tmp_path / "async_stuck.py").write_text(ASYNC_STUCK_MILTER)
-    daemon = stuck_daemon(
-        "--workers", "1", "--stuck-callback-ms", "500", milter="async_stuck.py:AsyncStuck"
-    )
+    daemon = _async_stuck(stuck_daemon, tmp_path, "--stuck-callback-ms", "500")
     with RawMTA.connect(daemon.sock_path, timeout=30) as mta:
         mta.hello()
         assert mta.command(Mail(b"<aborthang@x>")) == [wire.Continue()]
