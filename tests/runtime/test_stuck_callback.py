@@ -104,11 +104,18 @@ def stuck_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         with_kill(daemon)
 
 
-def _stuck_then_served(path: str, kind: str) -> None:
-    """One connection sticks in mail_from; another is served; the stuck one gets TEMPFAIL."""
+def _stuck_then_served(path: str, kind: str, blocking: Callable[[], object] | None = None) -> None:
+    """One connection sticks in mail_from; another is served; the stuck one gets TEMPFAIL.
+
+    ``blocking``: true once the stuck call holds the loop; the other connection
+    starts only then (an async callback awaits before it blocks, and a call of
+    the other connection begun in that gap would wait out its own timeout).
+    """
     with RawMTA.connect(path, timeout=30) as stuck:
         stuck.hello()
         stuck.send(Mail(f"<{kind}@x>".encode()))
+        if blocking is not None:
+            wait_for(blocking, 30, f"the {kind} callback to block")
         with RawMTA.connect(path, timeout=30) as other:
             other.hello()
             assert other.command(Mail(b"<ok@x>")) == [wire.Continue()]
@@ -219,6 +226,8 @@ ASYNC_STUCK_MILTER = textwrap.dedent(
         async def mail_from(self, sender, params):
             kind = sender.strip("<>").split("@")[0]
             await asyncio.sleep(0.01)  # blocks in a later step, not the first
+            if kind in ("sleep", "spin"):
+                print(f"BLOCKING {kind}", flush=True)
             if kind == "sleep":
                 time.sleep(10**6)
             if kind == "spin":
@@ -243,13 +252,19 @@ def _async_stuck(start: Callable[..., Daemon], tmp_path: Path, *options: str) ->
     return start("--workers", "1", *options, milter="async_stuck.py:AsyncStuck")
 
 
+def _blocked(daemon: Daemon, kind: str, times: int) -> Callable[[], bool]:
+    """True once AsyncStuck said ``times`` times that its ``kind`` call is about to block."""
+    return lambda: daemon.log().count(f"BLOCKING {kind}") >= times
+
+
 @pytest.mark.parametrize("kind", ["sleep", "spin"])
 def test_an_async_callback_that_blocks_without_awaiting_is_interrupted(
     stuck_daemon: Callable[..., Daemon], tmp_path: Path, kind: str
 ) -> None:
     daemon = _async_stuck(stuck_daemon, tmp_path, "--stuck-callback-ms", "500")
-    _stuck_then_served(daemon.sock_path, kind)
-    _stuck_then_served(daemon.sock_path, kind)  # auto mode: still on the loop, again
+    _stuck_then_served(daemon.sock_path, kind, _blocked(daemon, kind, 1))
+    # auto mode: still on the loop, interrupted again
+    _stuck_then_served(daemon.sock_path, kind, _blocked(daemon, kind, 2))
     daemon.stop()
     log = daemon.log()
     interrupted = [line for line in log.splitlines() if "interrupted it" in line]
@@ -279,7 +294,7 @@ def test_an_async_callback_timeout_acts_on_time_when_it_blocks(
     stuck_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     daemon = _async_stuck(stuck_daemon, tmp_path, "--callback-timeout", "0.5")
-    _stuck_then_served(daemon.sock_path, "sleep")
+    _stuck_then_served(daemon.sock_path, "sleep", _blocked(daemon, "sleep", 1))
     daemon.stop()
     (line,) = [line for line in daemon.log().splitlines() if "interrupted it" in line]
     assert "on the event loop, over callback_timeout 0.5s: interrupted it" in line

@@ -223,7 +223,9 @@ class CallbackPolicy:
         A TimeoutError that the callback raised itself (its own lookup or socket
         timing out: ``socket.timeout`` is TimeoutError, and so is
         ``asyncio.TimeoutError`` from Python 3.11) is its exception, answered
-        like any other; only the cancelled call is over callback_timeout.
+        like any other; only the cancelled call is over callback_timeout. A step
+        interrupted at the deadline (the guard's limit is the timeout) is an
+        interruption, whichever of the two the loop saw first.
         """
         timeout = self.timeout
         if timeout is None:
@@ -237,8 +239,12 @@ class CallbackPolicy:
                 return await within(call, timeout)
             return await asyncio.wait_for(call, timeout)
         except asyncio.TimeoutError as exc:
-            if call.done() and not call.cancelled() and call.exception() is exc:
-                raise
+            if call.done() and not call.cancelled():
+                raised = call.exception()
+                # its own TimeoutError; or the guard interrupted a step that held
+                # the loop past the deadline, and the timeout only fired after it
+                if raised is exc or isinstance(raised, CallbackInterrupted):
+                    raise cast(BaseException, raised) from None
             return _TIMED_OUT
 
     def _start_keepalive(self, session: MilterSession) -> asyncio.Task[None] | None:
