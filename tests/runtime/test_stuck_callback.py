@@ -300,10 +300,13 @@ def test_an_async_callback_timeout_acts_on_time_when_it_blocks(
     assert "on the event loop, over callback_timeout 0.5s: interrupted it" in line
 
 
+@pytest.mark.parametrize(
+    "limit", [("--stuck-callback-ms", "500"), ("--callback-timeout", "0.5")], ids=str
+)
 def test_an_async_abort_that_blocks_is_interrupted(
-    stuck_daemon: Callable[..., Daemon], tmp_path: Path
+    stuck_daemon: Callable[..., Daemon], tmp_path: Path, limit: tuple[str, str]
 ) -> None:
-    daemon = _async_stuck(stuck_daemon, tmp_path, "--stuck-callback-ms", "500")
+    daemon = _async_stuck(stuck_daemon, tmp_path, *limit)
     with RawMTA.connect(daemon.sock_path, timeout=30) as mta:
         mta.hello()
         assert mta.command(Mail(b"<aborthang@x>")) == [wire.Continue()]

@@ -210,12 +210,15 @@ class CallbackPolicy:
     # ---------------------------------------------------------- timeout, keepalive
 
     async def _with_timeout(self, awaitable: Awaitable[Any]) -> Any:
-        """abort/close under callback_timeout: any failure, the timeout too, is only logged."""
-        if self.timeout is None:
-            return await awaitable
-        if type(awaitable) is asyncio.Future:  # a pooled call (not a Task): one timer
-            return await within(awaitable, self.timeout)
-        return await asyncio.wait_for(awaitable, self.timeout)
+        """abort/close under callback_timeout: any failure, the timeout too, is only logged.
+
+        The same rules as a decision's (:meth:`_in_time`): an interrupted step
+        is an interruption even when the deadline fired after it.
+        """
+        result = await self._in_time(awaitable)
+        if result is _TIMED_OUT:
+            raise asyncio.TimeoutError(f"over callback_timeout {self.timeout:g}s")
+        return result
 
     async def _in_time(self, awaitable: Awaitable[Any]) -> Any:
         """What the call gives, or ``_TIMED_OUT`` once callback_timeout ran out (it is cancelled).
